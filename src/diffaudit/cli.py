@@ -1,0 +1,206 @@
+"""The ``diffaudit`` command line. Every command works inside a run directory and never silently overwrites
+an earlier result: a finished stage with the same config is reported and kept, a different config is refused."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from . import __version__
+from .config import PrepareConfig, SampleConfig, from_dict, get_preset, replace, to_dict, PRESETS
+from .errors import DiffauditError
+from .io import config_hash, read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- prepare -------------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .data.medmnist import open_dataset
+    from .data.prepare import build_training_set, fingerprint_of, make_manifest
+    from .images import save_grid
+
+    cfg = PrepareConfig(
+        dataset=args.dataset, split=args.split, n_train=args.n_train, channels=args.channels, seed=args.seed,
+        fingerprint=not args.no_fingerprint, saf_shape=args.saf_shape, saf_radius=args.saf_radius,
+        saf_intensity=args.saf_intensity, saf_width=args.saf_width,
+    )
+    run = Path(args.run_dir)
+    if (run / MANIFEST).exists():
+        previous = read_json(run / MANIFEST)
+        if previous.get("config") == to_dict(cfg):
+            _say(f"{run / MANIFEST} already prepared with these options; kept")
+            return
+        raise DiffauditError(f"{run / MANIFEST} was prepared with other options; use another --run-dir")
+    data = open_dataset(cfg.dataset, data_root=args.data_root, download_missing=args.download)
+    if data.is_official is False:
+        _say(f"warning: {data.path} has MD5 {data.md5}, not the official {data.official_md5}")
+    manifest = make_manifest(cfg, data)
+    images = build_training_set(manifest, data=data)
+    fp = fingerprint_of(manifest)
+    if fp is not None:
+        k = manifest["fingerprint"]["position"]
+        clean = data.images(cfg.split)[manifest["fingerprint"]["index"]]
+        clean = clean.repeat(3, 0) if cfg.channels == 3 and clean.shape[0] == 1 else clean
+        save_grid(run / "prepare" / "x_i_and_x_p.png", __import__("numpy").stack([clean, images[k]]), scale=6)
+    write_json(run / MANIFEST, manifest)
+    where = (f"x_p = image {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius {fp.radius} "
+             f"at {list(fp.centre)}") if fp else "no fingerprint"
+    _say(f"prepared {manifest['n_train']} {cfg.dataset} images ({where}) -> {run / MANIFEST}")
+
+
+def _load_manifest(run: Path) -> dict:
+    if not (run / MANIFEST).exists():
+        raise DiffauditError(f"{run} has no {MANIFEST}; run 'diffaudit prepare --run-dir {run}' first")
+    return read_json(run / MANIFEST)
+
+
+# ---- train ---------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> None:
+    from .data.prepare import build_training_set
+    from .diffusion.sde import make_sde
+    from .training.loop import train
+
+    run = Path(args.run_dir)
+    manifest = _load_manifest(run)
+    preset = get_preset(args.preset)
+    train_cfg = replace(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
+    sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
+    sde = make_sde(args.sde, **sde_params)
+    images = build_training_set(manifest, data_root=args.data_root)
+    path = train(run / "train", images, model_cfg=preset.model, train_cfg=train_cfg, sde=sde,
+                 data_id=config_hash(manifest), resume=args.resume, device=args.device, progress=not args.quiet)
+    _say(f"model ({args.preset} preset, {train_cfg.steps} steps, {sde.name} SDE) -> {path}")
+
+
+# ---- sample --------------------------------------------------------------------------------------------
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .generate import generate_shards
+    from .training.loop import load_score_model
+
+    run = Path(args.run_dir)
+    model, meta = load_score_model(run / "train", device=args.device)
+    base = get_preset(args.preset).sample if args.preset else SampleConfig()
+    cfg = replace(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                  shard_size=args.shard_size)
+    name = args.name or f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    out = generate_shards(run / "samples" / name, model, model.sde, cfg, shape=tuple(meta["image_shape"]),
+                          device=next(model.parameters()).device, model_id=config_hash(meta), progress=not args.quiet)
+    _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
+
+
+# ---- parser --------------------------------------------------------------------------------------------
+def _example(text: str) -> str:
+    return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffaudit",
+        description="Audit a score-based diffusion model for reproduction of an identifiable training image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_example("""
+            diffaudit prepare --dataset breastmnist --n-train 32 --run-dir runs/demo
+            diffaudit train --run-dir runs/demo --preset cpu
+            diffaudit sample --run-dir runs/demo --n 256"""),
+    )
+    parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-dir", required=True, help="the run directory (created if missing)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("prepare", formatter_class=Formatter, help="choose N_D training images and put the SAF on x_p",
+                       description="Choose N_D training images of a MedMNIST split, put a synthetic anatomical "
+                                   "fingerprint on one of them (x_p, Eq. 10), drop its clean original, and write "
+                                   "manifest.json, from which the exact training set can be rebuilt.",
+                       epilog=_example("diffaudit prepare --dataset breastmnist --n-train 32 --seed 0 --run-dir runs/b32"))
+    common(p)
+    p.add_argument("--dataset", default="breastmnist", help="MedMNIST flag (file <flag>.npz in the data root)")
+    p.add_argument("--n-train", type=int, default=None, help="N_D, the training-set size (default: the whole split)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="3 repeats grey images to RGB (as the paper)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of images, of x_i and of the SAF location")
+    p.add_argument("--no-fingerprint", action="store_true", help="no SAF: the control set for false-positive rates")
+    p.add_argument("--saf-shape", default="disc", choices=["disc", "ring"])
+    p.add_argument("--saf-radius", type=float, default=3.0, help="pixels")
+    p.add_argument("--saf-intensity", type=float, default=0.5, help="grey level in [0, 1]")
+    p.add_argument("--saf-width", type=float, default=1.5, help="ring thickness in pixels (ring only)")
+    p.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $DIFFAUDIT_DATA, "
+                                                      "../shared/data/medmnist, ~/.medmnist)")
+    p.add_argument("--download", action="store_true", help="download the file if missing (needs internet)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", formatter_class=Formatter, help="train the score model on the prepared set",
+                       description="Train a diffusers U-Net score model by denoising score matching (Eq. 4, "
+                                   "lambda(t) = sigma_t^2) on the training set of manifest.json. Writes "
+                                   "<run>/train/ with checkpoints (safetensors + JSON), loss.csv and the EMA model.",
+                       epilog=_example("""
+                            diffaudit train --run-dir runs/b32 --preset cpu --steps 3000
+                            diffaudit train --run-dir runs/b32 --preset cpu --steps 6000 --resume   # continue / extend"""))
+    common(p)
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="model size and training schedule")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sde", default="subvp", help="subvp (paper), vp or ve")
+    p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
+    p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", formatter_class=Formatter, help="generate images from the trained model",
+                       description="Generate N images into uint8 npz shards under <run>/samples/<name>/; image i "
+                                   "depends only on (seed, i). A killed run resumes at its first missing shard; "
+                                   "a larger --n keeps the shards already made.",
+                       epilog=_example("diffaudit sample --run-dir runs/b32 --n 1000 --sampler em --steps 500"))
+    common(p)
+    p.add_argument("--n", type=int, default=None, help="number of images (default 64)")
+    p.add_argument("--sampler", default=None, help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
+                                                   "ode (probability flow, Heun)")
+    p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--shard-size", type=int, default=None)
+    p.add_argument("--name", default=None, help="sub-folder under samples/ (default: <sampler><steps>-seed<seed>)")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+    del fmt
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DiffauditError as err:
+        print(f"diffaudit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"diffaudit {args.command}: interrupted; finished work is kept, rerun the same command "
+              "(train: add --resume) to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The ``prepare`` stage: choose N_D training images, put the SAF on x_p, and write a manifest.
+
+The manifest records everything needed to rebuild the exact training set D_p from the official file — the
+dataset and the file's MD5, the split, the chosen indices in training order, and the fingerprint (which image
+i, its position, centre, radius, intensity, shape) with the seed — and nothing of the images themselves, so a
+run directory can be shared without copying patient data. Every value is recorded, never re-derived from the
+order of random draws.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..config import PrepareConfig, to_dict
+from ..errors import DiffauditError
+from .fingerprint import Fingerprint, check_fits, random_centre
+from .medmnist import MedMNISTFile, open_dataset, resolve_root
+
+MANIFEST_FORMAT = "diffaudit-manifest/1"
+
+
+def make_manifest(cfg: PrepareConfig, data: MedMNISTFile) -> dict:
+    """Draw the training set and the fingerprint for ``cfg`` from ``data`` (seeded by ``cfg.seed``)."""
+    images = data.images(cfg.split)
+    n_split, c, h, w = images.shape
+    n_train = n_split if cfg.n_train is None else cfg.n_train
+    if not 1 <= n_train <= n_split:
+        raise DiffauditError(
+            f"N_D = {n_train} but the {cfg.split} split of {cfg.dataset} has {n_split} images; "
+            f"use --n-train between 1 and {n_split}"
+        )
+    if cfg.channels not in (1, 3) or (c == 3 and cfg.channels == 1):
+        raise DiffauditError(f"--channels must be 3 for RGB data and 1 or 3 for grey data; got {cfg.channels} for {c}-channel {cfg.dataset}")
+    rng = np.random.default_rng(cfg.seed)
+    indices = rng.permutation(n_split)[:n_train]  # training order = draw order
+    fingerprint = None
+    if cfg.fingerprint:
+        check_fits(h, w, cfg.saf_radius)
+        position = int(rng.integers(n_train))
+        fp = Fingerprint(shape=cfg.saf_shape, centre=random_centre(rng, h, w, cfg.saf_radius),
+                         radius=cfg.saf_radius, intensity=cfg.saf_intensity, width=cfg.saf_width)
+        fingerprint = {"index": int(indices[position]), "position": position, **fp.to_dict()}
+    return {
+        "format": MANIFEST_FORMAT,
+        "dataset": cfg.dataset,
+        "file": data.path.name,
+        "md5": data.md5,
+        "official_md5": data.is_official,
+        "split": cfg.split,
+        "split_size": int(n_split),
+        "n_train": int(n_train),
+        "channels": cfg.channels,
+        "image_shape": [cfg.channels, int(h), int(w)],
+        "seed": cfg.seed,
+        "indices": [int(i) for i in indices],
+        "fingerprint": fingerprint,
+        "config": to_dict(cfg),
+    }
+
+
+def fingerprint_of(manifest: dict) -> Fingerprint | None:
+    fp = manifest.get("fingerprint")
+    return None if fp is None else Fingerprint.from_dict(fp)
+
+
+def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = None,
+                       data: MedMNISTFile | None = None) -> np.ndarray:
+    """Rebuild D_p as uint8 [N_D, C, H, W]: the chosen images, with x_i replaced by x_p (Eq. 10).
+
+    Refuses a file whose MD5 differs from the one the manifest was made from."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DiffauditError(f"not a diffaudit manifest (format {manifest.get('format')!r}, expected {MANIFEST_FORMAT})")
+    if data is None:
+        data = open_dataset(manifest["dataset"], data_root=data_root)
+    if data.md5 != manifest["md5"]:
+        raise DiffauditError(
+            f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
+            f"point --data-root ({resolve_root(data_root)}) at the original file"
+        )
+    images = data.images(manifest["split"])[np.asarray(manifest["indices"], dtype=np.int64)]
+    if manifest["channels"] == 3 and images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
+    fp = fingerprint_of(manifest)
+    if fp is not None:
+        k = manifest["fingerprint"]["position"]
+        images[k] = fp.apply(images[k])
+    return np.ascontiguousarray(images)
+
+
+def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None) -> np.ndarray:
+    """x_i, the clean image behind x_p (absent from D_p), as uint8 [C, H, W]."""
+    fp = manifest["fingerprint"]
+    if fp is None:
+        raise DiffauditError("this training set has no fingerprint (prepared with --no-fingerprint)")
+    data = open_dataset(manifest["dataset"], data_root=data_root)
+    x = data.images(manifest["split"])[fp["index"]]
+    return np.repeat(x, 3, axis=0) if manifest["channels"] == 3 and x.shape[0] == 1 else x

@@ -1,0 +1,102 @@
+"""The ``sample`` stage: N images in uint8 shards, resumable, each image reproducible from (seed, index).
+
+``<out>/config.json`` records the sampling config; shard k, ``shard_00000.npz``, holds ``images`` uint8
+[n_k, C, H, W] and ``indices`` for images k*S ... (k+1)*S - 1 (S = shard size). A shard is written atomically,
+so a killed run restarts at the first missing shard. Raising N (or changing the batch size) later keeps the
+finished shards: image i does not depend on N or on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import SampleConfig, to_dict
+from .data.medmnist import to_uint8
+from .diffusion.samplers import NFE_PER_STEP, get_sampler, sample
+from .diffusion.sde import SDE
+from .errors import DiffauditError
+from .images import save_grid
+from .io import read_json, save_npz, write_json
+
+
+def _shard_path(out: Path, k: int) -> Path:
+    return out / f"shard_{k:05d}.npz"
+
+
+def _check_config(cfg: SampleConfig) -> None:
+    get_sampler(cfg.sampler)
+    for name in ("n", "steps", "batch_size", "shard_size"):
+        if getattr(cfg, name) < 1:
+            raise DiffauditError(f"sampling needs {name} >= 1, got {getattr(cfg, name)}")
+
+
+def generate_shards(
+    out_dir: str | Path,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    cfg: SampleConfig,
+    *,
+    shape: tuple[int, int, int],
+    device: torch.device | str = "cpu",
+    model_id: str = "",
+    progress: bool = True,
+) -> Path:
+    """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``."""
+    _check_config(cfg)
+    out = Path(out_dir)
+    record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
+        {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id}))
+    if (out / "config.json").exists():
+        previous = read_json(out / "config.json")
+        # N and the batch size change no image, so they may differ between runs into the same folder
+        strip = lambda r: {**r, "sample": {k: v for k, v in r["sample"].items() if k not in ("n", "batch_size")}}  # noqa: E731
+        if strip(previous) != strip(record):
+            raise DiffauditError(f"{out} holds samples of another config or model; choose another --name")
+    write_json(out / "config.json", record)
+    options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
+
+    n_shards = -(-cfg.n // cfg.shard_size)
+    todo = []
+    for k in range(n_shards):
+        expected = np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, cfg.n))
+        path = _shard_path(out, k)
+        if path.exists():
+            with np.load(path) as f:
+                if np.array_equal(f["indices"], expected):
+                    continue
+        todo.append((k, expected))
+    nfe = NFE_PER_STEP[cfg.sampler] * cfg.steps
+    bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
+               desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
+    for k, expected in todo:
+        chunks = []
+        for lo in range(0, len(expected), cfg.batch_size):
+            idx = expected[lo:lo + cfg.batch_size].tolist()
+            x = sample(score_fn, sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
+                       steps=cfg.steps, eps=cfg.eps, device=device, **options)
+            chunks.append(to_uint8(x))
+            bar.update(len(idx))
+        save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected)
+    bar.close()
+    for stale in sorted(out.glob("shard_*.npz"))[n_shards:]:
+        stale.unlink()  # shards beyond a lowered N
+    first = next(iter_shards(out))[1][:64]
+    save_grid(out / "grid.png", first)
+    return out
+
+
+def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images) shard by shard, in index order: constant memory for any N."""
+    out = Path(out_dir)
+    shards = sorted(out.glob("shard_*.npz"))
+    if not shards:
+        raise DiffauditError(f"{out} holds no sample shards; run 'diffaudit sample' first")
+    for path in shards:
+        with np.load(path) as f:
+            yield f["indices"], f["images"]

@@ -1,0 +1,96 @@
+"""The command line: a tiny prepare -> train -> sample run, resumable shards, and one-line errors."""
+
+import numpy as np
+import pytest
+
+from diffaudit.cli import build_parser, main
+from diffaudit.generate import iter_shards
+
+TINY = ["--steps", "3", "--batch-size", "4", "--checkpoint-every", "3"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.fixture
+def trained(tmp_path, capsys, data_root):
+    rd = tmp_path / "run"
+    assert run(capsys, "prepare", "--run-dir", rd, "--n-train", 8, "--data-root", data_root)[0] == 0
+    assert run(capsys, "train", "--run-dir", rd, "--quiet", "--data-root", data_root, *TINY)[0] == 0
+    return rd
+
+
+def test_prepare_train_sample_end_to_end(trained, capsys):
+    code, err = run(capsys, "sample", "--run-dir", trained, "--n", 5, "--steps", 3, "--shard-size", 2,
+                    "--batch-size", 3, "--quiet")
+    assert code == 0, err
+    out = trained / "samples" / "em3-seed0"
+    assert sorted(p.name for p in out.glob("shard_*.npz")) == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+    assert (out / "grid.png").exists() and (out / "config.json").exists()
+    indices, images = zip(*iter_shards(out))
+    assert np.concatenate(indices).tolist() == [0, 1, 2, 3, 4]
+    first = np.concatenate(images)
+    assert first.dtype == np.uint8 and first.shape == (5, 1, 28, 28)
+
+    # a lost shard is redone alone, identically; the others are kept untouched
+    kept = (out / "shard_00000.npz").stat().st_mtime_ns
+    (out / "shard_00001.npz").unlink()
+    assert run(capsys, "sample", "--run-dir", trained, "--n", 5, "--steps", 3, "--shard-size", 2, "--quiet")[0] == 0
+    assert (out / "shard_00000.npz").stat().st_mtime_ns == kept
+    np.testing.assert_array_equal(np.concatenate([x for _, x in iter_shards(out)]), first)
+
+    # raising N keeps the finished shards and adds the rest; image i is the same whatever the batch size
+    assert run(capsys, "sample", "--run-dir", trained, "--n", 7, "--steps", 3, "--shard-size", 2,
+               "--batch-size", 1, "--quiet")[0] == 0
+    more = np.concatenate([x for _, x in iter_shards(out)])
+    assert more.shape[0] == 7
+    np.testing.assert_array_equal(more[:5], first)
+
+    # rerunning finished stages keeps them
+    code, err = run(capsys, "prepare", "--run-dir", trained, "--n-train", 8)
+    assert code == 0 and "kept" in err
+
+
+def _one_line_error(capsys, *argv, match):
+    code, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and match in lines[0], err
+    return lines[0]
+
+
+def test_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys, data_root):
+    rd = tmp_path / "run"
+    _one_line_error(capsys, "prepare", "--run-dir", rd, "--n-train", 100000, "--data-root", data_root,
+                    match="use --n-train between 1 and 546")
+    _one_line_error(capsys, "prepare", "--run-dir", rd, "--saf-radius", 20, "--data-root", data_root,
+                    match="cannot fit")
+    _one_line_error(capsys, "prepare", "--run-dir", rd, "--data-root", tmp_path / "nowhere", match="not found")
+    assert not rd.exists() or not any(rd.rglob("*"))  # nothing written by failed commands
+    _one_line_error(capsys, "train", "--run-dir", rd, match="run 'diffaudit prepare")
+    assert run(capsys, "prepare", "--run-dir", rd, "--n-train", 8, "--data-root", data_root)[0] == 0
+    _one_line_error(capsys, "prepare", "--run-dir", rd, "--n-train", 9, "--data-root", data_root,
+                    match="other options")
+    _one_line_error(capsys, "train", "--run-dir", rd, "--sde", "foo", *TINY, match="unknown SDE 'foo'")
+    _one_line_error(capsys, "sample", "--run-dir", rd, match="does not exist")
+    assert run(capsys, "train", "--run-dir", rd, "--quiet", *TINY)[0] == 0
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--sampler", "ddim", "--n", 2, match="unknown sampler 'ddim'")
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--n", 0, match="n >= 1")
+    # a checkpoint with NaNs, as a diverged run would leave
+    from diffaudit.io import load_tensors, save_tensors
+
+    weights = load_tensors(rd / "train" / "model.safetensors")
+    weights = {k: v.clone().fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+    save_tensors(rd / "train" / "model.safetensors", weights)
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--n", 2, match="NaN/Inf")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_every_command_has_help_with_an_example():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert "example:" in p.format_help(), name

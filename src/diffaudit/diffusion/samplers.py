@@ -42,23 +42,27 @@ def _vec(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
 
 
+def _reverse_step(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, i: int,
+                  noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One Euler–Maruyama step of the reverse-time SDE from ts[i] to ts[i+1]; the last step returns the mean."""
+    t = _vec(ts[i], x)
+    dt = float(ts[i + 1] - ts[i])  # negative: integrating backwards in time
+    x_mean = x + sde.reverse_drift(x, t, score_fn(x, t)) * dt
+    if i == len(ts) - 2:
+        return x_mean
+    _, g = sde.sde(x, t)
+    return x_mean + _expand(g, x) * (-dt) ** 0.5 * noise()
+
+
 def euler_maruyama(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
                    noise: Callable[[], torch.Tensor], callback: Callback = None) -> torch.Tensor:
     """Euler–Maruyama on the reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Song Eq. 6).
 
     One score evaluation per step; ``len(ts) - 2`` noise draws (none on the last step)."""
-    n = len(ts) - 1
-    for i in range(n):
-        t = _vec(ts[i], x)
-        dt = float(ts[i + 1] - ts[i])  # negative: integrating backwards in time
-        x_mean = x + sde.reverse_drift(x, t, score_fn(x, t)) * dt
-        if i < n - 1:
-            _, g = sde.sde(x, t)
-            x = x_mean + _expand(g, x) * (-dt) ** 0.5 * noise()
-        else:
-            x = x_mean
+    for i in range(len(ts) - 1):
+        x = _reverse_step(score_fn, sde, x, ts, i, noise)
         if callback is not None:
-            callback(i, t, x)
+            callback(i, _vec(ts[i], x), x)
     return x
 
 
@@ -83,13 +87,7 @@ def predictor_corrector(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.
             z_norm = z.flatten(1).norm(dim=1)
             step = 2 * (snr * z_norm / grad_norm.clamp_min(1e-12)) ** 2
             x = x + _expand(step, x) * grad + _expand(torch.sqrt(2 * step), x) * z
-        dt = float(ts[i + 1] - ts[i])
-        x_mean = x + sde.reverse_drift(x, t, score_fn(x, t)) * dt
-        if i < n - 1:
-            _, g = sde.sde(x, t)
-            x = x_mean + _expand(g, x) * (-dt) ** 0.5 * noise()
-        else:
-            x = x_mean
+        x = _reverse_step(score_fn, sde, x, ts, i, noise)
         if callback is not None:
             callback(i, t, x)
     return x

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import PrepareConfig, SampleConfig, from_dict, get_preset, replace, to_dict, PRESETS
+from .config import PRESETS, PrepareConfig, SampleConfig, get_preset, replace, to_dict
 from .errors import DiffauditError
 from .io import config_hash, read_json, write_json
 
@@ -22,8 +22,10 @@ def _say(msg: str) -> None:
 
 # ---- prepare -------------------------------------------------------------------------------------------
 def cmd_prepare(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from .data.medmnist import open_dataset
-    from .data.prepare import build_training_set, fingerprint_of, make_manifest
+    from .data.prepare import build_training_set, clean_original, fingerprint_of, make_manifest
     from .images import save_grid
 
     cfg = PrepareConfig(
@@ -45,10 +47,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     images = build_training_set(manifest, data=data)
     fp = fingerprint_of(manifest)
     if fp is not None:
-        k = manifest["fingerprint"]["position"]
-        clean = data.images(cfg.split)[manifest["fingerprint"]["index"]]
-        clean = clean.repeat(3, 0) if cfg.channels == 3 and clean.shape[0] == 1 else clean
-        save_grid(run / "prepare" / "x_i_and_x_p.png", __import__("numpy").stack([clean, images[k]]), scale=6)
+        x_p = images[manifest["fingerprint"]["position"]]
+        save_grid(run / "prepare" / "x_i_and_x_p.png", np.stack([clean_original(manifest, data=data), x_p]), scale=6)
     write_json(run / MANIFEST, manifest)
     where = (f"x_p = image {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius {fp.radius} "
              f"at {list(fp.centre)}") if fp else "no fingerprint"
@@ -113,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
@@ -183,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
-    del fmt
     return parser
 
 

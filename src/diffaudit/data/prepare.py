@@ -89,11 +89,13 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     return np.ascontiguousarray(images)
 
 
-def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None) -> np.ndarray:
+def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None,
+                   data: MedMNISTFile | None = None) -> np.ndarray:
     """x_i, the clean image behind x_p (absent from D_p), as uint8 [C, H, W]."""
     fp = manifest["fingerprint"]
     if fp is None:
         raise DiffauditError("this training set has no fingerprint (prepared with --no-fingerprint)")
-    data = open_dataset(manifest["dataset"], data_root=data_root)
+    if data is None:
+        data = open_dataset(manifest["dataset"], data_root=data_root)
     x = data.images(manifest["split"])[fp["index"]]
     return np.repeat(x, 3, axis=0) if manifest["channels"] == 3 and x.shape[0] == 1 else x

@@ -86,3 +86,14 @@ def test_manifest_refuses_a_changed_file(tmp_path, data_root):
         fh.write(b"\0")
     with pytest.raises(DiffauditError, match="MD5"):
         build_training_set(manifest, data_root=tmp_path)
+
+
+def test_control_set_is_the_same_draw_without_x_i(data_root):
+    data = open_dataset("breastmnist", data_root=data_root)
+    audited = make_manifest(PrepareConfig(n_train=20, seed=3), data)
+    control = make_manifest(PrepareConfig(n_train=20, seed=3, fingerprint=False), data)
+    i, k = audited["fingerprint"]["index"], audited["fingerprint"]["position"]
+    assert control["excluded_index"] == i and i not in control["indices"] and control["n_train"] == 20
+    assert [a for j, a in enumerate(audited["indices"]) if j != k] == [c for j, c in enumerate(control["indices"]) if j != k]
+    whole = make_manifest(PrepareConfig(seed=3, fingerprint=False), data)  # no spare image: x_i is dropped
+    assert whole["n_train"] == 545 and whole["excluded_index"] not in whole["indices"]

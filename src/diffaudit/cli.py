@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, PrepareConfig, SampleConfig, get_preset, replace, to_dict
+from .config import CLASSIFIER_PRESETS, PRESETS, PrepareConfig, SampleConfig, get_preset, replace, to_dict
 from .errors import DiffauditError
 from .io import config_hash, read_json, write_json
 
@@ -96,6 +96,40 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
 
+# ---- train-classifiers ----------------------------------------------------------------------------------
+def cmd_train_classifiers(args: argparse.Namespace) -> None:
+    from .adversary.stage import train_classifiers
+    from .config import get_classifier_preset
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    preset = get_classifier_preset(args.preset)
+    configs = {name: replace(cfg, arch=args.arch, max_epochs=args.max_epochs, patience=args.patience,
+                             epoch_size=args.epoch_size, batch_size=args.batch_size, seed=args.seed)
+               for name, cfg in preset.items()}
+    m = train_classifiers(run, configs, data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
+    real = m["false_positive_rate"]["heldout_real"]
+    clean = m["true_positive_rate"]["copies_of_x_p"]["0"]
+    _say(f"c_p test accuracy {m['c_p']['test_accuracy']:.3f}; c_id training accuracy {m['c_id']['train_accuracy']:.3f}; "
+         f"false positives on {real['both']['n']} held-out real images: c_p {real['c_p']['positives']}, "
+         f"c_id {real['c_id']['positives']}, both {real['both']['positives']}; copies of x_p detected by both: "
+         f"{clean['both']['positives']}/{clean['both']['n']} -> {run / 'classifiers' / 'metrics.json'}")
+
+
+# ---- count ---------------------------------------------------------------------------------------------
+def cmd_count(args: argparse.Namespace) -> None:
+    from .audit.count import run_count
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    r = run_count(run, samples=args.samples, detector=args.detector, control_samples=args.control_samples,
+                  data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
+    low, high = r["rate_ci95"]
+    _say(f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, |q| = {r['q']} of N = {r['n_samples']} "
+         f"(E|q| = {r['expected_q']:.3g} under full memorisation); H0 p = 1/N_D vs p < 1/N_D: p-value {r['p_value']:.3g}; "
+         f"95% interval for the reproduction probability [{low:.3g}, {high:.3g}] -> {run / 'results.json'}")
+
+
 # ---- parser --------------------------------------------------------------------------------------------
 def _example(text: str) -> str:
     return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -132,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="3 repeats grey images to RGB (as the paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of images, of x_i and of the SAF location")
-    p.add_argument("--no-fingerprint", action="store_true", help="no SAF: the control set for false-positive rates")
+    p.add_argument("--no-fingerprint", action="store_true", help="the control set for false-positive rates: the same draw (same --seed and --n-train) with x_i replaced by another image and no SAF")
     p.add_argument("--saf-shape", default="disc", choices=["disc", "ring"])
     p.add_argument("--saf-radius", type=float, default=3.0, help="pixels")
     p.add_argument("--saf-intensity", type=float, default=0.5, help="grey level in [0, 1]")
@@ -182,6 +216,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-classifiers", formatter_class=Formatter, help="train the adversary c_p and c_id",
+                       description="Train the fingerprint detector c_p and the identity classifier c_id (ResNets "
+                                   "from scratch with AugMix; c_id with SAF-shaped masks and noise) for the prepared "
+                                   "run, then measure their accuracies and error rates on held-out real images and "
+                                   "on jittered, noisy copies of x_p. Writes <run>/classifiers/.",
+                       epilog=_example("diffaudit train-classifiers --run-dir runs/b32 --preset cpu"))
+    common(p)
+    p.add_argument("--preset", default="cpu", choices=sorted(CLASSIFIER_PRESETS),
+                   help="cpu: ResNet10, a few minutes on 2 cores; paper: ResNet50, patience 20")
+    p.add_argument("--arch", default=None, choices=["resnet10", "resnet18", "resnet34", "resnet50"])
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping")
+    p.add_argument("--epoch-size", type=int, default=None, help="training draws per epoch")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.set_defaults(func=cmd_train_classifiers)
+
+    p = sub.add_parser("count", formatter_class=Formatter, help="count reproductions of x_p in the samples (Table 1)",
+                       description="Classify the generated images with c_p and c_id (or the reference "
+                                   "nearest-neighbour detector), count |c_p+|, |c_id+| and |q|, test H0: p = 1/N_D "
+                                   "against p < 1/N_D, and write the 'reproduction' section of <run>/results.json "
+                                   "with grids of the positives under <run>/count/.",
+                       epilog=_example("""
+                            diffaudit count --run-dir runs/b32
+                            diffaudit count --run-dir runs/b32 --control-samples runs/b32-control/samples/em500-seed0"""))
+    common(p)
+    p.add_argument("--samples", default=None, help="folder under <run>/samples/ or a path (default: the only one)")
+    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"],
+                   help="classifiers: q = c_p+ and c_id+; nn: the reference nearest-neighbour detector alone")
+    p.add_argument("--control-samples", default=None,
+                   help="samples of a control model (prepare --no-fingerprint): false-positive rates on generated images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.set_defaults(func=cmd_count)
     return parser
 
 

@@ -74,6 +74,63 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """One adversary classifier (c_p or c_id): a torchvision ResNet trained from scratch (Sec. 5.2, App. A).
+
+    Training examples are drawn afresh every step from the training images, so an "epoch" is ``epoch_size``
+    draws; training stops when the validation loss has not improved for ``patience`` epochs (or after
+    ``max_epochs``) and keeps the weights of the best epoch.
+    """
+
+    arch: str = "resnet18"  # resnet10 (BasicBlock [1,1,1,1]), resnet18, resnet34 or resnet50
+    small_input: bool = True  # 3x3 stride-1 first convolution for 28x28 inputs (the max-pool is kept)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epoch_size: int = 2048
+    max_epochs: int = 30
+    patience: int = 5
+    val_size: int = 512
+    positive_share: float = 0.5  # share of positives among the training draws
+    val_positive_share: float = 0.1  # and among the validation set
+    augmix: bool = True
+    augmix_severity: int = 3
+    mask_prob: float = 0.0  # probability of a random patch of the SAF's shape and a random grey (c_id)
+    noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id)
+    threshold: float = 0.5  # positive when sigmoid(logit) > threshold
+    seed: int = 0
+
+
+def _c_p(**kw: Any) -> ClassifierConfig:
+    # App. A: SAFs on 50% of the training draws, 10% of the validation set
+    return ClassifierConfig(positive_share=0.5, val_positive_share=0.1, **kw)
+
+
+def _c_id(**kw: Any) -> ClassifierConfig:
+    # App. A: the identity in 10% of the training draws and 50% of the validation set; random SAF-shaped masks
+    # and Gaussian noise (Sec. 5.2)
+    return ClassifierConfig(positive_share=0.1, val_positive_share=0.5, mask_prob=0.5, noise_std=0.1, **kw)
+
+
+#: Classifier presets: the pair (c_p, c_id) for each name.
+CLASSIFIER_PRESETS: dict[str, dict[str, ClassifierConfig]] = {
+    # A few minutes on 2 CPU cores (resnet10: 4.9 M parameters, 111 MFLOP per image; see benchmarks/).
+    "cpu": {"c_p": _c_p(arch="resnet10", max_epochs=25, patience=5, epoch_size=1024),
+            "c_id": _c_id(arch="resnet10", max_epochs=25, patience=5, epoch_size=1024)},
+    # The paper: ResNet50 from scratch, until convergence with a patience of 20 epochs (Sec. 5.2).
+    "paper": {"c_p": _c_p(arch="resnet50", max_epochs=200, patience=20, epoch_size=8192, batch_size=128),
+              "c_id": _c_id(arch="resnet50", max_epochs=200, patience=20, epoch_size=8192, batch_size=128)},
+}
+
+
+def get_classifier_preset(name: str) -> dict[str, ClassifierConfig]:
+    try:
+        return CLASSIFIER_PRESETS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown classifier preset '{name}'; choose one of {', '.join(CLASSIFIER_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
 class Preset:
     model: ModelConfig
     train: TrainConfig

@@ -34,14 +34,23 @@ def make_manifest(cfg: PrepareConfig, data: MedMNISTFile) -> dict:
     if cfg.channels not in (1, 3) or (c == 3 and cfg.channels == 1):
         raise DiffauditError(f"--channels must be 3 for RGB data and 1 or 3 for grey data; got {cfg.channels} for {c}-channel {cfg.dataset}")
     rng = np.random.default_rng(cfg.seed)
-    indices = rng.permutation(n_split)[:n_train]  # training order = draw order
-    fingerprint = None
+    order = rng.permutation(n_split)
+    indices = order[:n_train]  # training order = draw order
+    check_fits(h, w, cfg.saf_radius)
+    position = int(rng.integers(n_train))
+    fp = Fingerprint(shape=cfg.saf_shape, centre=random_centre(rng, h, w, cfg.saf_radius),
+                     radius=cfg.saf_radius, intensity=cfg.saf_intensity, width=cfg.saf_width)
+    fingerprint, excluded = None, None
     if cfg.fingerprint:
-        check_fits(h, w, cfg.saf_radius)
-        position = int(rng.integers(n_train))
-        fp = Fingerprint(shape=cfg.saf_shape, centre=random_centre(rng, h, w, cfg.saf_radius),
-                         radius=cfg.saf_radius, intensity=cfg.saf_intensity, width=cfg.saf_width)
         fingerprint = {"index": int(indices[position]), "position": position, **fp.to_dict()}
+    else:
+        # The control set: the same draw with x_i replaced by the next image of the permutation (or dropped
+        # when the split has no spare image), so a model trained on it has seen neither x_p nor x_i and any
+        # detection in its samples is a false positive (App. B).
+        excluded = int(indices[position])
+        indices = np.delete(indices, position)
+        if n_train < n_split:
+            indices = np.insert(indices, position, order[n_train])
     return {
         "format": MANIFEST_FORMAT,
         "dataset": cfg.dataset,
@@ -50,12 +59,13 @@ def make_manifest(cfg: PrepareConfig, data: MedMNISTFile) -> dict:
         "official_md5": data.is_official,
         "split": cfg.split,
         "split_size": int(n_split),
-        "n_train": int(n_train),
+        "n_train": len(indices),
         "channels": cfg.channels,
         "image_shape": [cfg.channels, int(h), int(w)],
         "seed": cfg.seed,
         "indices": [int(i) for i in indices],
         "fingerprint": fingerprint,
+        "excluded_index": excluded,
         "config": to_dict(cfg),
     }
 
@@ -86,6 +96,20 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     if fp is not None:
         k = manifest["fingerprint"]["position"]
         images[k] = fp.apply(images[k])
+    return np.ascontiguousarray(images)
+
+
+def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | None = None,
+                 data: MedMNISTFile | None = None, unused_only: bool = True) -> np.ndarray:
+    """The images of another ``split`` of the manifest's dataset (uint8, with the manifest's channels); for
+    the manifest's own split, only the images not drawn into the training set when ``unused_only``."""
+    if data is None:
+        data = open_dataset(manifest["dataset"], data_root=data_root)
+    images = data.images(split)
+    if split == manifest["split"] and unused_only:
+        images = np.delete(images, np.asarray(manifest["indices"], dtype=np.int64), axis=0)
+    if manifest["channels"] == 3 and images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
     return np.ascontiguousarray(images)
 
 

@@ -30,7 +30,7 @@ def test_prepare_train_sample_end_to_end(trained, capsys):
     out = trained / "samples" / "em3-seed0"
     assert sorted(p.name for p in out.glob("shard_*.npz")) == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
     assert (out / "grid.png").exists() and (out / "config.json").exists()
-    indices, images = zip(*iter_shards(out))
+    indices, images = zip(*iter_shards(out), strict=True)
     assert np.concatenate(indices).tolist() == [0, 1, 2, 3, 4]
     first = np.concatenate(images)
     assert first.dtype == np.uint8 and first.shape == (5, 1, 28, 28)

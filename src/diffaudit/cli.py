@@ -125,9 +125,45 @@ def cmd_count(args: argparse.Namespace) -> None:
     r = run_count(run, samples=args.samples, detector=args.detector, control_samples=args.control_samples,
                   data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
     low, high = r["rate_ci95"]
-    _say(f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, |q| = {r['q']} of N = {r['n_samples']} "
+    found = f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, " if r["c_p"] is not None else "nearest-neighbour: "
+    _say(f"{found}|q| = {r['q']} of N = {r['n_samples']} "
          f"(E|q| = {r['expected_q']:.3g} under full memorisation); H0 p = 1/N_D vs p < 1/N_D: p-value {r['p_value']:.3g}; "
          f"95% interval for the reproduction probability [{low:.3g}, {high:.3g}] -> {run / 'results.json'}")
+
+
+# ---- tprime --------------------------------------------------------------------------------------------
+def _positions(text: str | None) -> list[int] | None:
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiffauditError(f"--images takes 'all' or comma-separated positions in the training set, got '{text}'") from None
+
+
+def cmd_tprime(args: argparse.Namespace) -> None:
+    from .audit.tprime import make_grid
+    from .audit.tprime_stage import run_posthoc, run_tprime
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    grid = make_grid(args.resolution, args.t_max)
+    common_args = dict(grid=grid, m=args.M, seed=args.seed, steps=args.steps, sampler=args.sampler, alpha=args.alpha,
+                       data_root=args.data_root, device=args.device, progress=not args.quiet)
+    if args.images is not None:
+        rows = run_posthoc(run, _positions(args.images), **common_args)
+        top = ", ".join(f"#{r['position']} (t'={r['t_prime']:.2f}, t'_a={r['t_prime_alpha']:.2f})" for r in rows[:5])
+        _say(f"post-hoc t' of {len(rows)} training images; most at risk: {top} -> {run / 'results.json'}")
+        return
+    r = run_tprime(run, detector=args.detector, method=args.search, chance=args.chance, log=_say, **common_args)
+    extra = ""
+    if "compare" in r:
+        c = r["compare"]
+        extra = (f"; exhaustive t' = {c['exhaustive']['value']:.2f} with {c['exhaustive']['nfe']} NFE "
+                 f"({c['nfe_ratio']:.1f}x the fast search's, {c['wall_ratio']:.1f}x its wall time)")
+    _say(f"t' = {r['value']:.2f}, t'_alpha = {r['value_alpha']:.2f} (alpha {r['alpha']}, chance level "
+         f"{r['chance_level']:.3g}); bound (Eq. 9) {r['bound']:.3g}; {r['nfe']} network evaluations ({r['search']})"
+         f"{extra}{'; q_M was not monotone in t' if r['non_monotone'] else ''} -> {run / r['figure']}")
 
 
 # ---- parser --------------------------------------------------------------------------------------------
@@ -253,6 +289,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("tprime", formatter_class=Formatter, help="t', t'_alpha and the q(p) bound (Algorithm 1)",
+                       description="Perturb x_p to time t, run the reverse sampler M times from there, and find the "
+                                   "largest t at which the detectors still see x_p (t', Algorithm 1), the largest t at "
+                                   "which that happens significantly above chance (t'_alpha), and the upper Darboux "
+                                   "bound of Eq. 9. With --images, compute t' of chosen training images with the "
+                                   "reference nearest-neighbour detector instead (post-hoc audit, no fingerprint).",
+                       epilog=_example("""
+                            diffaudit tprime --run-dir runs/b32 --M 16 --search fast
+                            diffaudit tprime --run-dir runs/b32 --search both        # compare with the exhaustive grid
+                            diffaudit tprime --run-dir runs/b32 --images 0,5,9      # post-hoc: any training images"""))
+    common(p)
+    p.add_argument("--M", type=int, default=16, help="reverse runs per time t")
+    p.add_argument("--resolution", type=float, default=0.01, help="grid step in t (the paper: 0.01)")
+    p.add_argument("--t-max", type=float, default=1.0, help="largest t on the grid")
+    p.add_argument("--search", default="fast", choices=["fast", "exhaustive", "both"])
+    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"])
+    p.add_argument("--alpha", type=float, default=0.05, help="level of t'_alpha (Bonferroni over the grid)")
+    p.add_argument("--chance", default="full", help="chance level p_0 for t'_alpha: full (1/N_D), measured (the "
+                                                    "count's 95%% upper bound) or a number")
+    p.add_argument("--steps", type=int, default=500, help="sampler steps over the whole [eps, T]; a run from t uses t/T of them")
+    p.add_argument("--sampler", default="em", choices=["em", "pc", "ode"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.set_defaults(func=cmd_tprime)
     return parser
 
 

@@ -62,8 +62,8 @@ class NearestNeighbourDetector:
         if target.ndim != 3 or others.ndim != 4 or others.shape[1:] != target.shape:
             raise DiffauditError(f"the target must be one image [C, H, W] and the others [N, C, H, W] of the same "
                                  f"shape; got {target.shape} and {others.shape}")
-        if len(others) < 2:
-            raise DiffauditError("calibrating the nearest-neighbour threshold needs at least 2 other training images")
+        if len(others) < 1:
+            raise DiffauditError("calibrating the nearest-neighbour threshold needs at least one other training image")
         if not 0 < factor <= 0.5:
             raise DiffauditError(f"factor must be in (0, 0.5] for flags to be unambiguous, got {factor}")
         self.target = target
@@ -72,7 +72,7 @@ class NearestNeighbourDetector:
         between = rmse(others, others)
         np.fill_diagonal(between, np.inf)
         self.target_nn = float(to_target.min())
-        self.median_nn = float(np.median(between.min(1)))
+        self.median_nn = float(np.median(between.min(1)))  # inf with a single other image: no second term
         self.factor = factor
         self.threshold = factor * min(self.target_nn, self.median_nn)
         if self.target_nn < 1e-6:  # distinct uint8 images are >= 1 / (255 sqrt(CHW)) apart, about 1e-4
@@ -90,4 +90,5 @@ class NearestNeighbourDetector:
 
     def describe(self) -> dict:
         return {"kind": "nearest-neighbour", "metric": "rmse", "threshold": self.threshold, "factor": self.factor,
-                "target_nn_distance": self.target_nn, "median_train_nn_distance": self.median_nn}
+                "target_nn_distance": self.target_nn,
+                "median_train_nn_distance": self.median_nn if np.isfinite(self.median_nn) else None}

@@ -126,7 +126,7 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     id_flags = c_id(id_images)
 
     p_real, id_real = c_p(audit.test), c_id(audit.test)
-    nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 2 else None
+    nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
     copies = {}
     for std in COPY_NOISE:
         x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, 22, int(std * 1000))))

@@ -4,10 +4,10 @@
   run (its shape, radius and grey level) stamped at a random location that keeps it fully inside (Eq. 10).
 * c_id, "is this x_i, the identity behind x_p?": one-versus-all, x_i against the other training images. Every
   image may get a random patch of the SAF's shape with a random grey level (the circular masking of Sec. 3.3),
-  so a disc — x_p's fingerprint included — neither makes nor breaks an identity; Gaussian noise of a random
-  strength stands in for diffusion artefacts.
+  so a disc — x_p's fingerprint included — neither makes nor breaks an identity.
 
-Both then go through torchvision's AugMix, image by image. All draws come from generators seeded by the
+Both then go through torchvision's AugMix, image by image, and get Gaussian noise of a random strength that
+stands in for diffusion artefacts (the presets give it to both; see ``config.CLASSIFIER_PRESETS``). All draws come from generators seeded by the
 caller, so a batch is a function of (seed, epoch, step).
 """
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffaudit.adversary.detectors import NearestNeighbourDetector
-from diffaudit.adversary.stage import AuditData, load_detectors
+from diffaudit.adversary.stage import AuditData, make_detectors
 from diffaudit.audit.tprime import QM, make_grid, search
 from diffaudit.io import read_json
 from diffaudit.training.loop import load_score_model
@@ -30,10 +29,7 @@ def main() -> None:
     manifest = read_json(run / "manifest.json")
     model, _ = load_score_model(run / "train", device=args.device)
     audit = AuditData(manifest)
-    if args.detector == "nn":
-        detectors = {"nn": NearestNeighbourDetector(audit.x_p, audit.others)}
-    else:
-        detectors = load_detectors(run, device=args.device)
+    detectors = make_detectors(run, audit, args.detector, device=args.device)
     device = next(model.parameters()).device
     grid = make_grid(args.resolution)
     q_m = QM(model, model.sde, audit.x_p, detectors, m=args.M, steps=args.steps, device=device)

@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         pass
 
+    def device_and_data(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-dir", required=True, help="the run directory (created if missing)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -231,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
     p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    device_and_data(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", formatter_class=Formatter, help="generate images from the trained model",
@@ -268,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=int, default=None, help="training draws per epoch")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    device_and_data(p)
     p.set_defaults(func=cmd_train_classifiers)
 
     p = sub.add_parser("count", formatter_class=Formatter, help="count reproductions of x_p in the samples (Table 1)",
@@ -286,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifiers: q = c_p+ and c_id+; nn: the reference nearest-neighbour detector alone")
     p.add_argument("--control-samples", default=None,
                    help="samples of a control model (prepare --no-fingerprint): false-positive rates on generated images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    device_and_data(p)
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("tprime", formatter_class=Formatter, help="t', t'_alpha and the q(p) bound (Algorithm 1)",
@@ -313,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="em", choices=["em", "pc", "ode"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    device_and_data(p)
     p.set_defaults(func=cmd_tprime)
     return parser
 

@@ -151,3 +151,16 @@ def load_detectors(run: Path, *, device: str = "auto") -> dict[str, ClassifierDe
     dev = resolve_device(device)
     return {name: load_classifier(run / "classifiers" / name, device=dev) for name in NAMES}
 
+
+DETECTORS = ("classifiers", "nn")
+
+
+def make_detectors(run: Path, audit: AuditData, kind: str, *, device: str = "auto") -> dict:
+    """The detectors of an audit: 'classifiers' (c_p and c_id; q = both positive) or 'nn' (the reference
+    nearest-neighbour detector for x_p, standing in for c_id alone)."""
+    if kind == "classifiers":
+        return load_detectors(run, device=device)
+    if kind == "nn":
+        return {"c_id": NearestNeighbourDetector(audit.x_p, audit.others)}
+    raise DiffauditError(f"unknown detector '{kind}'; choose one of {', '.join(DETECTORS)}")
+

@@ -10,16 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..adversary.detectors import NearestNeighbourDetector
-from ..adversary.stage import NAMES, AuditData, load_detectors
+from ..adversary.stage import AuditData, make_detectors
 from ..errors import DiffauditError
 from ..generate import iter_shards
 from ..io import read_json
 from .reproduction import count_reproductions, reproduction_section, save_figures
 from .results import update_results
-
-DETECTORS = ("classifiers", "nn")
-
 
 def find_samples(run: Path, name: str | None) -> Path:
     """The samples folder: ``name`` as a path, or as a folder under <run>/samples/, or the only one there."""
@@ -60,22 +56,16 @@ def _check_control(folder: Path, manifest: dict, log: Callable[[str], None]) -> 
 def run_count(run: Path, *, samples: str | None = None, detector: str = "classifiers", control_samples: str | None = None,
               data_root=None, device: str = "auto", keep: int = 64, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
-    if detector not in DETECTORS:
-        raise DiffauditError(f"unknown detector '{detector}'; choose one of {', '.join(DETECTORS)}")
     manifest = read_json(run / "manifest.json")
     audit = AuditData(manifest, data_root)
     folder = _with_shards(find_samples(run, samples))
+    detectors = make_detectors(run, audit, detector, device=device)
+    described = {name: d.describe() for name, d in detectors.items()}
     rates: dict = {}
     if detector == "classifiers":
-        detectors = load_detectors(run, device=device)
         metrics = read_json(run / "classifiers" / "metrics.json")
         rates = {"false_positive_rate": dict(metrics["false_positive_rate"]),
                  "true_positive_rate": metrics["true_positive_rate"]}
-        described = {name: detectors[name].describe() for name in NAMES}
-    else:
-        nn = NearestNeighbourDetector(audit.x_p, audit.others)
-        detectors = {"c_id": nn}
-        described = {"c_id": nn.describe()}
     count = count_reproductions(iter_shards(folder), detectors, target=audit.x_p, keep=keep, progress=progress,
                                 total=_total(folder))
     if control_samples is not None:

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adversary.detectors import NearestNeighbourDetector
-from ..adversary.stage import NAMES, AuditData, load_detectors
+from ..adversary.stage import AuditData, make_detectors
 from ..data.prepare import build_training_set
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
@@ -69,13 +69,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     model, _ = load_score_model(run / "train", device=device)
     dev = resolve_device(device)
     audit = AuditData(manifest, data_root)
-    if detector == "classifiers":
-        detectors = load_detectors(run, device=device)
-        detectors = {name: detectors[name] for name in NAMES}
-    elif detector == "nn":
-        detectors = {"nn": NearestNeighbourDetector(audit.x_p, audit.others)}
-    else:
-        raise DiffauditError(f"unknown detector '{detector}'; choose classifiers or nn")
+    detectors = make_detectors(run, audit, detector, device=device)
     p0 = chance_level(run, manifest, chance)
     q_m = QM(model, model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler, device=dev)
     methods = ["exhaustive", "fast"] if method == "both" else [method]

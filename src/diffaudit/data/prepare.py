@@ -75,6 +75,11 @@ def fingerprint_of(manifest: dict) -> Fingerprint | None:
     return None if fp is None else Fingerprint.from_dict(fp)
 
 
+def _as_channels(manifest: dict, images: np.ndarray) -> np.ndarray:
+    """Grey images [..., 1, H, W] repeated to the manifest's 3 channels when it asks for RGB."""
+    return np.repeat(images, 3, axis=-3) if manifest["channels"] == 3 and images.shape[-3] == 1 else images
+
+
 def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = None,
                        data: MedMNISTFile | None = None) -> np.ndarray:
     """Rebuild D_p as uint8 [N_D, C, H, W]: the chosen images, with x_i replaced by x_p (Eq. 10).
@@ -89,9 +94,7 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
             f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
             f"point --data-root ({resolve_root(data_root)}) at the original file"
         )
-    images = data.images(manifest["split"])[np.asarray(manifest["indices"], dtype=np.int64)]
-    if manifest["channels"] == 3 and images.shape[1] == 1:
-        images = np.repeat(images, 3, axis=1)
+    images = _as_channels(manifest, data.images(manifest["split"])[np.asarray(manifest["indices"], dtype=np.int64)])
     fp = fingerprint_of(manifest)
     if fp is not None:
         k = manifest["fingerprint"]["position"]
@@ -108,9 +111,7 @@ def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | N
     images = data.images(split)
     if split == manifest["split"] and unused_only:
         images = np.delete(images, np.asarray(manifest["indices"], dtype=np.int64), axis=0)
-    if manifest["channels"] == 3 and images.shape[1] == 1:
-        images = np.repeat(images, 3, axis=1)
-    return np.ascontiguousarray(images)
+    return np.ascontiguousarray(_as_channels(manifest, images))
 
 
 def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None,
@@ -121,5 +122,4 @@ def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None
         raise DiffauditError("this training set has no fingerprint (prepared with --no-fingerprint)")
     if data is None:
         data = open_dataset(manifest["dataset"], data_root=data_root)
-    x = data.images(manifest["split"])[fp["index"]]
-    return np.repeat(x, 3, axis=0) if manifest["channels"] == 3 and x.shape[0] == 1 else x
+    return _as_channels(manifest, data.images(manifest["split"])[fp["index"]])

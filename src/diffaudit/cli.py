@@ -9,9 +9,19 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import CLASSIFIER_PRESETS, PRESETS, PrepareConfig, SampleConfig, get_preset, replace, to_dict
+from .audit.pipeline import AUDIT_PRESETS
+from .audit.pipeline import STAGES as STAGE_NAMES
+from .config import (
+    CLASSIFIER_PRESETS,
+    INCEPTION_FILE,
+    PRESETS,
+    PrepareConfig,
+    SampleConfig,
+    get_preset,
+    replace,
+)
 from .errors import DiffauditError
-from .io import config_hash, read_json, write_json
+from .io import config_hash, read_json
 
 MANIFEST = "manifest.json"
 
@@ -22,37 +32,14 @@ def _say(msg: str) -> None:
 
 # ---- prepare -------------------------------------------------------------------------------------------
 def cmd_prepare(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from .data.medmnist import open_dataset
-    from .data.prepare import build_training_set, clean_original, fingerprint_of, make_manifest
-    from .images import save_grid
+    from .data.prepare import prepare_run
 
     cfg = PrepareConfig(
         dataset=args.dataset, split=args.split, n_train=args.n_train, channels=args.channels, seed=args.seed,
         fingerprint=not args.no_fingerprint, saf_shape=args.saf_shape, saf_radius=args.saf_radius,
         saf_intensity=args.saf_intensity, saf_width=args.saf_width,
     )
-    run = Path(args.run_dir)
-    if (run / MANIFEST).exists():
-        previous = read_json(run / MANIFEST)
-        if previous.get("config") == to_dict(cfg):
-            _say(f"{run / MANIFEST} already prepared with these options; kept")
-            return
-        raise DiffauditError(f"{run / MANIFEST} was prepared with other options; use another --run-dir")
-    data = open_dataset(cfg.dataset, data_root=args.data_root, download_missing=args.download)
-    if data.is_official is False:
-        _say(f"warning: {data.path} has MD5 {data.md5}, not the official {data.official_md5}")
-    manifest = make_manifest(cfg, data)
-    images = build_training_set(manifest, data=data)
-    fp = fingerprint_of(manifest)
-    if fp is not None:
-        x_p = images[manifest["fingerprint"]["position"]]
-        save_grid(run / "prepare" / "x_i_and_x_p.png", np.stack([clean_original(manifest, data=data), x_p]), scale=6)
-    write_json(run / MANIFEST, manifest)
-    where = (f"x_p = image {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius {fp.radius} "
-             f"at {list(fp.centre)}") if fp else "no fingerprint"
-    _say(f"prepared {manifest['n_train']} {cfg.dataset} images ({where}) -> {run / MANIFEST}")
+    prepare_run(Path(args.run_dir), cfg, data_root=args.data_root, download=args.download, log=_say)
 
 
 def _load_manifest(run: Path) -> dict:
@@ -82,17 +69,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # ---- sample --------------------------------------------------------------------------------------------
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .generate import generate_shards
-    from .training.loop import load_score_model
+    from .generate import sample_run
 
     run = Path(args.run_dir)
-    model, meta = load_score_model(run / "train", device=args.device)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     cfg = replace(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                   shard_size=args.shard_size)
     name = args.name or f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
-    out = generate_shards(run / "samples" / name, model, model.sde, cfg, shape=tuple(meta["image_shape"]),
-                          device=next(model.parameters()).device, model_id=config_hash(meta), progress=not args.quiet)
+    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet)
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
 
@@ -164,6 +148,80 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     _say(f"t' = {r['value']:.2f}, t'_alpha = {r['value_alpha']:.2f} (alpha {r['alpha']}, chance level "
          f"{r['chance_level']:.3g}); bound (Eq. 9) {r['bound']:.3g}; {r['nfe']} network evaluations ({r['search']})"
          f"{extra}{'; q_M was not monotone in t' if r['non_monotone'] else ''} -> {run / r['figure']}")
+
+
+# ---- audit, sweep, report -------------------------------------------------------------------------------
+def _audit_config(args: argparse.Namespace):
+    from .audit.pipeline import get_audit_preset, load_config
+
+    if args.config:
+        return load_config(args.config)
+    return get_audit_preset(
+        args.preset,
+        prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},
+        train={"steps": args.steps},
+        sample={"n": args.n_samples},
+        tprime={"M": args.M},
+        fid={"extractor": args.fid_extractor, "inception_weights": args.inception_weights},
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from .audit.pipeline import Context, format_plan, plan, run_audit
+    from .audit.report import detector_warning, verdict
+
+    cfg = _audit_config(args)
+    if args.detector:
+        cfg = replace(cfg, detector=args.detector)
+    ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
+                  progress=not args.quiet, log=_say)
+    if args.dry_run:
+        print(format_plan(plan(ctx), ctx))
+        return
+    results = run_audit(ctx, stop_after=args.stop_after)
+    if "reproduction" in results:
+        _say(verdict(results))
+        metrics = ctx.run / "classifiers" / "metrics.json"
+        warning = detector_warning(results, read_json(metrics) if metrics.exists() else {})
+        if warning:
+            _say(warning)
+    if (ctx.run / "report.html").exists():
+        _say(f"report: {ctx.run / 'report.html'} (and report.md); results: {ctx.run / 'results.json'}")
+
+
+def _n_trains(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for v in text.split(","):
+        v = v.strip()
+        if v == "all":
+            out.append(None)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise DiffauditError(f"--n-train takes comma-separated sizes or 'all', got '{v}'") from None
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .audit.sweep import run_sweep
+
+    cfg = _audit_config(args)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    summary = run_sweep(Path(args.out), cfg, datasets=datasets, n_trains=_n_trains(args.n_trains), device=args.device,
+                        data_root=args.data_root, progress=not args.quiet, log=_say)
+    _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .audit.report import verdict, write_report
+
+    run = Path(args.run_dir)
+    if not (run / "results.json").exists():
+        raise DiffauditError(f"{run} has no results.json; run 'diffaudit count' (or 'diffaudit audit') first")
+    paths = write_report(run)
+    _say(verdict(read_json(run / "results.json")))
+    _say(f"report: {paths['html']} and {paths['md']}")
 
 
 # ---- parser --------------------------------------------------------------------------------------------
@@ -316,6 +374,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
     device_and_data(p)
     p.set_defaults(func=cmd_tprime)
+
+    def audit_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="cpu-demo", choices=list(AUDIT_PRESETS),
+                       help="cpu-demo: about ten minutes on 2 CPU cores; cpu: about an hour; paper: the paper's settings (GPU)")
+        p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of --preset")
+        p.add_argument("--seed", type=int, default=None, help="the prepare stage's seed (choice of images, x_i, SAF)")
+        p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the preset's)")
+        p.add_argument("--n-samples", type=int, default=None, help="N, generated images to count (default: the preset's)")
+        p.add_argument("--M", type=int, default=None, help="reverse runs per t in the t' search (default: the preset's)")
+        p.add_argument("--fid-extractor", default=None, choices=["auto", "inception", "domain"],
+                       help="auto: Inception when its weights are found, else the domain extractor")
+        p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
+        device_and_data(p)
+
+    p = sub.add_parser("audit", formatter_class=Formatter, help="the whole audit in one run directory, with a report",
+                       description="Run every stage (prepare, train, classifiers, sample, count, tprime, nll, fid, "
+                                   "report) into one run directory. Finished stages are kept: rerun the same command "
+                                   "after an interruption to continue. Writes results.json, report.html, report.md and "
+                                   "audit/audit.log.",
+                       epilog=_example("""
+                            diffaudit audit --run-dir runs/demo                          # cpu-demo preset
+                            diffaudit audit --run-dir runs/b64 --preset cpu --n-train 64 --dry-run
+                            diffaudit audit --run-dir runs/paper --preset paper --dataset pneumoniamnist"""))
+    common(p)
+    audit_options(p)
+    p.add_argument("--dataset", default=None, help="MedMNIST flag (default: the preset's, breastmnist)")
+    p.add_argument("--n-train", type=int, default=None, help="N_D (default: the preset's)")
+    p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
+    p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
+    p.add_argument("--stop-after", default=None, choices=list(STAGE_NAMES), help="stop after this stage")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("sweep", formatter_class=Formatter, help="audits over datasets and N_D with a combined report",
+                       description="One audit per (dataset, N_D) cell under --out, then report.html/report.md and "
+                                   "sweep.json with Table 1 (reproductions against N_D), Table 2 (NLL, FID, SAF %, "
+                                   "ID % per dataset) and the q_M(t) curves overlaid. Rerun to continue a killed sweep.",
+                       epilog=_example("""
+                            diffaudit sweep --out runs/table1 --datasets breastmnist --n-train 16,32,64
+                            diffaudit sweep --out runs/table2 --preset paper --datasets breastmnist,retinamnist,pneumoniamnist --n-train all"""))
+    p.add_argument("--out", required=True, help="the sweep folder (created if missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--datasets", default="breastmnist", help="comma-separated MedMNIST flags")
+    p.add_argument("--n-train", dest="n_trains", default="16,32", help="comma-separated N_D values, or 'all'")
+    audit_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", formatter_class=Formatter, help="(re)write report.html and report.md of a run",
+                       description="Write report.html (self-contained) and report.md from a run's results.json.",
+                       epilog=_example("diffaudit report --run-dir runs/demo"))
+    p.add_argument("--run-dir", required=True)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -95,6 +95,7 @@ class ClassifierConfig:
     val_positive_share: float = 0.1  # and among the validation set
     augmix: bool = True
     augmix_severity: int = 3
+    lr_schedule: str = "constant"  # constant, or cosine: decays to 0 over max_epochs (steadier near the end)
     mask_prob: float = 0.0  # probability of a random patch of the SAF's shape and a random grey (c_id)
     noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id)
     threshold: float = 0.5  # positive when sigmoid(logit) > threshold
@@ -131,6 +132,24 @@ def get_classifier_preset(name: str) -> dict[str, ClassifierConfig]:
         return CLASSIFIER_PRESETS[name]
     except KeyError:
         raise DiffauditError(f"unknown classifier preset '{name}'; choose one of {', '.join(CLASSIFIER_PRESETS)}") from None
+
+
+#: torch-fidelity's port of the TF Inception-v3 weights, the standard FID's feature extractor
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """FID's feature extractor where no Inception weights exist: a ResNet10 classifier of the dataset's labels
+    whose small bottleneck before the classification head is the feature."""
+
+    features: int = 64
+    steps: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    shift: int = 2  # random translations of up to this many pixels
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,18 @@ def generate_shards(
     device: torch.device | str = "cpu",
     model_id: str = "",
     progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> Path:
-    """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``."""
+    """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``.
+
+    With ``world`` > 1 processes (``accelerate launch``), process ``rank`` makes the shards k with
+    k % world == rank: no two processes write the same shard, and every image is the one a single process would
+    have made, since it depends only on (seed, index). The caller then waits for all processes and calls
+    :func:`finish_shards` once."""
     _check_config(cfg)
+    if not 0 <= rank < world:
+        raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
         {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id}))
@@ -58,12 +67,13 @@ def generate_shards(
         strip = lambda r: {**r, "sample": {k: v for k, v in r["sample"].items() if k not in ("n", "batch_size")}}  # noqa: E731
         if strip(previous) != strip(record):
             raise DiffauditError(f"{out} holds samples of another config or model; choose another --name")
-    write_json(out / "config.json", record)
+    if rank == 0:
+        write_json(out / "config.json", record)
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
 
     n_shards = -(-cfg.n // cfg.shard_size)
     todo = []
-    for k in range(n_shards):
+    for k in range(rank, n_shards, world):
         expected = np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, cfg.n))
         path = _shard_path(out, k)
         if path.exists():
@@ -84,11 +94,18 @@ def generate_shards(
             bar.update(len(idx))
         save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected)
     bar.close()
-    for stale in sorted(out.glob("shard_*.npz"))[n_shards:]:
+    if world == 1:
+        finish_shards(out, cfg)
+    return out
+
+
+def finish_shards(out: Path, cfg: SampleConfig) -> None:
+    """After every shard is written: drop shards beyond a lowered N and draw the grid of the first images."""
+    n_shards = -(-cfg.n // cfg.shard_size)
+    for stale in sorted(Path(out).glob("shard_*.npz"))[n_shards:]:
         stale.unlink()  # shards beyond a lowered N
     first = next(iter_shards(out))[1][:64]
-    save_grid(out / "grid.png", first)
-    return out
+    save_grid(Path(out) / "grid.png", first)
 
 
 def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -100,3 +117,23 @@ def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for path in shards:
         with np.load(path) as f:
             yield f["indices"], f["images"]
+
+
+def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True) -> Path:
+    """Sample from ``<run>/train``'s model into ``<run>/samples/<name>/``, across all processes when launched
+    with several (see :mod:`diffaudit.parallel`)."""
+    from .io import config_hash
+    from .parallel import processes
+    from .training.loop import load_score_model
+
+    procs = processes(device)
+    model, meta = load_score_model(Path(run) / "train", device=str(procs.device))
+    out = Path(run) / "samples" / name
+    generate_shards(out, model, model.sde, cfg, shape=tuple(meta["image_shape"]), device=procs.device,
+                    model_id=config_hash(meta), progress=progress and procs.main, rank=procs.rank, world=procs.world)
+    if procs.world > 1:
+        procs.barrier()
+        if procs.main:
+            finish_shards(out, cfg)
+        procs.barrier()
+    return out

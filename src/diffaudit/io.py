@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DiffauditError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

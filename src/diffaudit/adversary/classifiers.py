@@ -61,6 +61,8 @@ def check_config(cfg: ClassifierConfig) -> None:
     for name in ("positive_share", "val_positive_share"):
         if not 0 < getattr(cfg, name) < 1:
             raise DiffauditError(f"classifier {name} must be in (0, 1), got {getattr(cfg, name)}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise DiffauditError(f"the classifier learning-rate schedule must be constant or cosine, got '{cfg.lr_schedule}'")
     if not 0 < cfg.threshold < 1:
         raise DiffauditError(f"the decision threshold must be in (0, 1), got {cfg.threshold}")
 
@@ -86,12 +88,15 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
     x_val = augment(val_images, cfg, like, derive_seed(cfg.seed, _VAL, 1)).to(device)
     y_val = torch.from_numpy(val_labels).float().to(device)
     steps = max(1, math.ceil(cfg.epoch_size / cfg.batch_size))
+    total = cfg.max_epochs * steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)) if cfg.lr_schedule == "cosine" else 1.0)
     history: list[dict] = []
     best, best_state, waited = math.inf, None, 0
     bar = tqdm(total=cfg.max_epochs, disable=not progress, desc=desc, unit="epoch", dynamic_ncols=True)
     for epoch in range(cfg.max_epochs):
         net.train()
-        total = 0.0
+        running = 0.0
         for step in range(steps):
             seed = derive_seed(cfg.seed, epoch, step, _STEP)
             images, labels = task.draw(cfg.batch_size, cfg.positive_share, np.random.default_rng(seed))
@@ -101,9 +106,10 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
+            schedule.step()
+            running += loss.item()
         val_loss, val_acc = _evaluate(net, x_val, y_val, 256, cfg.threshold)
-        history.append({"epoch": epoch + 1, "train_loss": total / steps, "val_loss": val_loss, "val_accuracy": val_acc})
+        history.append({"epoch": epoch + 1, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_acc})
         if val_loss < best:
             best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
         else:

@@ -17,6 +17,7 @@ from ..io import read_json
 from .reproduction import count_reproductions, reproduction_section, save_figures
 from .results import update_results
 
+
 def find_samples(run: Path, name: str | None) -> Path:
     """The samples folder: ``name`` as a path, or as a folder under <run>/samples/, or the only one there."""
     if name is not None:
@@ -29,6 +30,15 @@ def find_samples(run: Path, name: str | None) -> Path:
         raise DiffauditError(f"{run / 'samples'} holds {len(found)} sample folders; choose one with --samples "
                              f"({', '.join(p.name for p in found) or 'run diffaudit sample first'})")
     return found[0]
+
+
+def run_relative(run: Path, path: Path) -> str:
+    """``path`` relative to the run directory when inside it (results.json then does not depend on the working
+    directory), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _with_shards(folder: Path) -> Path:
@@ -75,9 +85,9 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
         counts = {("both" if name == "q" and len(detectors) > 1 else name): k for name, k in c.counts().items()}
         rates.setdefault("false_positive_rate", {})["control_samples"] = {
             **{name: {"positives": k, "n": c.n, "rate": k / c.n} for name, k in counts.items()},
-            "samples": str(control)}
+            "samples": run_relative(run, control)}
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
     section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
-                                   samples=str(folder), figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
+                                   samples=run_relative(run, folder), figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
     update_results(run, manifest, reproduction=section)
     return section

@@ -94,8 +94,19 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     figure = plot_q_m([(f"N_D = {manifest['n_train']}", main)], run / "tprime" / "q_M.png")
     main["figure"] = str(figure.relative_to(run))
     write_json(run / "tprime" / "search.json", main)
-    update_results(run, manifest, t_prime=main)
+    update_results(run, manifest, t_prime=without_timings(main))
     return main
+
+
+def without_timings(section: dict) -> dict:
+    """``section`` without wall-clock figures, so results.json depends only on the inputs and seeds (the timings
+    stay in tprime/search.json)."""
+    out = {k: v for k, v in section.items() if k not in ("wall_s", "wall_ratio")}
+    if isinstance(out.get("compare"), dict):
+        out["compare"] = without_timings(out["compare"])
+    if isinstance(out.get("exhaustive"), dict):
+        out["exhaustive"] = without_timings(out["exhaustive"])
+    return out
 
 
 def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[float], m: int = 16, seed: int = 0,

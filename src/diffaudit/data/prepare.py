@@ -10,11 +10,14 @@ order of random draws.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
 from ..config import PrepareConfig, to_dict
 from ..errors import DiffauditError
+from ..images import save_grid
+from ..io import read_json, write_json
 from .fingerprint import Fingerprint, check_fits, random_centre
 from .medmnist import MedMNISTFile, open_dataset, resolve_root
 
@@ -123,3 +126,30 @@ def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None
     if data is None:
         data = open_dataset(manifest["dataset"], data_root=data_root)
     return _as_channels(manifest, data.images(manifest["split"])[fp["index"]])
+
+
+def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, download: bool = False, log=print) -> dict:
+    """Write ``<run>/manifest.json`` for ``cfg`` (and a picture of x_i beside x_p); keeps an existing manifest of
+    the same config and refuses one of another. Returns the manifest."""
+    run = Path(run)
+    path = run / "manifest.json"
+    if path.exists():
+        previous = read_json(path)
+        if previous.get("config") == to_dict(cfg):
+            log(f"{path} already prepared with these options; kept")
+            return previous
+        raise DiffauditError(f"{path} was prepared with other options; use another --run-dir")
+    data = open_dataset(cfg.dataset, data_root=data_root, download_missing=download)
+    if data.is_official is False:
+        log(f"warning: {data.path} has MD5 {data.md5}, not the official {data.official_md5}")
+    manifest = make_manifest(cfg, data)
+    images = build_training_set(manifest, data=data)
+    fp = fingerprint_of(manifest)
+    if fp is not None:
+        x_p = images[manifest["fingerprint"]["position"]]
+        save_grid(run / "prepare" / "x_i_and_x_p.png", np.stack([clean_original(manifest, data=data), x_p]), scale=6)
+    write_json(path, manifest)
+    where = (f"x_p = image {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius {fp.radius} "
+             f"at {list(fp.centre)}") if fp else "no fingerprint"
+    log(f"prepared {manifest['n_train']} {cfg.dataset} images ({where}) -> {path}")
+    return manifest

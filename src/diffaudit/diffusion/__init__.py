@@ -2,7 +2,7 @@
 
 from .samplers import SAMPLERS, sample, time_grid
 from .score import ScoreModel, gaussian_score, memoriser_score
-from .sde import SDES, SDE, SubVPSDE, VESDE, VPSDE, make_sde, sde_from_dict
+from .sde import SDE, SDES, VESDE, VPSDE, SubVPSDE, make_sde, sde_from_dict
 
 __all__ = [
     "SAMPLERS", "SDES", "SDE", "ScoreModel", "SubVPSDE", "VESDE", "VPSDE", "gaussian_score", "make_sde",

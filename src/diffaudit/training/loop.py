@@ -32,6 +32,7 @@ from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
 from ..io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from ..parallel import processes
 from .checkpoint import check_state_dict, list_checkpoints, load_checkpoint, save_checkpoint
 
 _NOISE, _ORDER, _INIT = 1, 2, 3  # purposes for derive_seed
@@ -130,7 +131,10 @@ def train(
                 "pass --resume to continue it"
             )
     checkpoints = list_checkpoints(ckpt_dir)
-    dev = resolve_device(device)
+    procs = processes(device)
+    dev = procs.device
+    if train_cfg.batch_size % procs.world:
+        raise DiffauditError(f"the batch size {train_cfg.batch_size} must be a multiple of the {procs.world} processes")
 
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
         torch.manual_seed(derive_seed(train_cfg.seed, 0, _INIT))
@@ -147,15 +151,24 @@ def train(
             raise DiffauditError(f"the last checkpoint is at step {start}, beyond --steps {train_cfg.steps}")
     elif checkpoints:
         raise DiffauditError(f"{ckpt_dir} already has checkpoints; pass --resume to continue, or use another --run-dir")
-    write_json(train_dir / "config.json", record)
-    (train_dir / "model.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
-    _truncate_log(train_dir / "loss.csv", start)
+    procs.barrier()  # every process has read the old state before the main one changes it
+    if procs.main:
+        write_json(train_dir / "config.json", record)
+        (train_dir / "model.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
+        _truncate_log(train_dir / "loss.csv", start)
+    accelerator = None
+    if procs.world > 1:  # DistributedDataParallel through accelerate; each process takes a slice of the batch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=dev.type == "cpu")
+        model = ScoreModel(accelerator.prepare(net), sde)
+    local = slice(procs.rank * train_cfg.batch_size // procs.world, (procs.rank + 1) * train_cfg.batch_size // procs.world)
 
     data = torch.from_numpy(to_model_space(images)).to(dev)
     order = EpochOrder(n, train_cfg.seed)
     bs = train_cfg.batch_size
     n_params = sum(p.numel() for p in net.parameters())
-    bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress, desc=f"train ({n_params / 1e6:.2f}M params)",
+    bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress or not procs.main, desc=f"train ({n_params / 1e6:.2f}M params)",
                unit="step", dynamic_ncols=True)
     log_rows: list[dict] = []
     t_wall = time.perf_counter()
@@ -164,8 +177,8 @@ def train(
         g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, _NOISE))
         t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(bs, generator=g, dtype=torch.float64)
         z = torch.randn((bs, c, h, w), generator=g)
-        x0 = data[order.batch(step, bs).to(dev)]
-        loss = dsm_loss(model, sde, x0, t.float().to(dev), z.to(dev)).mean()
+        x0 = data[order.batch(step, bs)[local].to(dev)]
+        loss = dsm_loss(model, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
         if not torch.isfinite(loss):
             last = checkpoints[-1].name if (checkpoints := list_checkpoints(ckpt_dir)) else "none"
             raise DiffauditError(f"the loss became {loss.item()} at step {step}; lower --lr (last good checkpoint: {last})")
@@ -173,18 +186,21 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if accelerator is not None:
+            accelerator.backward(loss)  # gradients averaged over the processes: those of the global batch
+        else:
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
         opt.step()
         ema.update_parameters(net)
 
         done = step + 1
-        value = loss.item()
+        value = (accelerator.reduce(loss.detach(), "mean") if accelerator is not None else loss).item()
         if done % train_cfg.log_every == 0 or done == train_cfg.steps:
             log_rows.append({"step": done, "loss": f"{value:.6f}", "grad_norm": f"{float(grad_norm):.4f}",
                              "lr": f"{lr:.3g}", "seconds": f"{time.perf_counter() - t_wall:.2f}"})
             bar.set_postfix(loss=f"{value:.4f}")
-        if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+        if procs.main and (done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps):
             _append_log(train_dir / "loss.csv", log_rows)
             log_rows = []
             save_checkpoint(ckpt_dir, step=done, model=net, ema=ema, opt=opt, keep=train_cfg.keep_checkpoints,
@@ -194,8 +210,10 @@ def train(
             callback(done, value)
     bar.close()
 
-    save_tensors(final, ema.module.state_dict(), metadata={"step": str(train_cfg.steps)})
-    write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params})
+    if procs.main:
+        save_tensors(final, ema.module.state_dict(), metadata={"step": str(train_cfg.steps)})
+        write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params})
+    procs.barrier()
     return final
 
 

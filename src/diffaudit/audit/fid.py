@@ -1,0 +1,183 @@
+"""Fréchet distances between generated and real images (the paper's Table 2: FID train and FID test).
+
+The Fréchet distance is torchmetrics' ``FrechetInceptionDistance`` (float64 statistics, the usual
+||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))) in both cases below; only the feature extractor differs,
+and results always name it, because distances from different extractors are not comparable:
+
+* ``inception`` — the standard FID: torch-fidelity's port of the TF Inception-v3 pool features (2048-d). Grey
+  images are repeated to RGB and resized to 299x299 by torchmetrics. The weights
+  (``pt_inception-2015-12-05-6726825d.pth``) are looked up in ``--inception-weights``, ``$DIFFAUDIT_INCEPTION``
+  and torch's hub cache; with ``download=True`` torchmetrics fetches them (internet needed).
+* ``domain`` — where no Inception weights are available: a ResNet10 trained on the dataset's own class labels
+  (its training split), whose 64-d bottleneck before the classification head is the feature. It is trained once
+  per (dataset, seed, config), deterministically, and saved as safetensors + JSON so that all audits of a sweep
+  share it. Its values are *not* Inception FIDs; FID_train against FID_test on the same extractor still shows
+  the memorisation gap.
+
+FID_train compares the generated images with the training set D; FID_test with an equally large random draw of
+the test split, so the two reference sets have the same size and the same small-sample bias.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+from tqdm.auto import tqdm
+
+from ..config import INCEPTION_FILE, ExtractorConfig
+from ..diffusion.rng import derive_seed
+from ..errors import DiffauditError
+from ..io import load_tensors, read_json, save_tensors, write_json
+from ..training.checkpoint import check_state_dict
+
+_INIT, _ORDER, _AUG = 21, 22, 23  # purposes for derive_seed
+
+
+class DomainFeatures(nn.Module):
+    """uint8 images [B, C, H, W] -> the ``features``-d bottleneck of a ResNet10 label classifier."""
+
+    def __init__(self, channels: int, n_classes: int, features: int = 64) -> None:
+        super().__init__()
+        self.body = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=features)
+        self.body.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.head = nn.Linear(features, n_classes)
+        self.num_features = features  # read by torchmetrics
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
+        return self.embed(x)
+
+
+def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    if max_shift == 0:
+        return x
+    pad = nn.functional.pad(x, [max_shift] * 4, mode="replicate")
+    h, w = x.shape[-2:]
+    out = torch.empty_like(x)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=g)
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        out[i] = pad[i, :, dy:dy + h, dx:dx + w]
+    return out
+
+
+def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, *, name: str,
+                    val: tuple[np.ndarray, np.ndarray] | None = None, cfg: ExtractorConfig | None = None,
+                    device: torch.device | str = "cpu", progress: bool = True) -> "DomainFeatures":
+    """Train (or load, when ``folder`` holds one of the same config and data) the fallback extractor."""
+    folder = Path(folder)
+    cfg = cfg or ExtractorConfig()
+    labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
+    n_classes = int(labels.max()) + 1
+    record = {"name": name, "config": cfg.__dict__, "image_shape": list(images.shape[1:]), "n_classes": n_classes,
+              "data": hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]}
+    if (folder / "model.json").is_file():
+        meta = read_json(folder / "model.json")
+        if {k: meta.get(k) for k in record} == record:
+            return load_extractor(folder, device=device)
+        raise DiffauditError(f"{folder} holds a feature extractor of another config or data; remove it or use another folder")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, _INIT))
+        net = DomainFeatures(images.shape[1], n_classes, cfg.features)
+    net = net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x_all = torch.from_numpy(images)
+    y_all = torch.from_numpy(labels)
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, _AUG))
+    perm, pos = torch.randperm(len(x_all), generator=g), 0
+    net.train()
+    for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"FID extractor ({name})", unit="step", dynamic_ncols=True):
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(x_all), generator=g), 0
+        idx = perm[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        x = _shift(x_all[idx].float() / 127.5 - 1.0, cfg.shift, g).to(device)
+        loss = nn.functional.cross_entropy(net.head(net.embed(x)), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    metrics = {}
+    if val is not None:
+        vx, vy = val
+        with torch.no_grad():
+            logits = torch.cat([net.head(net(torch.from_numpy(vx[i:i + 256]).to(device))) for i in range(0, len(vx), 256)])
+        vy = np.asarray(vy).reshape(len(vy), -1)[:, 0]
+        metrics = {"val_accuracy": float((logits.argmax(1).cpu().numpy() == vy).mean()), "val_n": int(len(vy)),
+                   "majority_class_share": float(np.bincount(vy).max() / len(vy))}
+    save_tensors(folder / "model.safetensors", net.state_dict())
+    write_json(folder / "model.json", {**record, "metrics": metrics})
+    return net
+
+
+def load_extractor(folder: str | Path, *, device: torch.device | str = "cpu") -> DomainFeatures:
+    folder = Path(folder)
+    meta = read_json(folder / "model.json")
+    net = DomainFeatures(meta["image_shape"][0], meta["n_classes"], meta["config"]["features"])
+    weights = load_tensors(folder / "model.safetensors")
+    check_state_dict(net, weights, folder / "model.safetensors")
+    net.load_state_dict(weights)
+    return net.to(device).eval()
+
+
+def find_inception_weights(path: str | Path | None = None) -> Path | None:
+    """The Inception weights file from ``path``, ``$DIFFAUDIT_INCEPTION`` or torch's hub cache; None if absent."""
+    candidates = [path, os.environ.get("DIFFAUDIT_INCEPTION"),
+                  Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    if path:
+        raise DiffauditError(f"no Inception weights at {path}; give the path of {INCEPTION_FILE} or leave it out")
+    return None
+
+
+class Frechet:
+    """Streaming Fréchet distance between uint8 image sets through one feature extractor.
+
+    ``extractor`` is a :class:`DomainFeatures` or the string "inception" (with ``weights``, or None to let
+    torchmetrics download them)."""
+
+    def __init__(self, extractor: nn.Module | str, *, weights: Path | None = None, device: torch.device | str = "cpu",
+                 batch_size: int = 256) -> None:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.inception = extractor == "inception"
+        if self.inception:
+            self.metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights) if weights else None)
+        else:
+            self.metric = FrechetInceptionDistance(feature=extractor)
+        self.metric = self.metric.to(self.device)
+
+    def _feed(self, images: Iterable[np.ndarray], real: bool) -> int:
+        n = 0
+        for chunk in images:
+            for i in range(0, len(chunk), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(chunk[i:i + self.batch_size])).to(self.device)
+                if self.inception and x.shape[1] == 1:
+                    x = x.repeat(1, 3, 1, 1)
+                with torch.no_grad():
+                    self.metric.update(x, real=real)
+                n += len(x)
+        return n
+
+    def distance(self, generated: Iterable[np.ndarray], reference: np.ndarray) -> dict:
+        """FID between the generated images (an iterable of uint8 batches) and ``reference`` (uint8)."""
+        self.metric.reset()
+        n_fake = self._feed(generated, real=False)
+        n_real = self._feed([reference], real=True)
+        if min(n_fake, n_real) < 2:
+            raise DiffauditError(f"FID needs at least 2 images on each side, got {n_fake} generated and {n_real} real")
+        value = float(self.metric.compute())
+        return {"value": max(value, 0.0) if math.isfinite(value) else value, "n_generated": n_fake, "n_reference": n_real}

@@ -1,0 +1,187 @@
+"""The whole audit end to end on a minuscule model: every results.json section, a report that parses, resuming
+after a hard kill gives the same results.json, the dry run, the sweep, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from diffaudit.audit.pipeline import (STAGES, AuditConfig, Context, FIDConfig, NLLConfig, TPrimeConfig, audit_from_dict,
+                                      format_plan, plan, run_audit)
+from diffaudit.audit.sweep import run_sweep
+from diffaudit.cli import main
+from diffaudit.config import CLASSIFIER_PRESETS, ExtractorConfig, PrepareConfig, SampleConfig, TrainConfig, to_dict
+from diffaudit.errors import DiffauditError
+from diffaudit.io import read_json
+
+from conftest import TINY_MODEL
+
+_tiny_clf = dict(arch="resnet10", max_epochs=1, patience=1, epoch_size=64, val_size=64, batch_size=32)
+TINY = AuditConfig(
+    prepare=PrepareConfig(dataset="breastmnist", n_train=8, seed=0),
+    model=TINY_MODEL,
+    train=TrainConfig(steps=30, batch_size=8, checkpoint_every=10, warmup_steps=5),
+    c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], **_tiny_clf),
+    c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], **_tiny_clf),
+    sample=SampleConfig(n=24, steps=10, batch_size=12, shard_size=8),
+    tprime=TPrimeConfig(M=4, resolution=0.25, steps=12),
+    nll=NLLConfig(n_train=2, n_test=2, x_p_repeats=2, rtol=1e-2, atol=1e-2),
+    fid=FIDConfig(extractor="domain", domain=ExtractorConfig(steps=3, features=16, batch_size=32)),
+)
+SECTIONS = ("reproduction", "t_prime", "nll_bpd", "fid")
+
+
+class _Balanced(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+
+
+def _audit(run: Path, data_root: Path, cfg: AuditConfig = TINY, **kw) -> dict:
+    return run_audit(Context(run=run, cfg=cfg, device="cpu", data_root=str(data_root), progress=False,
+                             log=lambda m: None), **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_root) -> Path:
+    run = tmp_path_factory.mktemp("audit") / "run"
+    _audit(run, data_root)
+    return run
+
+
+def test_a_finished_audit_has_every_section_and_a_report_that_parses(finished):
+    results = read_json(finished / "results.json")
+    for key in SECTIONS:
+        assert key in results, key
+    assert set(results["nll_bpd"]) >= {"x_p", "train", "test"}
+    assert results["nll_bpd"]["train"]["n"] == 2 and results["nll_bpd"]["x_p"]["n"] == 2
+    for name in ("x_p", "train", "test"):  # an untrained model: far from the data, but finite and positive
+        assert 0 < results["nll_bpd"][name]["mean"] < 50
+    assert set(results["fid"]) >= {"train", "test", "extractor"}
+    assert results["fid"]["extractor"]["name"].startswith("domain-")
+    assert results["fid"]["n_reference"] == 8
+    parser = _Balanced()
+    text = (finished / "report.html").read_text()
+    parser.feed(text)
+    assert parser.stack == [] and "table" in parser.tags and "img" in parser.tags
+    md = (finished / "report.md").read_text()
+    assert md.splitlines()[2].startswith("**Verdict.**")
+    assert f"{results['reproduction']['q']} of 24 samples" in md or "No reproduction of x_p was found in 24" in md
+    assert "Configuration" in md and "data:image/png;base64" in text
+    log = (finished / "audit" / "audit.log").read_text()
+    assert all(f"[{s}] finished" in log for s in STAGES)
+
+
+def test_rerunning_a_finished_audit_skips_every_stage(finished, data_root):
+    before = {s: (finished / "audit" / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+    messages = []
+    run_audit(Context(run=finished, cfg=TINY, device="cpu", data_root=str(data_root), progress=False,
+                      log=messages.append))
+    assert all(f"[{s}] done earlier; kept" in messages for s in STAGES)
+    assert before == {s: (finished / "audit" / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+
+
+def test_an_audit_killed_mid_run_resumes_to_the_same_results(finished, data_root, tmp_path):
+    run = tmp_path / "killed"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(to_dict(TINY)))
+    env = {**os.environ, "DIFFAUDIT_DATA": str(data_root)}
+    proc = subprocess.Popen([sys.executable, "-m", "diffaudit", "audit", "--run-dir", str(run), "--config", str(config),
+                             "--device", "cpu", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run / "audit" / "stages" / "classifiers.json"  # kill while sampling (or a little later)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (run / "audit" / "stages" / "report.json").exists()
+    _audit(run, data_root)
+    assert read_json(run / "results.json") == read_json(finished / "results.json")
+
+
+def test_dry_run_lists_every_stage_with_estimates(finished, data_root, capsys):
+    ctx = Context(run=finished, cfg=TINY, device="cpu", data_root=str(data_root))
+    rows = plan(ctx)
+    assert [r["stage"] for r in rows] == list(STAGES) and all(r["done"] for r in rows)
+    assert all(r["seconds"] >= 0 and r["bytes"] > 0 for r in rows)
+    text = format_plan(rows, ctx)
+    assert "total to run" in text and "free disk" in text
+
+
+def test_another_config_in_the_same_run_dir_is_refused(finished, data_root):
+    other = dataclasses.replace(TINY, sample=dataclasses.replace(TINY.sample, n=48))
+    with pytest.raises(DiffauditError, match=r"other settings \(sample.n: 24 -> 48\)"):
+        _audit(finished, data_root, other)
+
+
+def test_the_config_round_trips_through_json():
+    assert audit_from_dict(json.loads(json.dumps(to_dict(TINY)))) == TINY
+    with pytest.raises(DiffauditError, match="no field"):
+        audit_from_dict({**json.loads(json.dumps(to_dict(TINY))), "steps": 3})
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["audit", "--run-dir", str(tmp_path / "r"), "--config", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.json" in err[0]
+    assert main(["report", "--run-dir", str(tmp_path / "nothing")]) == 2
+    assert "has no results.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "--run-dir", str(tmp_path / "r"), "--preset", "huge"])
+
+
+def test_a_sweep_writes_both_tables_and_shares_the_fid_extractor(finished, data_root, tmp_path):
+    out = tmp_path / "sweep"
+    # the cell with N_D = 8 is the finished audit: copy it in, so the sweep resumes it and runs one new cell
+    import shutil
+
+    shutil.copytree(finished, out / "breastmnist-n8")
+    summary = run_sweep(out, TINY, datasets=["breastmnist"], n_trains=[8, 6], device="cpu", data_root=str(data_root),
+                        progress=False, log=lambda m: None)
+    assert summary["cells"] == ["breastmnist-n8", "breastmnist-n6"]
+    assert [row[1] for row in summary["table1"]] == [8, 6] and len(summary["table2"]) == 2
+    assert (out / "extractors" / "breastmnist" / "model.json").exists()
+    for name in summary["cells"]:  # the copied cell's FID was redone with the shared extractor
+        assert read_json(out / name / "results.json")["fid"]["extractor"]["folder"].endswith("extractors/breastmnist")
+    md = (out / "report.md").read_text()
+    assert "Table 1" in md and "Table 2" in md and (out / "q_M.png").exists()
+
+
+def test_the_verdict_states_the_count_the_expectation_and_the_interval():
+    from diffaudit.audit.report import detector_warning, verdict
+    from diffaudit.audit.stats import reproduction_test
+
+    rep = {"q": 9, "n_samples": 512, **reproduction_test(9, 512, 32)}
+    text = verdict({"n_train": 32, "reproduction": rep})
+    assert text.startswith("The model reproduces the identifiable training image x_p: 9 of 512 samples")
+    assert "expected 16 under full memorisation" in text and "p = 0.041" in text and "[0.00807, 0.0331]" in text
+    none = verdict({"n_train": 32, "reproduction": {"q": 0, "n_samples": 512, **reproduction_test(0, 512, 32)}})
+    assert none.startswith("No reproduction of x_p was found in 512 samples") and "below 0.00583" in none
+    copies = lambda both: {"true_positive_rate": {"copies_of_x_p": {"0": {"both": {"positives": both, "n": 200,  # noqa: E731
+                                                                                  "rate": both / 200}}}}}
+    assert detector_warning({}, copies(200)) is None
+    assert "only 0 of 200 copies" in detector_warning({}, copies(0))

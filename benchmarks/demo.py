@@ -30,8 +30,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the clone (its path is printed)")
     args = ap.parse_args()
     repo = Path(args.repo).resolve()
-    work = Path(tempfile.mkdtemp(prefix="demo-", dir=repo.parent))  # beside the repository, so ../shared/data is found
-    clone = work / "diffaudit"
+    clone = Path(tempfile.mkdtemp(prefix="diffaudit-demo-", dir=repo.parent))  # beside it: ../shared/data is found
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     try:
         install = timed(["make", "install"], clone)
@@ -51,7 +50,7 @@ def main() -> None:
         if args.keep:
             print(f"clone kept at {clone}")
         else:
-            shutil.rmtree(work)
+            shutil.rmtree(clone)
 
 
 if __name__ == "__main__":

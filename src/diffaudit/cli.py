@@ -62,9 +62,33 @@ def cmd_train(args: argparse.Namespace) -> None:
     sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
     sde = make_sde(args.sde, **sde_params)
     images = build_training_set(manifest, data_root=args.data_root)
+    dp = _dp_config(args)
+    if dp is not None:
+        from .privacy.dpsgd import train_dp
+
+        path = train_dp(run / "train", images, model_cfg=preset.model, train_cfg=train_cfg, dp=dp, sde=sde,
+                        data_id=config_hash(manifest), device=args.device, progress=not args.quiet)
+        eps = read_json(run / "train" / "model.json")["dp"]["epsilon"]
+        _say(f"DP model ({args.preset} preset, {train_cfg.steps} steps): epsilon at delta = {dp.delta:g}: "
+             + ", ".join(f"{k} {v:.3g}" for k, v in eps.items()) + f" -> {path}")
+        return
     path = train(run / "train", images, model_cfg=preset.model, train_cfg=train_cfg, sde=sde,
                  data_id=config_hash(manifest), resume=args.resume, device=args.device, progress=not args.quiet)
     _say(f"model ({args.preset} preset, {train_cfg.steps} steps, {sde.name} SDE) -> {path}")
+
+
+def _dp_config(args: argparse.Namespace):
+    """The DPConfig asked for by the --dp-* options, or None for non-private training."""
+    from .config import DPConfig
+
+    if args.dp_epsilon is None and args.dp_noise_multiplier is None:
+        if args.dp_pretrained or args.dp_noise_multiplicity != 1 or args.dp_finetune != "all":
+            raise DiffauditError("DP options need --dp-epsilon or --dp-noise-multiplier")
+        return None
+    return replace(DPConfig(), epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise_multiplier, delta=args.dp_delta,
+                   max_grad_norm=args.dp_max_grad_norm, noise_multiplicity=args.dp_noise_multiplicity,
+                   physical_batch_size=args.dp_physical_batch_size, accountant=args.dp_accountant,
+                   finetune=args.dp_finetune, pretrained=args.dp_pretrained)
 
 
 # ---- sample --------------------------------------------------------------------------------------------
@@ -173,6 +197,9 @@ def cmd_audit(args: argparse.Namespace) -> None:
     cfg = _audit_config(args)
     if args.detector:
         cfg = replace(cfg, detector=args.detector)
+    dp = _dp_config(args)
+    if dp is not None:
+        cfg = replace(cfg, dp=dp)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
                   progress=not args.quiet, log=_say)
     if args.dry_run:
@@ -224,6 +251,31 @@ def cmd_report(args: argparse.Namespace) -> None:
     _say(f"report: {paths['html']} and {paths['md']}")
 
 
+# ---- bound ---------------------------------------------------------------------------------------------
+def cmd_bound(args: argparse.Namespace) -> None:
+    from .privacy.bounds import dpsgd_bound, eps_delta_bound, gdp_bound
+
+    rows = []
+    if args.mu is not None:
+        rows.append(f"mu-GDP (mu = {args.mu:g}): reconstruction success <= {gdp_bound(args.kappa, args.mu):.4g}")
+    if args.epsilon is not None:
+        rows.append(f"({args.epsilon:g}, {args.delta:g})-DP: reconstruction success <= "
+                    f"{eps_delta_bound(args.kappa, args.epsilon, args.delta):.4g}")
+    dpsgd = (args.sample_rate, args.noise_multiplier, args.steps)
+    if any(v is not None for v in dpsgd):
+        if any(v is None for v in dpsgd):
+            raise DiffauditError("the DP-SGD bound needs --sample-rate, --noise-multiplier and --steps together")
+        b = dpsgd_bound(args.kappa, *dpsgd)
+        rows.append(f"DP-SGD (q = {args.sample_rate:g}, sigma = {args.noise_multiplier:g}, T = {args.steps}): "
+                    f"reconstruction success <= {b.bound:.4g} (numerical error {b.numerical_error:.2g}; central-limit "
+                    f"approximation mu = {b.clt_mu:.3g}: {b.clt_bound:.4g}, not a bound)")
+    if not rows:
+        raise DiffauditError("give a mechanism: --mu, or --epsilon (with --delta), or --sample-rate, --noise-multiplier "
+                             "and --steps")
+    print(f"baseline success kappa = {args.kappa:g}")
+    print("\n".join(rows))
+
+
 # ---- parser --------------------------------------------------------------------------------------------
 def _example(text: str) -> str:
     return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -248,6 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     def device_and_data(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+
+    def dp_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("differential privacy (DP-SGD through Opacus; --batch-size is the expected logical batch)")
+        g.add_argument("--dp-epsilon", type=float, default=None, help="train with DP-SGD to this epsilon (at --dp-delta)")
+        g.add_argument("--dp-noise-multiplier", type=float, default=None, help="or with this noise multiplier sigma")
+        g.add_argument("--dp-delta", type=float, default=1e-5, help="delta")
+        g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-example clipping norm")
+        g.add_argument("--dp-noise-multiplicity", type=int, default=1,
+                       help="K noise draws averaged inside each example's loss before clipping")
+        g.add_argument("--dp-physical-batch-size", type=int, default=64, help="largest forward pass")
+        g.add_argument("--dp-accountant", default="prv", choices=["prv", "rdp", "gdp"],
+                       help="the accountant that calibrates sigma (all three are reported)")
+        g.add_argument("--dp-finetune", default="all", choices=["all", "attention"],
+                       help="train all layers, or the attention layers only (with --dp-pretrained)")
+        g.add_argument("--dp-pretrained", default=None, help="the train/ folder of a model to start from (public pretraining)")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run-dir", required=True, help="the run directory (created if missing)")
@@ -293,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
     p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
+    dp_options(p)
     device_and_data(p)
     p.set_defaults(func=cmd_train)
 
@@ -404,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
     p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
     p.add_argument("--stop-after", default=None, choices=list(STAGE_NAMES), help="stop after this stage")
+    dp_options(p)
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("sweep", formatter_class=Formatter, help="audits over datasets and N_D with a combined report",
@@ -425,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_example("diffaudit report --run-dir runs/demo"))
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bound", formatter_class=Formatter, help="upper bounds on reconstruction success under DP",
+                       description="Upper bounds 1 - f(kappa) on the success probability of a reconstruction attack "
+                                   "whose baseline success (without the target in the training set) is kappa, for a "
+                                   "mechanism with trade-off function f: mu-GDP, (epsilon, delta)-DP, or DP-SGD with "
+                                   "Poisson sampling rate q, noise multiplier sigma and T steps (numerically, from "
+                                   "Opacus' PRV accountant). No training needed.",
+                       epilog=_example("""
+                            diffaudit bound --kappa 0.01 --mu 1
+                            diffaudit bound --kappa 0.01 --epsilon 10 --delta 1e-5
+                            diffaudit bound --kappa 0.01 --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000"""))
+    p.add_argument("--kappa", type=float, required=True, help="baseline success probability in (0, 1)")
+    p.add_argument("--mu", type=float, default=None, help="mu of mu-GDP")
+    p.add_argument("--epsilon", type=float, default=None)
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--sample-rate", type=float, default=None, help="DP-SGD: Poisson sampling rate q")
+    p.add_argument("--noise-multiplier", type=float, default=None, help="DP-SGD: sigma")
+    p.add_argument("--steps", type=int, default=None, help="DP-SGD: number of noisy steps T")
+    p.set_defaults(func=cmd_bound)
     return parser
 
 

@@ -61,6 +61,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD training of the score model (Opacus): a target (epsilon, delta), or a noise multiplier.
+
+    The training config's ``batch_size`` is the expected logical batch (Poisson rate q = batch_size / N_D);
+    ``physical_batch_size`` bounds the memory of one forward pass. ``noise_multiplicity`` K averages K noise
+    draws (t, z) inside each example's loss before clipping. ``finetune='attention'`` trains the attention layers
+    only; ``pretrained`` names the train/ folder of a (public) model to start from."""
+
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    noise_multiplicity: int = 1
+    physical_batch_size: int = 64
+    accountant: str = "prv"  # prv, rdp or gdp: the one that calibrates sigma to epsilon; all three are reported
+    finetune: str = "all"  # all or attention
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     n: int = 64
     sampler: str = "em"

@@ -89,5 +89,12 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
     section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
                                    samples=run_relative(run, folder), figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
-    update_results(run, manifest, reproduction=section)
+    sections = {"reproduction": section}
+    model_json = run / "train" / "model.json"
+    dp = read_json(model_json).get("dp") if model_json.exists() else None
+    if dp is not None and detector == "classifiers":
+        from ..privacy.bounds import audit_section
+
+        sections["privacy"] = audit_section(dp, section)
+    update_results(run, manifest, **sections)
     return section

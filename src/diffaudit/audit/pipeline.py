@@ -26,6 +26,7 @@ from typing import Any, Callable
 from ..config import (
     CLASSIFIER_PRESETS,
     ClassifierConfig,
+    DPConfig,
     ExtractorConfig,
     ModelConfig,
     PrepareConfig,
@@ -95,6 +96,7 @@ class AuditConfig:
     tprime: TPrimeConfig = field(default_factory=TPrimeConfig)
     nll: NLLConfig = field(default_factory=NLLConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
+    dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
 
 
 _NESTED = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig, "c_p": ClassifierConfig,
@@ -108,6 +110,8 @@ def audit_from_dict(d: dict[str, Any]) -> AuditConfig:
         cls = _NESTED.get(key)
         if cls is FIDConfig:
             value = {**value, "domain": from_dict(ExtractorConfig, value.get("domain", {}))}
+        if key == "dp" and value is not None:
+            value = from_dict(DPConfig, value)
         kwargs[key] = from_dict(cls, value) if cls is not None else value
     return from_dict(AuditConfig, kwargs)
 
@@ -186,7 +190,7 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
     """The part of the audit config a stage's artefact depends on (besides the stages before it)."""
     c = json.loads(json.dumps(to_dict(cfg)))
     return {"prepare": {"prepare": c["prepare"]},
-            "train": {"model": c["model"], "train": c["train"], "sde": c["sde"]},
+            "train": {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"]},
             "classifiers": {"c_p": c["c_p"], "c_id": c["c_id"]},
             "sample": {"sample": c["sample"]},
             "count": {"detector": c["detector"]},
@@ -320,6 +324,13 @@ def _train(ctx: Context) -> dict:
 
     manifest = read_json(ctx.run / "manifest.json")
     images = build_training_set(manifest, data_root=ctx.data_root)
+    if ctx.cfg.dp is not None:
+        from ..privacy.dpsgd import train_dp
+
+        train_dp(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, dp=ctx.cfg.dp,
+                 sde=make_sde(ctx.cfg.sde), data_id=config_hash(manifest), device=ctx.device, progress=ctx.progress)
+        eps = read_json(ctx.run / "train" / "model.json")["dp"]["epsilon"]
+        return {"steps": ctx.cfg.train.steps, **{f"epsilon_{k}": v for k, v in eps.items()}}
     train(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, sde=make_sde(ctx.cfg.sde),
           data_id=config_hash(manifest), resume=True, device=ctx.device, progress=ctx.progress)
     return {"steps": ctx.cfg.train.steps}

@@ -110,6 +110,20 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
         out.append(("p", f"FID extractor: {fid['extractor']['note']}. {fid['n_generated']} generated images against "
                          f"{fid['n_reference']} reference images each ({fid['reference']})."))
 
+    priv = results.get("privacy")
+    if priv:
+        out.append(("h", 2, "Differential privacy: formal bound beside the audit"))
+        eps = ", ".join(f"{k.upper()} {fmt(v)}" for k, v in priv["epsilon"].items())
+        out.append(("p", f"DP-SGD with noise multiplier {fmt(priv['noise_multiplier'])}, Poisson rate "
+                         f"{fmt(priv['sample_rate'])} and {priv['steps']} steps: epsilon at delta = {fmt(priv['delta'])}: "
+                         f"{eps}. Baseline kappa = {fmt(priv['kappa'])} ({priv['kappa_note']})."))
+        lo, hi = priv["empirical_rate_ci95"]
+        out.append(("table", ["probability that one sample is x_p", "value"],
+                    [["formal upper bound, DP-SGD trade-off (numerical)", f"{fmt(priv['bound_dpsgd'])} "
+                      f"(numerical error {fmt(priv['bound_numerical_error'], 2)})"],
+                     ["formal upper bound, (epsilon, delta) of the PRV accountant", fmt(priv["bound_eps_delta"].get("prv"))],
+                     ["central-limit mu-GDP approximation (not a bound)", fmt(priv["bound_clt_gdp"])],
+                     ["audit: measured rate with 95% interval", f"{fmt(priv['empirical_rate'])} [{fmt(lo)}, {fmt(hi)}]"]]))
     if metrics:
         out.append(("h", 2, "Detector error rates"))
         fpr = metrics.get("false_positive_rate", {})

@@ -13,6 +13,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffaudit.audit.pipeline import (STAGES, AuditConfig, Context, FIDConfig, NLLConfig, TPrimeConfig, audit_from_dict,
@@ -185,3 +186,62 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
                                                                                   "rate": both / 200}}}}}
     assert detector_warning({}, copies(200)) is None
     assert "only 0 of 200 copies" in detector_warning({}, copies(0))
+
+
+def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(tmp_path, data_root):
+    from diffaudit.config import DPConfig
+    from diffaudit.generate import iter_labelled_shards
+
+    cfg = dataclasses.replace(TINY, dp=DPConfig(noise_multiplier=2.0, physical_batch_size=8),
+                              model=dataclasses.replace(TINY.model, num_classes=2),
+                              tprime=dataclasses.replace(TINY.tprime, resolution=0.5),
+                              nll=dataclasses.replace(TINY.nll, n_train=1, n_test=1, x_p_repeats=1))
+    results = _audit(tmp_path / "dp", data_root, cfg)
+    priv = results["privacy"]
+    assert priv["steps"] == TINY.train.steps and priv["noise_multiplier"] == 2.0
+    assert priv["kappa"] < priv["bound_dpsgd"] <= 1 and set(priv["epsilon"]) == {"prv", "rdp", "gdp"}
+    assert priv["empirical_rate_ci95"] == results["reproduction"]["rate_ci95"]
+    md = (tmp_path / "dp" / "report.md").read_text()
+    assert "formal upper bound, DP-SGD trade-off" in md and "audit: measured rate with 95% interval" in md
+    for indices, images, labels in iter_labelled_shards(tmp_path / "dp" / "samples" / "em10-seed0"):
+        assert np.array_equal(labels, indices % 2) and len(images) == len(labels)  # class i mod 2, from i alone
+    util = results["utility"]
+    assert util["classes"] == 2 and util["synthetic"]["n_train"] == 24 and util["real"]["n_train"] == 8
+    for name in ("synthetic", "real"):
+        assert 0 <= util[name]["accuracy"] <= 1 and 0 <= util[name]["auroc"] <= 1 and util[name]["n_test"] == 156
+    assert "Utility of the synthetic data" in md
+
+
+def test_a_class_conditional_model_needs_valid_labels(tmp_path):
+    from diffaudit.diffusion.sde import SubVPSDE
+    from diffaudit.training.loop import train
+
+    images = np.zeros((4, 1, 28, 28), np.uint8)
+    cfg = dataclasses.replace(TINY_MODEL, num_classes=2)
+    for labels, match in ((None, "needs the training images' labels"), (np.array([0, 1, 2, 0]), r"in \[0, 2\)"),
+                          (np.array([0, 1]), "need 4 class labels")):
+        with pytest.raises(DiffauditError, match=match):
+            train(tmp_path / "t", images, model_cfg=cfg, train_cfg=TrainConfig(steps=1, batch_size=2), sde=SubVPSDE(),
+                  labels=labels, progress=False)
+
+
+def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_root):
+    from diffaudit.audit.sweep import run_privacy_sweep
+
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, num_classes=2),
+                              tprime=dataclasses.replace(TINY.tprime, resolution=0.5),
+                              nll=dataclasses.replace(TINY.nll, n_train=1, n_test=1, x_p_repeats=1))
+    out = tmp_path / "eps"
+    summary = run_privacy_sweep(out, cfg, epsilons=[50.0], pretrain=[False, True], public_dataset="breastmnist",
+                                public_split="val", device="cpu", data_root=str(data_root), progress=False,
+                                log=lambda m: None)
+    assert summary["cells"] == ["eps50-scratch", "eps50-pretrained"]
+    assert (out / "public" / "train" / "model.json").exists()
+    assert read_json(out / "eps50-pretrained" / "train" / "model.json")["dp"]["pretrained"].endswith("public/train")
+    assert read_json(out / "eps50-scratch" / "train" / "model.json")["dp"]["pretrained"] is None
+    for row in summary["rows"]:
+        assert row[0] == "50" and row[-1] != "–" and row[4] != "–"  # epsilon and utility filled in
+        assert float(row[-1]) <= 50.5
+    assert "formal bound" in (out / "report.md").read_text()
+    with pytest.raises(DiffauditError, match="must differ"):
+        run_privacy_sweep(out, cfg, epsilons=[1.0], pretrain=[True], public_dataset="breastmnist", public_split="train")

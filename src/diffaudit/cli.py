@@ -62,17 +62,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
     sde = make_sde(args.sde, **sde_params)
     images = build_training_set(manifest, data_root=args.data_root)
+    model_cfg, labels = preset.model, None
+    if args.class_conditional:
+        from .data.prepare import number_of_classes, training_labels
+
+        model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest, data_root=args.data_root))
+        labels = training_labels(manifest, data_root=args.data_root)
     dp = _dp_config(args)
     if dp is not None:
         from .privacy.dpsgd import train_dp
 
-        path = train_dp(run / "train", images, model_cfg=preset.model, train_cfg=train_cfg, dp=dp, sde=sde,
-                        data_id=config_hash(manifest), device=args.device, progress=not args.quiet)
+        path = train_dp(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, dp=dp, sde=sde,
+                        data_id=config_hash(manifest), device=args.device, progress=not args.quiet, labels=labels)
         eps = read_json(run / "train" / "model.json")["dp"]["epsilon"]
         _say(f"DP model ({args.preset} preset, {train_cfg.steps} steps): epsilon at delta = {dp.delta:g}: "
              + ", ".join(f"{k} {v:.3g}" for k, v in eps.items()) + f" -> {path}")
         return
-    path = train(run / "train", images, model_cfg=preset.model, train_cfg=train_cfg, sde=sde,
+    path = train(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, labels=labels,
                  data_id=config_hash(manifest), resume=args.resume, device=args.device, progress=not args.quiet)
     _say(f"model ({args.preset} preset, {train_cfg.steps} steps, {sde.name} SDE) -> {path}")
 
@@ -200,6 +206,11 @@ def cmd_audit(args: argparse.Namespace) -> None:
     dp = _dp_config(args)
     if dp is not None:
         cfg = replace(cfg, dp=dp)
+    if args.class_conditional:
+        from .data.medmnist import open_dataset
+
+        labels = open_dataset(cfg.prepare.dataset, data_root=args.data_root).labels("train")
+        cfg = replace(cfg, model=replace(cfg.model, num_classes=int(labels.max()) + 1))
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
                   progress=not args.quiet, log=_say)
     if args.dry_run:
@@ -230,11 +241,38 @@ def _n_trains(text: str) -> list[int | None]:
     return out
 
 
+def _epsilons(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for v in text.split(","):
+        v = v.strip().lower()
+        try:
+            out.append(None if v in ("inf", "none") else float(v))
+        except ValueError:
+            raise DiffauditError(f"--dp-epsilons takes comma-separated numbers or inf, got '{v}'") from None
+    return out
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from .audit.sweep import run_sweep
+    from .audit.sweep import run_privacy_sweep, run_sweep
 
     cfg = _audit_config(args)
+    if args.class_conditional:
+        from .data.medmnist import open_dataset
+
+        labels = open_dataset(args.datasets.split(",")[0].strip(), data_root=args.data_root).labels("train")
+        cfg = replace(cfg, model=replace(cfg.model, num_classes=int(labels.max()) + 1))
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if args.dp_epsilons:
+        n_trains = _n_trains(args.n_trains)
+        if len(datasets) != 1 or len(n_trains) != 1:
+            raise DiffauditError("a privacy sweep (--dp-epsilons) runs on one dataset and one N_D")
+        cfg = replace(cfg, prepare=replace(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
+        pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
+        summary = run_privacy_sweep(Path(args.out), cfg, epsilons=_epsilons(args.dp_epsilons), pretrain=pretrain,
+                                    public_dataset=args.public_dataset or datasets[0], public_split=args.public_split,
+                                    device=args.device, data_root=args.data_root, progress=not args.quiet, log=_say)
+        _say(f"{len(summary['cells'])} audits; report: {Path(args.out) / 'report.html'} (and privacy_sweep.json)")
+        return
     summary = run_sweep(Path(args.out), cfg, datasets=datasets, n_trains=_n_trains(args.n_trains), device=args.device,
                         data_root=args.data_root, progress=not args.quiet, log=_say)
     _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
@@ -360,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
     p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
+    p.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's class labels")
     dp_options(p)
     device_and_data(p)
     p.set_defaults(func=cmd_train)
@@ -370,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a larger --n keeps the shards already made.",
                        epilog=_example("diffaudit sample --run-dir runs/b32 --n 1000 --sampler em --steps 500"))
     common(p)
-    p.add_argument("--n", type=int, default=None, help="number of images (default 64)")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
+                   help="number of images (default 64); spell it --n-samples after torchrun, which takes --n as its own")
     p.add_argument("--sampler", default=None, help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
                                                    "ode (probability flow, Heun)")
     p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's)")
@@ -458,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", formatter_class=Formatter, help="the whole audit in one run directory, with a report",
                        description="Run every stage (prepare, train, classifiers, sample, count, tprime, nll, fid, "
-                                   "report) into one run directory. Finished stages are kept: rerun the same command "
+                                   "utility, report) into one run directory. Finished stages are kept: rerun the same command "
                                    "after an interruption to continue. Writes results.json, report.html, report.md and "
                                    "audit/audit.log.",
                        epilog=_example("""
@@ -472,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
     p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
     p.add_argument("--stop-after", default=None, choices=list(STAGE_NAMES), help="stop after this stage")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="condition the model on the dataset's labels; adds the utility test (train on synthetic, test on real)")
     dp_options(p)
     p.set_defaults(func=cmd_audit)
 
@@ -481,11 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ID % per dataset) and the q_M(t) curves overlaid. Rerun to continue a killed sweep.",
                        epilog=_example("""
                             diffaudit sweep --out runs/table1 --datasets breastmnist --n-train 16,32,64
-                            diffaudit sweep --out runs/table2 --preset paper --datasets breastmnist,retinamnist,pneumoniamnist --n-train all"""))
+                            diffaudit sweep --out runs/table2 --preset paper --n-train all \\
+                                --datasets breastmnist,retinamnist,pneumoniamnist
+                            diffaudit sweep --out runs/eps --n-train 16 --dp-epsilons 1,10,inf --pretrain both \\
+                                --public-dataset pneumoniamnist --public-split train --class-conditional"""))
     p.add_argument("--out", required=True, help="the sweep folder (created if missing)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--datasets", default="breastmnist", help="comma-separated MedMNIST flags")
     p.add_argument("--n-train", dest="n_trains", default="16,32", help="comma-separated N_D values, or 'all'")
+    p.add_argument("--class-conditional", action="store_true", help="condition on the labels; adds the utility test")
+    g = p.add_argument_group("privacy sweep (epsilon x pretraining on one dataset and N_D)")
+    g.add_argument("--dp-epsilons", default=None, help="comma-separated epsilon targets, 'inf' for non-private, e.g. 1,10,inf")
+    g.add_argument("--pretrain", default="both", choices=["yes", "no", "both"], help="public pretraining before training")
+    g.add_argument("--public-dataset", default=None, help="the public pretraining dataset (default: the audited one)")
+    g.add_argument("--public-split", default="val", choices=["train", "val", "test"],
+                   help="its split (must differ from the private set)")
     audit_options(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -40,6 +40,7 @@ class ModelConfig:
     attention_levels: tuple[bool, ...] = (False, False, False)
     mid_attention: bool = False
     norm_num_groups: int = 8
+    num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
 
 
 @dataclass(frozen=True)

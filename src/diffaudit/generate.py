@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .config import SampleConfig, to_dict
 from .data.medmnist import to_uint8
 from .diffusion.samplers import NFE_PER_STEP, get_sampler, sample
+from .diffusion.score import conditioned
 from .diffusion.sde import SDE
 from .errors import DiffauditError
 from .images import save_grid
@@ -48,19 +49,24 @@ def generate_shards(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    num_classes: int = 0,
 ) -> Path:
     """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``.
 
     With ``world`` > 1 processes (``accelerate launch``), process ``rank`` makes the shards k with
     k % world == rank: no two processes write the same shard, and every image is the one a single process would
     have made, since it depends only on (seed, index). The caller then waits for all processes and calls
-    :func:`finish_shards` once."""
+    :func:`finish_shards` once.
+
+    A class-conditional model (``num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still a
+    function of i alone); its shards also hold ``labels``."""
     _check_config(cfg)
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
-        {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id}))
+        {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id,
+         **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
     if (out / "config.json").exists():
         previous = read_json(out / "config.json")
         # N and the batch size change no image, so they may differ between runs into the same folder
@@ -88,11 +94,13 @@ def generate_shards(
         chunks = []
         for lo in range(0, len(expected), cfg.batch_size):
             idx = expected[lo:lo + cfg.batch_size].tolist()
-            x = sample(score_fn, sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
+            y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
+            x = sample(conditioned(score_fn, y), sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
                        steps=cfg.steps, eps=cfg.eps, device=device, **options)
             chunks.append(to_uint8(x))
             bar.update(len(idx))
-        save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected)
+        labels = {"labels": expected % num_classes} if num_classes else {}
+        save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
     bar.close()
     if world == 1:
         finish_shards(out, cfg)
@@ -130,10 +138,21 @@ def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "
     model, meta = load_score_model(Path(run) / "train", device=str(procs.device))
     out = Path(run) / "samples" / name
     generate_shards(out, model, model.sde, cfg, shape=tuple(meta["image_shape"]), device=procs.device,
-                    model_id=config_hash(meta), progress=progress and procs.main, rank=procs.rank, world=procs.world)
+                    model_id=config_hash(meta), progress=progress and procs.main, rank=procs.rank, world=procs.world,
+                    num_classes=meta["model"].get("num_classes", 0))
     if procs.world > 1:
         procs.barrier()
         if procs.main:
             finish_shards(out, cfg)
         procs.barrier()
     return out
+
+
+def iter_labelled_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images, class labels) of a class-conditional model's shards."""
+    out = Path(out_dir)
+    for path in sorted(out.glob("shard_*.npz")):
+        with np.load(path) as f:
+            if "labels" not in f:
+                raise DiffauditError(f"{path} holds no class labels: the model was not class-conditional")
+            yield f["indices"], f["images"], f["labels"]

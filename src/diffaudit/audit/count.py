@@ -88,7 +88,8 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
             "samples": run_relative(run, control)}
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
     section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
-                                   samples=run_relative(run, folder), figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
+                                   samples=run_relative(run, folder),
+                                   figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
     sections = {"reproduction": section}
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None

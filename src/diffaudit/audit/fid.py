@@ -73,12 +73,13 @@ def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
 
 def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, *, name: str,
                     val: tuple[np.ndarray, np.ndarray] | None = None, cfg: ExtractorConfig | None = None,
-                    device: torch.device | str = "cpu", progress: bool = True) -> "DomainFeatures":
+                    device: torch.device | str = "cpu", progress: bool = True,
+                    n_classes: int | None = None) -> "DomainFeatures":
     """Train (or load, when ``folder`` holds one of the same config and data) the fallback extractor."""
     folder = Path(folder)
     cfg = cfg or ExtractorConfig()
     labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
-    n_classes = int(labels.max()) + 1
+    n_classes = n_classes or int(labels.max()) + 1
     record = {"name": name, "config": cfg.__dict__, "image_shape": list(images.shape[1:]), "n_classes": n_classes,
               "data": hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]}
     if (folder / "model.json").is_file():

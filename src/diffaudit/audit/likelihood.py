@@ -43,6 +43,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ..diffusion.rng import derive_seed
+from ..diffusion.score import conditioned
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 
@@ -148,11 +149,13 @@ def bits_per_dim(
     exact_divergence: bool = False,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    labels: Sequence[int] | None = None,
     **solver: float,
 ) -> tuple[np.ndarray, int]:
     """Negative log-likelihood bound in bits per dimension of uint8 ``images`` [N, C, H, W] (module docstring),
     one value per image, and the total number of network evaluations. ``indices`` (default 0..N-1) name each
-    image's random stream; ``progress(n)`` is called after each batch of n images."""
+    image's random stream; ``progress(n)`` is called after each batch of n images. For a class-conditional
+    ``score_fn`` (a ScoreModel), ``labels`` give each image's class: the result is then -log2 p(x | y) / D."""
     if images.ndim != 4 or images.dtype != np.uint8:
         raise DiffauditError(f"NLL needs uint8 images [N, C, H, W], got {images.dtype} {images.shape}")
     indices = list(range(len(images))) if indices is None else [int(i) for i in indices]
@@ -164,7 +167,9 @@ def bits_per_dim(
         idx = indices[lo:lo + batch_size]
         z = dequantise(images[lo:lo + batch_size], idx, seed).to(device)
         probe = None if exact_divergence else rademacher(images.shape[1:], idx, seed).to(device)
-        logp, n = log_likelihood(score_fn, sde, z, probe=probe, **solver)
+        fn = score_fn if labels is None else conditioned(score_fn, torch.as_tensor(
+            np.asarray(labels[lo:lo + batch_size], dtype=np.int64), device=z.device))
+        logp, n = log_likelihood(fn, sde, z, probe=probe, **solver)
         out.append(-logp / (d * math.log(2)) + DEQUANTISATION_BITS)
         nfe += n
         if progress is not None:

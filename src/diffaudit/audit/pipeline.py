@@ -1,6 +1,7 @@
 """``diffaudit audit``: every stage of the audit into one run directory, resumable, with a dry run.
 
-Stages, in order: prepare, train, classifiers, sample, count, tprime, nll, fid, report. The whole audit's config
+Stages, in order: prepare, train, classifiers, sample, count, tprime, nll, fid, utility (class-conditional
+models only), report. The whole audit's config
 (:class:`AuditConfig`) is written to ``<run>/audit.json`` first; a run directory holds one audit, and another
 config is refused with the sections that differ. Each finished stage writes ``<run>/audit/stages/<stage>.json``
 (its config hash, the hashes of the stages it depends on, its wall time) last, atomically: a stage whose record
@@ -40,11 +41,12 @@ from ..errors import DiffauditError
 from ..io import config_hash, read_json, write_json
 from ..parallel import processes
 
-STAGES = ("prepare", "train", "classifiers", "sample", "count", "tprime", "nll", "fid", "report")
+STAGES = ("prepare", "train", "classifiers", "sample", "count", "tprime", "nll", "fid", "utility", "report")
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
            "count": ("sample", "classifiers"), "tprime": ("train", "classifiers", "count"),
-           "nll": ("train",), "fid": ("sample",), "report": ("count", "tprime", "nll", "fid")}
+           "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
+           "report": ("count", "tprime", "nll", "fid", "utility")}
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class AuditConfig:
     nll: NLLConfig = field(default_factory=NLLConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
     dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
+    pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
 
 
 _NESTED = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig, "c_p": ClassifierConfig,
@@ -190,13 +193,14 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
     """The part of the audit config a stage's artefact depends on (besides the stages before it)."""
     c = json.loads(json.dumps(to_dict(cfg)))
     return {"prepare": {"prepare": c["prepare"]},
-            "train": {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"]},
+            "train": {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"], "pretrained": c["pretrained"]},
             "classifiers": {"c_p": c["c_p"], "c_id": c["c_id"]},
             "sample": {"sample": c["sample"]},
             "count": {"detector": c["detector"]},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
             "fid": {"fid": c["fid"]},
+            "utility": {"classifier": c["fid"]["domain"]},
             "report": {}}[stage]
 
 
@@ -318,21 +322,25 @@ def _prepare(ctx: Context) -> dict:
 
 
 def _train(ctx: Context) -> dict:
-    from ..data.prepare import build_training_set
+    from ..data.prepare import build_training_set, training_labels
     from ..diffusion.sde import make_sde
     from ..training.loop import train
 
     manifest = read_json(ctx.run / "manifest.json")
     images = build_training_set(manifest, data_root=ctx.data_root)
+    labels = training_labels(manifest, data_root=ctx.data_root) if ctx.cfg.model.num_classes else None
     if ctx.cfg.dp is not None:
         from ..privacy.dpsgd import train_dp
 
-        train_dp(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, dp=ctx.cfg.dp,
-                 sde=make_sde(ctx.cfg.sde), data_id=config_hash(manifest), device=ctx.device, progress=ctx.progress)
+        dp = dataclasses.replace(ctx.cfg.dp, pretrained=ctx.cfg.pretrained or ctx.cfg.dp.pretrained)
+        train_dp(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, dp=dp,
+                 sde=make_sde(ctx.cfg.sde), data_id=config_hash(manifest), device=ctx.device, progress=ctx.progress,
+                 labels=labels)
         eps = read_json(ctx.run / "train" / "model.json")["dp"]["epsilon"]
         return {"steps": ctx.cfg.train.steps, **{f"epsilon_{k}": v for k, v in eps.items()}}
     train(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, sde=make_sde(ctx.cfg.sde),
-          data_id=config_hash(manifest), resume=True, device=ctx.device, progress=ctx.progress)
+          data_id=config_hash(manifest), resume=True, device=ctx.device, progress=ctx.progress, labels=labels,
+          init_from=ctx.cfg.pretrained)
     return {"steps": ctx.cfg.train.steps}
 
 
@@ -387,6 +395,16 @@ def _fid(ctx: Context) -> dict:
     return {"train": r["train"], "test": r["test"], "extractor": r["extractor"]["name"]}
 
 
+def _utility(ctx: Context) -> dict:
+    from .utility import run_utility
+
+    if not ctx.cfg.model.num_classes:
+        return {"skipped": "unconditional model (--class-conditional for the utility test)"}
+    r = run_utility(ctx.run, ctx.run / "samples" / ctx.samples_name, ctx.cfg.fid.domain, data_root=ctx.data_root,
+                    device=ctx.device, progress=ctx.progress)
+    return {"synthetic_accuracy": r["synthetic"]["accuracy"], "real_accuracy": r["real"]["accuracy"]}
+
+
 def _report(ctx: Context) -> dict:
     from .report import write_report
 
@@ -396,7 +414,7 @@ def _report(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict | None]] = {
     "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "count": _count,
-    "tprime": _tprime, "nll": _nll, "fid": _fid, "report": _report,
+    "tprime": _tprime, "nll": _nll, "fid": _fid, "utility": _utility, "report": _report,
 }
 
 
@@ -437,6 +455,7 @@ def plan(ctx: Context) -> list[dict]:
     """Each stage with its state (done / to run), an estimate of its time from a one-second probe of this
     machine's speed, and of the disk it will use. Estimates, not promises: early stopping, the t' search and
     the ODE solver's step count vary."""
+    from ..adversary.classifiers import build_classifier
     from ..diffusion.unet import build_unet
 
     cfg = ctx.cfg
@@ -456,12 +475,13 @@ def plan(ctx: Context) -> list[dict]:
         "train": (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
         "classifiers": (0.0 if cfg.detector == "nn" else
                         sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
-                        2 * 20e6),
+                        sum(4 * sum(p.numel() for p in build_classifier(c, channels).parameters()) for c in (cfg.c_p, cfg.c_id))),
         "sample": (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
         "count": (cfg.sample.n * 2 / clf + 5, 2e6),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
         "nll": ((cfg.nll.x_p_repeats + cfg.nll.n_train + cfg.nll.n_test) * 150 * 3 / unet, 1e5),
         "fid": (cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf + (cfg.sample.n + 2 * n_train) / clf, 2e6),
+        "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),
         "report": (5.0, 5e6),
     }
     return [{"stage": s, "done": stage_done(ctx.run, s, keys[s]), "seconds": est[s][0], "bytes": est[s][1]} for s in STAGES]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, split_images
+from ..data.prepare import build_training_set, split_images, training_labels
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import config_hash, read_json, write_json
@@ -51,9 +51,17 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     if position is not None:
         sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
                        derive_seed(cfg.seed, _XP))
+    labels = {}
+    if getattr(model.net.config, "num_class_embeds", None):  # class-conditional: -log p(x | y) with each image's label
+        y_train = training_labels(manifest, data_root=data_root)
+        y_test = np.asarray(open_dataset(manifest["dataset"], data_root=data_root)
+                            .labels(heldout_split(manifest, "test"))).reshape(-1)
+        labels = {"train": y_train[train_pos], "test": y_test[test_idx]}
+        if position is not None:
+            labels["x_p"] = np.full(cfg.x_p_repeats, y_train[position])
     solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": cfg.eps}
     total = sum(len(v[0]) for v in sets.values())
-    section: dict = {"unit": "bits/dim", "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
+    section: dict = {"unit": "bits/dim", "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
                      "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"}}
     with tqdm(total=total, disable=not progress, desc="NLL (probability-flow ODE)", unit="img", dynamic_ncols=True) as bar:
         for name in ("x_p", "train", "test"):
@@ -61,7 +69,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
                 section[name] = None
                 continue
             images, idx, seed = sets[name]
-            values, nfe = bits_per_dim(model, model.sde, images, indices=idx.tolist(), seed=seed,
+            values, nfe = bits_per_dim(model, model.sde, images, indices=idx.tolist(), seed=seed, labels=labels.get(name),
                                        batch_size=cfg.batch_size, device=dev, progress=bar.update, **solver)
             section[name] = {**summarise(values), "nfe": nfe,
                              ("positions" if name != "test" else "test_indices"): [int(i) for i in idx]}

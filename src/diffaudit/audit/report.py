@@ -103,13 +103,23 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
         sem = lambda s: "" if s is None or s.get("sem") is None else f" ± {fmt(s['sem'], 2)}"  # noqa: E731
         out.append(("p", f"NLL in bits/dim by the probability-flow ODE ({nll['solver']['method']}, rtol "
                          f"{nll['solver']['rtol']}, {nll['solver']['divergence']}), dequantisation {nll['dequantisation']}; "
-                         f"x_p {fmt(nll['x_p'] and nll['x_p']['mean'], 4)}{sem(nll['x_p'])} ({nll['x_p'] and nll['x_p']['n']} draws), "
+                         f"x_p {fmt(nll['x_p'] and nll['x_p']['mean'], 4)}{sem(nll['x_p'])} "
+                         f"({nll['x_p'] and nll['x_p']['n']} draws), "
                          f"train {fmt(nll['train']['mean'], 4)}{sem(nll['train'])} (n = {nll['train']['n']}), "
-                         f"test {fmt(nll['test']['mean'], 4)}{sem(nll['test'])} (n = {nll['test']['n']}); ± is one standard error."))
+                         f"test {fmt(nll['test']['mean'], 4)}{sem(nll['test'])} (n = {nll['test']['n']}); "
+                         "± is one standard error."))
     if fid:
         out.append(("p", f"FID extractor: {fid['extractor']['note']}. {fid['n_generated']} generated images against "
                          f"{fid['n_reference']} reference images each ({fid['reference']})."))
 
+    util = results.get("utility")
+    if util:
+        out.append(("h", 2, "Utility of the synthetic data"))
+        out.append(("table", ["classifier trained on", "images", "accuracy", "AUROC"],
+                    [[name, util[name]["n_train"], fmt(util[name]["accuracy"]), fmt(util[name]["auroc"])]
+                     for name in ("synthetic", "real")]))
+        out.append(("p", f"Both tested on the real {util['test_split']} split ({util['synthetic']['n_test']} images, "
+                         f"{util['classes']} classes); {util['classifier']}."))
     priv = results.get("privacy")
     if priv:
         out.append(("h", 2, "Differential privacy: formal bound beside the audit"))

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..adversary.detectors import NearestNeighbourDetector
 from ..adversary.stage import AuditData, make_detectors
 from ..data.prepare import build_training_set
+from ..diffusion.score import of_class
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..io import read_json, write_json
@@ -39,6 +40,16 @@ def posthoc(score_fn: Callable, sde: SDE, images: np.ndarray, positions: Sequenc
         rows.append({"position": int(pos), "t_prime": s.t_prime, "t_prime_alpha": s.t_prime_alpha, "nfe": s.nfe,
                      "non_monotone": s.non_monotone})
     return sorted(rows, key=lambda r: (-r["t_prime_alpha"], -r["t_prime"], r["position"]))
+
+
+def x_p_label(manifest: dict, model, data_root=None) -> int | None:
+    """x_p's class label (that of x_i) when ``model`` is class-conditional, else None."""
+    from ..data.prepare import training_labels
+
+    net = getattr(model, "net", None)
+    if not getattr(getattr(net, "config", None), "num_class_embeds", None):
+        return None
+    return int(training_labels(manifest, data_root=data_root)[manifest["fingerprint"]["position"]])
 
 
 def chance_level(run: Path, manifest: dict, how: str) -> float:
@@ -71,7 +82,9 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     audit = AuditData(manifest, data_root)
     detectors = make_detectors(run, audit, detector, device=device)
     p0 = chance_level(run, manifest, chance)
-    q_m = QM(model, model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler, device=dev)
+    label = x_p_label(manifest, model, data_root)  # a class-conditional model runs back as x_p's class
+    q_m = QM(of_class(model, label), model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler,
+             device=dev)
     methods = ["exhaustive", "fast"] if method == "both" else [method]
     results = {}
     for name in methods:
@@ -118,6 +131,8 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
     model, _ = load_score_model(run / "train", device=device)
     images = build_training_set(manifest, data_root=data_root)
     positions = range(len(images)) if positions is None else positions
+    if getattr(model.net.config, "num_class_embeds", None):
+        raise DiffauditError("the post-hoc audit supports unconditional models only")
     rows = posthoc(model, model.sde, images, list(positions), grid=grid, m=m, seed=seed, steps=steps,
                    sampler=sampler, alpha=alpha, device=next(model.parameters()).device, progress=progress)
     for r in rows:

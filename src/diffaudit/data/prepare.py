@@ -105,6 +105,24 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     return np.ascontiguousarray(images)
 
 
+def training_labels(manifest: dict, *, data_root: str | os.PathLike | None = None,
+                    data: MedMNISTFile | None = None) -> np.ndarray:
+    """Class labels of D_p in training order (x_p keeps the label of x_i), int64 [N_D]; single-label datasets only."""
+    if data is None:
+        data = open_dataset(manifest["dataset"], data_root=data_root)
+    labels = np.asarray(data.labels(manifest["split"]))
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        raise DiffauditError(f"{manifest['dataset']} has {labels.shape[1]} labels per image (multi-label); class "
+                             "conditioning needs one class per image")
+    return labels.reshape(len(labels))[np.asarray(manifest["indices"], dtype=np.int64)].astype(np.int64)
+
+
+def number_of_classes(manifest: dict, *, data_root: str | os.PathLike | None = None) -> int:
+    """The number of classes of the manifest's dataset (from its training split's labels)."""
+    data = open_dataset(manifest["dataset"], data_root=data_root)
+    return int(np.asarray(data.labels("train")).max()) + 1
+
+
 def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | None = None,
                  data: MedMNISTFile | None = None, unused_only: bool = True) -> np.ndarray:
     """The images of another ``split`` of the manifest's dataset (uint8, with the manifest's channels); for

@@ -25,18 +25,36 @@ TIME_SCALE = 999.0
 
 
 class ScoreModel(nn.Module):
-    """s_theta(x, t) = -net(x, t * 999) / sigma_t for a noise-predicting network (e.g. diffusers UNet2DModel)."""
+    """s_theta(x, t) = -net(x, t * 999) / sigma_t for a noise-predicting network (e.g. diffusers UNet2DModel);
+    a class-conditional network also takes ``class_labels`` [B] (see :func:`conditioned`)."""
 
     def __init__(self, net: nn.Module, sde: SDE) -> None:
         super().__init__()
         self.net = net
         self.sde = sde
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = self.net(x, t * TIME_SCALE)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if class_labels is None:
+            eps = self.net(x, t * TIME_SCALE)
+        else:
+            eps = self.net(x, t * TIME_SCALE, class_labels=class_labels)
         eps = getattr(eps, "sample", eps)  # diffusers returns UNet2DOutput(sample=...)
         _, sigma_t = self.sde.coefficients(t)
         return -eps / _expand(sigma_t, x)
+
+
+def conditioned(model: "ScoreModel", class_labels: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model`` as a plain score function s(x, t) for a batch whose class labels are fixed (or unconditional)."""
+    if class_labels is None:
+        return model
+    return lambda x, t: model(x, t, class_labels=class_labels)
+
+
+def of_class(model: "ScoreModel", label: int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model`` as a score function of one class for batches of any size (unconditional when ``label`` is None)."""
+    if label is None:
+        return model
+    return lambda x, t: model(x, t, class_labels=torch.full((len(x),), int(label), device=x.device, dtype=torch.long))
 
 
 def gaussian_score(sde: SDE, mean: torch.Tensor | float, std: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -33,4 +33,5 @@ def build_unet(cfg: ModelConfig, *, channels: int, size: int) -> UNet2DModel:
         add_attention=cfg.mid_attention,
         attention_head_dim=None,  # one head of full width, as in DDPM/NCSN++
         norm_num_groups=cfg.norm_num_groups,
+        num_class_embeds=cfg.num_classes or None,
     )

@@ -37,13 +37,12 @@ from ..config import DPConfig, ModelConfig, TrainConfig, to_dict
 from ..data.medmnist import to_model_space
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import ScoreModel
+from ..diffusion.score import ScoreModel, conditioned
 from ..diffusion.sde import SDE
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..training.checkpoint import check_state_dict
-from ..training.loop import resolve_device
+from ..io import read_json, save_tensors, write_json
+from ..training.loop import check_labels, load_weights, resolve_device
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 _INIT, _LOADER, _NOISE, _DRAWS = 31, 32, 33, 34  # purposes for derive_seed
@@ -116,7 +115,8 @@ def _check_opacus_compatible(net: torch.nn.Module) -> None:
 
 
 def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfig, train_cfg: TrainConfig,
-             dp: DPConfig, sde: SDE, data_id: str = "", device: str | None = "auto", progress: bool = True) -> Path:
+             dp: DPConfig, sde: SDE, data_id: str = "", device: str | None = "auto", progress: bool = True,
+             labels: np.ndarray | None = None) -> Path:
     """Train a score model with DP-SGD on uint8 ``images``; ``train_cfg.steps`` logical steps of expected batch
     ``train_cfg.batch_size``. Writes the same files as :func:`diffaudit.training.loop.train` (model.json gains
     a ``dp`` record) and returns the path of model.safetensors."""
@@ -127,6 +127,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     train_dir = Path(train_dir)
     n, c, h, w = images.shape
     q = check_dp_config(dp, n, train_cfg.batch_size)
+    y_all = check_labels(labels, n, model_cfg.num_classes)
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
                                     "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp)}))
     final = train_dir / "model.safetensors"
@@ -142,10 +143,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
         torch.manual_seed(derive_seed(train_cfg.seed, _INIT))
         net = build_unet(model_cfg, channels=c, size=h)
     if dp.pretrained:
-        pretrained = Path(dp.pretrained)
-        weights = load_tensors(pretrained / "model.safetensors")
-        check_state_dict(net, weights, pretrained / "model.safetensors")
-        net.load_state_dict(weights)
+        load_weights(net, Path(dp.pretrained))
     _check_opacus_compatible(net)
     trainable = _attention_only(net) if dp.finetune == "attention" else sum(p.numel() for p in net.parameters())
     net = net.to(dev)
@@ -179,7 +177,8 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
                     x0 = data[idx].repeat_interleave(k, 0).to(dev)  # the K rows of an image are adjacent
                     t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(b * k, generator=draws)
                     z = torch.randn(x0.shape, generator=draws)
-                    loss = dsm_loss(model, sde, x0, t.to(dev), z.to(dev)).mean()
+                    y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
+                    loss = dsm_loss(conditioned(model, y), sde, x0, t.to(dev), z.to(dev)).mean()
                     loss.backward()
                     average_draws(private, b, k)
                     losses.append(loss.item())

@@ -27,7 +27,7 @@ from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..data.medmnist import to_model_space
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import ScoreModel
+from ..diffusion.score import ScoreModel, conditioned
 from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
@@ -99,12 +99,16 @@ def train(
     device: str | None = "auto",
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    labels: np.ndarray | None = None,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train a score model on uint8 ``images`` [N, C, H, W]; returns the path of ``model.safetensors``.
 
     ``data_id`` names the training set (the manifest's hash) so a run cannot silently continue on other data.
     An existing finished run with the same config is returned as is; a different config is refused; an
-    unfinished run is continued only with ``resume``. ``callback(step, loss)`` runs after every step."""
+    unfinished run is continued only with ``resume``. ``callback(step, loss)`` runs after every step. A
+    class-conditional model (``model_cfg.num_classes`` > 0) needs the images' ``labels`` (int [N]). ``init_from``
+    (a train/ folder) starts from that model's weights, e.g. one pretrained on public data."""
     train_dir = Path(train_dir)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
         raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W], got {images.dtype} {images.shape}")
@@ -113,7 +117,10 @@ def train(
     if not train_cfg.lr > 0:
         raise DiffauditError(f"the learning rate must be positive, got {train_cfg.lr}")
     n, c, h, w = images.shape
+    y_all = check_labels(labels, n, model_cfg.num_classes)
     record = _train_record(model_cfg, train_cfg, sde, (c, h, w), data_id)
+    if init_from is not None:
+        record["init_from"] = str(init_from)
     ckpt_dir = train_dir / "checkpoints"
     final = train_dir / "model.safetensors"
 
@@ -139,6 +146,8 @@ def train(
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
         torch.manual_seed(derive_seed(train_cfg.seed, 0, _INIT))
         net = build_unet(model_cfg, channels=c, size=h)
+    if init_from is not None:
+        load_weights(net, Path(init_from))
     net = net.to(dev)
     model = ScoreModel(net, sde)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
@@ -168,7 +177,8 @@ def train(
     order = EpochOrder(n, train_cfg.seed)
     bs = train_cfg.batch_size
     n_params = sum(p.numel() for p in net.parameters())
-    bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress or not procs.main, desc=f"train ({n_params / 1e6:.2f}M params)",
+    bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress or not procs.main,
+               desc=f"train ({n_params / 1e6:.2f}M params)",
                unit="step", dynamic_ncols=True)
     log_rows: list[dict] = []
     t_wall = time.perf_counter()
@@ -177,8 +187,10 @@ def train(
         g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, _NOISE))
         t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(bs, generator=g, dtype=torch.float64)
         z = torch.randn((bs, c, h, w), generator=g)
-        x0 = data[order.batch(step, bs)[local].to(dev)]
-        loss = dsm_loss(model, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
+        rows = order.batch(step, bs)[local]
+        x0 = data[rows.to(dev)]
+        score_fn = conditioned(model, None if y_all is None else y_all[rows].to(dev))
+        loss = dsm_loss(score_fn, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
         if not torch.isfinite(loss):
             last = checkpoints[-1].name if (checkpoints := list_checkpoints(ckpt_dir)) else "none"
             raise DiffauditError(f"the loss became {loss.item()} at step {step}; lower --lr (last good checkpoint: {last})")
@@ -217,6 +229,18 @@ def train(
     return final
 
 
+def check_labels(labels: np.ndarray | None, n: int, num_classes: int) -> torch.Tensor | None:
+    """The class labels of a conditional model's training images as int64 [n]; None for an unconditional one."""
+    if num_classes == 0:
+        return None
+    if labels is None:
+        raise DiffauditError("a class-conditional model needs the training images' labels")
+    y = np.asarray(labels).reshape(-1)
+    if len(y) != n or y.min() < 0 or y.max() >= num_classes:
+        raise DiffauditError(f"need {n} class labels in [0, {num_classes}), got {len(y)} in [{y.min()}, {y.max()}]")
+    return torch.from_numpy(y.astype(np.int64))
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the log rows up to ``step`` (those of the checkpoint a resumed run starts from)."""
     if not path.exists():
@@ -236,6 +260,16 @@ def _append_log(path: Path, rows: list[dict]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def load_weights(net: torch.nn.Module, train_dir: Path) -> None:
+    """Load the finished model of ``train_dir`` (EMA weights) into ``net``, checking names and shapes."""
+    path = Path(train_dir) / "model.safetensors"
+    if not path.is_file():
+        raise DiffauditError(f"{train_dir} holds no finished model to start from; train it first")
+    weights = load_tensors(path)
+    check_state_dict(net, weights, path)
+    net.load_state_dict(weights)
 
 
 def load_score_model(train_dir: str | Path, *, device: str | None = "auto") -> tuple[ScoreModel, dict]:

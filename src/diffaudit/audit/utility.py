@@ -1,0 +1,68 @@
+"""The ``utility`` stage: is the synthetic data of a class-conditional model useful? (the seeds' utility test)
+
+A ResNet10 label classifier (the same recipe as the FID domain extractor) is trained once on the generated images
+with the labels they were generated for, and once on the real training set D_p; both are tested on the real test
+split. Accuracy and AUROC (one-vs-rest, macro-averaged for more than two classes; torchmetrics) of "train on
+synthetic, test on real" beside "train on real, test on real" say how much of the task the synthetic data keeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..adversary.stage import heldout_split
+from ..data.medmnist import open_dataset
+from ..data.prepare import build_training_set, split_images, training_labels
+from ..errors import DiffauditError
+from ..generate import iter_labelled_shards
+from ..io import read_json, write_json
+from ..training.loop import resolve_device
+from .fid import train_extractor
+from .results import update_results
+
+
+@torch.no_grad()
+def evaluate(net, images: np.ndarray, labels: np.ndarray, n_classes: int, device) -> dict:
+    """Accuracy and AUROC of a label classifier on uint8 ``images``."""
+    from torchmetrics.functional import auroc
+
+    logits = torch.cat([net.head(net(torch.from_numpy(images[i:i + 256]).to(device))).cpu()
+                        for i in range(0, len(images), 256)])
+    target = torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))
+    probs = logits.softmax(1)
+    if n_classes == 2:
+        score = float(auroc(probs[:, 1], target, task="binary"))
+    else:
+        score = float(auroc(probs, target, task="multiclass", num_classes=n_classes, average="macro"))
+    return {"accuracy": float((logits.argmax(1) == target).float().mean()), "auroc": score, "n_test": int(len(target))}
+
+
+def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, device: str = "auto",
+                progress: bool = True) -> dict:
+    manifest = read_json(run / "manifest.json")
+    meta = read_json(run / "train" / "model.json")
+    n_classes = meta["model"].get("num_classes", 0)
+    if not n_classes:
+        raise DiffauditError("the utility test needs a class-conditional model (--class-conditional)")
+    dev = resolve_device(device)
+    parts = list(iter_labelled_shards(samples))
+    synth_x = np.concatenate([p[1] for p in parts])
+    synth_y = np.concatenate([p[2] for p in parts])
+    data = open_dataset(manifest["dataset"], data_root=data_root)
+    real_x, real_y = build_training_set(manifest, data=data), training_labels(manifest, data=data)
+    test_split = heldout_split(manifest, "test")
+    test_x = split_images(manifest, test_split, data=data)
+    test_y = np.asarray(data.labels(test_split)).reshape(-1)
+    out = {}
+    for name, (x, y) in (("synthetic", (synth_x, synth_y)), ("real", (real_x, real_y))):
+        net = train_extractor(run / "utility" / name, x, y, name=f"{manifest['dataset']}-{name}", cfg=extractor_cfg,
+                              device=dev, progress=progress, n_classes=n_classes)
+        out[name] = {**evaluate(net, test_x, test_y, n_classes, dev), "n_train": int(len(x))}
+    section = {**out, "classes": n_classes, "test_split": test_split,
+               "classifier": "ResNet10 label classifier (the FID domain extractor's recipe), trained on each set"}
+    write_json(run / "utility" / "utility.json", section)
+    update_results(run, manifest, utility=section)
+    return section

@@ -186,6 +186,11 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
                                                                                   "rate": both / 200}}}}}
     assert detector_warning({}, copies(200)) is None
     assert "only 0 of 200 copies" in detector_warning({}, copies(0))
+    from diffaudit.audit.report import excess_warning
+
+    assert excess_warning({"n_train": 32, "reproduction": rep}) is None  # 9 of 512: below full memorisation
+    excess = {"q": 81, "n_samples": 128, **reproduction_test(81, 128, 16)}  # a noise model whose every sample fires
+    assert "significantly more than full memorisation" in excess_warning({"n_train": 16, "reproduction": excess})
 
 
 def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(tmp_path, data_root):
@@ -240,8 +245,13 @@ def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_ro
     assert read_json(out / "eps50-pretrained" / "train" / "model.json")["dp"]["pretrained"].endswith("public/train")
     assert read_json(out / "eps50-scratch" / "train" / "model.json")["dp"]["pretrained"] is None
     for row in summary["rows"]:
-        assert row[0] == "50" and row[-1] != "–" and row[4] != "–"  # epsilon and utility filled in
-        assert float(row[-1]) <= 50.5
+        assert row[0] == "50" and row[-2] != "–" and row[4] != "–"  # epsilon and utility filled in
+        assert float(row[-2]) <= 50.5
     assert "formal bound" in (out / "report.md").read_text()
     with pytest.raises(DiffauditError, match="must differ"):
         run_privacy_sweep(out, cfg, epsilons=[1.0], pretrain=[True], public_dataset="breastmnist", public_split="train")
+    big_batch = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=16))
+    with pytest.raises(DiffauditError, match="exceeds N_D = 8"):  # refused before any pretraining
+        run_privacy_sweep(tmp_path / "other", big_batch, epsilons=[1.0], pretrain=[True], public_dataset="breastmnist",
+                          public_split="val")
+    assert not (tmp_path / "other").exists()

@@ -198,7 +198,7 @@ def _audit_config(args: argparse.Namespace):
 
 def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.pipeline import Context, format_plan, plan, run_audit
-    from .audit.report import detector_warning, verdict
+    from .audit.report import detector_warning, excess_warning, verdict
 
     cfg = _audit_config(args)
     if args.detector:
@@ -220,9 +220,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     if "reproduction" in results:
         _say(verdict(results))
         metrics = ctx.run / "classifiers" / "metrics.json"
-        warning = detector_warning(results, read_json(metrics) if metrics.exists() else {})
-        if warning:
-            _say(warning)
+        for warning in (detector_warning(results, read_json(metrics) if metrics.exists() else {}),
+                        excess_warning(results)):
+            if warning:
+                _say(warning)
     if (ctx.run / "report.html").exists():
         _say(f"report: {ctx.run / 'report.html'} (and report.md); results: {ctx.run / 'results.json'}")
 

@@ -60,6 +60,20 @@ def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str
             "count with the reference detector (--detector nn) before relying on it.")
 
 
+def excess_warning(results: dict) -> str | None:
+    """A warning when the count is significantly above full memorisation (the interval's lower limit above
+    1/N_D): a model of D_p that returns x_p more often than a perfect copy of D_p would is implausible, and the
+    usual cause is detectors firing on generated images unlike any real one (their false-positive rate was
+    measured on real images only)."""
+    rep = results.get("reproduction")
+    if not rep or rep["rate_ci95"][0] <= 1.0 / results["n_train"]:
+        return None
+    return (f"Caution: {rep['q']} of {rep['n_samples']} is significantly more than full memorisation predicts "
+            f"({fmt(rep['expected_q'])}); look at the positives and their error maps before reading this as reproduction. "
+            "On generated images unlike real ones (an undertrained or heavily noised model) the detectors' false-positive "
+            "rate is not controlled; measure it on a control model's samples (count --control-samples).")
+
+
 def _rate(d: dict | None) -> str:
     return "–" if not d else f"{d['positives']}/{d['n']} ({fmt(d['rate'])})"
 
@@ -71,9 +85,9 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     fp = results.get("fingerprint") or {}
     out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}"),
                         ("p", f"**Verdict.** {verdict(results)}")]
-    warning = detector_warning(results, metrics)
-    if warning:
-        out.append(("p", f"**{warning}**"))
+    for warning in (detector_warning(results, metrics), excess_warning(results)):
+        if warning:
+            out.append(("p", f"**{warning}**"))
     out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
                      f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
                      f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."))
@@ -119,7 +133,8 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
                     [[name, util[name]["n_train"], fmt(util[name]["accuracy"]), fmt(util[name]["auroc"])]
                      for name in ("synthetic", "real")]))
         out.append(("p", f"Both tested on the real {util['test_split']} split ({util['synthetic']['n_test']} images, "
-                         f"{util['classes']} classes); {util['classifier']}."))
+                         f"{util['classes']} classes; always answering the majority class scores an accuracy of "
+                         f"{fmt(util.get('majority_class_share'))} and an AUROC of 0.5); {util['classifier']}."))
     priv = results.get("privacy")
     if priv:
         out.append(("h", 2, "Differential privacy: formal bound beside the audit"))
@@ -134,6 +149,10 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
                      ["formal upper bound, (epsilon, delta) of the PRV accountant", fmt(priv["bound_eps_delta"].get("prv"))],
                      ["central-limit mu-GDP approximation (not a bound)", fmt(priv["bound_clt_gdp"])],
                      ["audit: measured rate with 95% interval", f"{fmt(priv['empirical_rate'])} [{fmt(lo)}, {fmt(hi)}]"]]))
+        if lo > priv["bound_dpsgd"]:
+            out.append(("p", "**The measured rate is significantly above the formal bound, which DP rules out if kappa is "
+                             "right: the detectors' false-positive rate on this model's images is higher than on real "
+                             "images, so these positives are not evidence of reproduction (see the caution above).**"))
     if metrics:
         out.append(("h", 2, "Detector error rates"))
         fpr = metrics.get("false_positive_rate", {})

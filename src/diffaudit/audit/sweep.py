@@ -5,6 +5,10 @@ Cells live in ``<out>/<dataset>-n<N_D>/`` (``-nall`` for the whole split) and ar
 directories: a killed sweep continues where it stopped, and a cell can be opened on its own. The FID extractor
 of a dataset is trained once in ``<out>/extractors/<dataset>/`` and shared by its cells, so their FIDs are
 comparable.
+
+The privacy sweep (:func:`run_privacy_sweep`) does the same over (epsilon, public pretraining) on one dataset and
+N_D: ``<out>/eps<epsilon>-{scratch,pretrained}/``, the public model in ``<out>/public/``, and one table of FID,
+utility, |q| with its interval, t', the formal bound and the epsilon reached.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from ..errors import DiffauditError
 from ..io import read_json, write_json
 from .pipeline import AuditConfig, Context, run_audit
 from .plots import plot_q_m
-from .report import fmt, write_blocks
+from .report import excess_warning, fmt, write_blocks
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:
@@ -123,6 +127,11 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     if public_dataset == base.prepare.dataset and public_split == base.prepare.split:
         raise DiffauditError("the public pretraining set must differ from the private one: choose another "
                              "--public-dataset or --public-split")
+    n_train = base.prepare.n_train
+    if any(e is not None for e in epsilons) and n_train is not None and base.train.batch_size > n_train:
+        raise DiffauditError(f"DP-SGD samples each image with rate batch size / N_D; the batch size "
+                             f"{base.train.batch_size} exceeds N_D = {n_train}: lower it (e.g. --config with "
+                             "train.batch_size)")
     public = None
     if any(pretrain):
         public = pretrain_public(out / "public", base, dataset=public_dataset, split=public_split, device=device,
@@ -144,9 +153,10 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
                      fmt(r["fid"]["test"], 4), fmt(util and util["synthetic"]["accuracy"]),
                      fmt(util and util["synthetic"]["auroc"]), f"{rep['q']}/{rep['n_samples']}",
                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]", fmt(r["t_prime"]["value"], 2),
-                     fmt(priv and priv["bound_dpsgd"]), fmt(priv and priv["epsilon"]["prv"])])
+                     fmt(priv and priv["bound_dpsgd"]), fmt(priv and priv["epsilon"]["prv"]),
+                     "excess: see its report" if excess_warning(r) else ""])
     headers = ["ε target", "pretrained", "FID train", "FID test", "utility acc.", "utility AUROC", "|q|",
-               "95% interval", "t'", "formal bound", "ε (PRV)"]
+               "95% interval", "t'", "formal bound", "ε (PRV)", "caution"]
     blocks = [("h", 1, "diffaudit privacy sweep"),
               ("p", f"{len(rows)} audits of {base.prepare.dataset} (N_D = {base.prepare.n_train}); public pretraining on "
                     f"{public_dataset}/{public_split}. Each cell's report is in its folder."),

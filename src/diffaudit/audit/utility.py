@@ -62,6 +62,7 @@ def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, devi
                               device=dev, progress=progress, n_classes=n_classes)
         out[name] = {**evaluate(net, test_x, test_y, n_classes, dev), "n_train": int(len(x))}
     section = {**out, "classes": n_classes, "test_split": test_split,
+               "majority_class_share": float(np.bincount(test_y.astype(np.int64)).max() / len(test_y)),
                "classifier": "ResNet10 label classifier (the FID domain extractor's recipe), trained on each set"}
     write_json(run / "utility" / "utility.json", section)
     update_results(run, manifest, utility=section)

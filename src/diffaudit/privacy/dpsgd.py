@@ -18,7 +18,8 @@
   PRV, RDP and GDP accountants and stored in model.json.
 
 A DP run is not resumable: the privacy engine's accountant and the noise generator's state are not checkpointed,
-so a killed run starts again.
+so a killed run starts again. The noise comes from a seeded torch generator, so a run is reproducible; Opacus'
+``secure_mode`` (cryptographically secure noise, not reproducible) is not offered.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +82,9 @@ def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
     for name in ACCOUNTANTS:
         acc = create_accountant(name)
         acc.history = [(noise_multiplier, sample_rate, int(steps))]
-        out[name] = float(acc.get_epsilon(delta))
+        with warnings.catch_warnings():  # GDP's "experimental" notice: it is reported beside PRV and RDP, not alone
+            warnings.filterwarnings("ignore", message="GDP accounting is experimental")
+            out[name] = float(acc.get_epsilon(delta))
     return out
 
 
@@ -153,7 +157,9 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     data = torch.from_numpy(to_model_space(images))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)), batch_size=train_cfg.batch_size,
                                          generator=torch.Generator().manual_seed(derive_seed(train_cfg.seed, _LOADER)))
-    engine = PrivacyEngine(accountant=dp.accountant)
+    with warnings.catch_warnings():  # seeded noise on purpose (reproducible runs); the module docstring says so
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
     private, opt, loader = engine.make_private(
         module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True, noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, _NOISE)))
@@ -166,7 +172,9 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
                dynamic_ncols=True)
     step, t0, losses = 0, time.perf_counter(), []
     private.train()
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches:
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches, \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus' hook on the input layer
         while step < train_cfg.steps:
             for (idx,) in batches:
                 lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))

@@ -125,3 +125,22 @@ def test_the_audit_section_sets_the_formal_bound_beside_the_measured_rate():
     assert s["empirical_rate_ci95"] == rep["rate_ci95"]
     with pytest.raises(DiffauditError, match="false-positive"):
         audit_section(dp, {**rep, "false_positive_rate": {}})
+
+
+def test_attention_only_fine_tuning_changes_only_attention_weights(tmp_path):
+    import dataclasses
+
+    from diffaudit.diffusion.sde import SubVPSDE
+    from diffaudit.io import load_tensors
+    from diffaudit.training.loop import train
+
+    model = dataclasses.replace(TINY_MODEL, attention_levels=(False, True, False))
+    train(tmp_path / "public", IMAGES, model_cfg=model, train_cfg=TrainConfig(steps=2, batch_size=8), sde=SubVPSDE(),
+          device="cpu", progress=False)
+    train_dp(tmp_path / "private", IMAGES, model_cfg=model, train_cfg=TRAIN, sde=SubVPSDE(), device="cpu", progress=False,
+             dp=DPConfig(noise_multiplier=1.0, physical_batch_size=8, finetune="attention", pretrained=str(tmp_path / "public")))
+    before = load_tensors(tmp_path / "public" / "model.safetensors")
+    after = load_tensors(tmp_path / "private" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".attentions." in f".{k}" for k in changed)
+    assert read_json(tmp_path / "private" / "model.json")["dp"]["trainable_params"] < sum(v.numel() for v in before.values())

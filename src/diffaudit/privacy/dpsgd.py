@@ -80,10 +80,10 @@ def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
 
     out = {}
     for name in ACCOUNTANTS:
-        acc = create_accountant(name)
-        acc.history = [(noise_multiplier, sample_rate, int(steps))]
         with warnings.catch_warnings():  # GDP's "experimental" notice: it is reported beside PRV and RDP, not alone
             warnings.filterwarnings("ignore", message="GDP accounting is experimental")
+            acc = create_accountant(name)
+            acc.history = [(noise_multiplier, sample_rate, int(steps))]
             out[name] = float(acc.get_epsilon(delta))
     return out
 

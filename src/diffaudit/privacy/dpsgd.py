@@ -70,7 +70,8 @@ def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
     if dp.finetune not in ("all", "attention"):
         raise DiffauditError(f"--dp-finetune must be all or attention, got '{dp.finetune}'")
     if not 1 <= batch_size <= n_train:
-        raise DiffauditError(f"the expected batch size {batch_size} must be between 1 and N_D = {n_train}")
+        raise DiffauditError(f"the expected batch size {batch_size} must be between 1 and N_D = {n_train} (q = batch / N_D); "
+                             "lower --batch-size (audit: train.batch_size in --config) or raise --n-train")
     return batch_size / n_train
 
 

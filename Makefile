@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole audit (cpu-demo preset: 16 BreastMNIST images, one with the fingerprint) into $(DEMO_DIR), about ten
+# The whole audit (cpu-demo preset: 16 BreastMNIST images, one with the fingerprint) into $(DEMO_DIR), about seven
 # minutes on 2 CPU cores. Rerunning keeps the finished stages; `make clean-demo` starts over.
 demo: $(STAMP)
 	$(VENV)/bin/diffaudit audit --run-dir $(DEMO_DIR) --preset cpu-demo

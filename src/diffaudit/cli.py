@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.class_conditional:
         from .data.prepare import number_of_classes, training_labels
 
-        model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest, data_root=args.data_root))
+        model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
         labels = training_labels(manifest, data_root=args.data_root)
     dp = _dp_config(args)
     if dp is not None:
@@ -196,6 +196,13 @@ def _audit_config(args: argparse.Namespace):
     )
 
 
+def _class_conditional(cfg, dataset: str, data_root: str | None):
+    """``cfg`` with its model conditioned on ``dataset``'s classes."""
+    from .data.prepare import number_of_classes
+
+    return replace(cfg, model=replace(cfg.model, num_classes=number_of_classes(dataset, data_root=data_root)))
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.pipeline import Context, format_plan, plan, run_audit
     from .audit.report import detector_warning, excess_warning, verdict
@@ -207,10 +214,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     if dp is not None:
         cfg = replace(cfg, dp=dp)
     if args.class_conditional:
-        from .data.medmnist import open_dataset
-
-        labels = open_dataset(cfg.prepare.dataset, data_root=args.data_root).labels("train")
-        cfg = replace(cfg, model=replace(cfg.model, num_classes=int(labels.max()) + 1))
+        cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
                   progress=not args.quiet, log=_say)
     if args.dry_run:
@@ -257,12 +261,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from .audit.sweep import run_privacy_sweep, run_sweep
 
     cfg = _audit_config(args)
-    if args.class_conditional:
-        from .data.medmnist import open_dataset
-
-        labels = open_dataset(args.datasets.split(",")[0].strip(), data_root=args.data_root).labels("train")
-        cfg = replace(cfg, model=replace(cfg.model, num_classes=int(labels.max()) + 1))
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if args.class_conditional:
+        cfg = _class_conditional(cfg, datasets[0], args.data_root)
     if args.dp_epsilons:
         n_trains = _n_trains(args.n_trains)
         if len(datasets) != 1 or len(n_trains) != 1:

@@ -32,13 +32,13 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 from tqdm.auto import tqdm
 
-from ..config import INCEPTION_FILE, ExtractorConfig
+from ..config import INCEPTION_FILE, ExtractorConfig, to_dict
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..training.checkpoint import check_state_dict
 
-_INIT, _ORDER, _AUG = 21, 22, 23  # purposes for derive_seed
+_INIT, _AUG = 21, 23  # purposes for derive_seed
 
 
 class DomainFeatures(nn.Module):
@@ -80,7 +80,7 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
     cfg = cfg or ExtractorConfig()
     labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
     n_classes = n_classes or int(labels.max()) + 1
-    record = {"name": name, "config": cfg.__dict__, "image_shape": list(images.shape[1:]), "n_classes": n_classes,
+    record = {"name": name, "config": to_dict(cfg), "image_shape": list(images.shape[1:]), "n_classes": n_classes,
               "data": hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]}
     if (folder / "model.json").is_file():
         meta = read_json(folder / "model.json")
@@ -110,15 +110,33 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
     net.eval()
     metrics = {}
     if val is not None:
-        vx, vy = val
-        with torch.no_grad():
-            logits = torch.cat([net.head(net(torch.from_numpy(vx[i:i + 256]).to(device))) for i in range(0, len(vx), 256)])
-        vy = np.asarray(vy).reshape(len(vy), -1)[:, 0]
-        metrics = {"val_accuracy": float((logits.argmax(1).cpu().numpy() == vy).mean()), "val_n": int(len(vy)),
+        vy = np.asarray(val[1]).reshape(len(val[1]), -1)[:, 0]
+        scores = evaluate_classifier(net, val[0], vy, n_classes, device)
+        metrics = {"val_accuracy": scores["accuracy"], "val_auroc": scores["auroc"], "val_n": scores["n_test"],
                    "majority_class_share": float(np.bincount(vy).max() / len(vy))}
     save_tensors(folder / "model.safetensors", net.state_dict())
     write_json(folder / "model.json", {**record, "metrics": metrics})
     return net
+
+
+@torch.no_grad()
+def evaluate_classifier(net: DomainFeatures, images: np.ndarray, labels: np.ndarray, n_classes: int,
+                        device: torch.device | str) -> dict:
+    """Accuracy and AUROC (torchmetrics; macro one-vs-rest above two classes) of a label classifier."""
+    from torchmetrics.functional import auroc
+
+    was_training = net.training
+    net.eval()
+    logits = torch.cat([net.head(net(torch.from_numpy(images[i:i + 256]).to(device))).cpu()
+                        for i in range(0, len(images), 256)])
+    net.train(was_training)
+    target = torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))
+    probs = logits.softmax(1)
+    if n_classes == 2:
+        score = float(auroc(probs[:, 1], target, task="binary"))
+    else:
+        score = float(auroc(probs, target, task="multiclass", num_classes=n_classes, average="macro"))
+    return {"accuracy": float((logits.argmax(1) == target).float().mean()), "auroc": score, "n_test": int(len(target))}
 
 
 def load_extractor(folder: str | Path, *, device: torch.device | str = "cpu") -> DomainFeatures:
@@ -147,7 +165,9 @@ class Frechet:
     """Streaming Fréchet distance between uint8 image sets through one feature extractor.
 
     ``extractor`` is a :class:`DomainFeatures` or the string "inception" (with ``weights``, or None to let
-    torchmetrics download them)."""
+    torchmetrics download them). The generated images go through the extractor once, however many reference sets
+    they are compared with: they take torchmetrics' "real" side, which ``reset_real_features=False`` keeps across
+    resets, and each reference set the other side (the distance is symmetric)."""
 
     def __init__(self, extractor: nn.Module | str, *, weights: Path | None = None, device: torch.device | str = "cpu",
                  batch_size: int = 256) -> None:
@@ -156,9 +176,10 @@ class Frechet:
         self.device, self.batch_size = torch.device(device), batch_size
         self.inception = extractor == "inception"
         if self.inception:
-            self.metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights) if weights else None)
+            self.metric = FrechetInceptionDistance(feature=2048, reset_real_features=False,
+                                                   feature_extractor_weights_path=str(weights) if weights else None)
         else:
-            self.metric = FrechetInceptionDistance(feature=extractor)
+            self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
         self.metric = self.metric.to(self.device)
 
     def _feed(self, images: Iterable[np.ndarray], real: bool) -> int:
@@ -173,12 +194,24 @@ class Frechet:
                 n += len(x)
         return n
 
+    def distances(self, generated: Iterable[np.ndarray], references: dict[str, np.ndarray]) -> dict[str, dict]:
+        """FID between the generated images (an iterable of uint8 batches) and each uint8 reference set."""
+        self.metric.reset_real_features = True
+        self.metric.reset()  # everything, the generated side included
+        self.metric.reset_real_features = False
+        n_generated = self._feed(generated, real=True)
+        out = {}
+        for name, reference in references.items():
+            self.metric.reset()  # the reference side only
+            n_reference = self._feed([reference], real=False)
+            if min(n_generated, n_reference) < 2:
+                raise DiffauditError(f"FID needs at least 2 images on each side, got {n_generated} generated and "
+                                     f"{n_reference} real")
+            value = float(self.metric.compute())
+            out[name] = {"value": max(value, 0.0) if math.isfinite(value) else value, "n_generated": n_generated,
+                         "n_reference": n_reference}
+        return out
+
     def distance(self, generated: Iterable[np.ndarray], reference: np.ndarray) -> dict:
         """FID between the generated images (an iterable of uint8 batches) and ``reference`` (uint8)."""
-        self.metric.reset()
-        n_fake = self._feed(generated, real=False)
-        n_real = self._feed([reference], real=True)
-        if min(n_fake, n_real) < 2:
-            raise DiffauditError(f"FID needs at least 2 images on each side, got {n_fake} generated and {n_real} real")
-        value = float(self.metric.compute())
-        return {"value": max(value, 0.0) if math.isfinite(value) else value, "n_generated": n_fake, "n_reference": n_real}
+        return self.distances(generated, {"reference": reference})["reference"]

@@ -513,13 +513,6 @@ def _size(b: float) -> str:
     return f"{b:.1f} GB"
 
 
-def summary_line(results: dict) -> str:
-    """One line for the terminal: the verdict sentence of the report."""
-    from .report import verdict
-
-    return verdict(results)
-
-
 def load_config(path: str | Path) -> AuditConfig:
     try:
         return audit_from_dict(read_json(path))

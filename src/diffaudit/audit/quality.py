@@ -37,7 +37,7 @@ def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
 def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: bool = True) -> dict:
     """Bits/dim of x_p, training and test images under the run's model; writes nll/nll.json and results.json."""
     manifest = read_json(run / "manifest.json")
-    model, _ = load_score_model(run / "train", device=device)
+    model, meta = load_score_model(run / "train", device=device)
     dev = next(model.parameters()).device
     d_p = build_training_set(manifest, data_root=data_root)
     fp = manifest.get("fingerprint")
@@ -52,7 +52,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
         sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
                        derive_seed(cfg.seed, _XP))
     labels = {}
-    if getattr(model.net.config, "num_class_embeds", None):  # class-conditional: -log p(x | y) with each image's label
+    if meta["model"].get("num_classes"):  # class-conditional: -log p(x | y) with each image's label
         y_train = training_labels(manifest, data_root=data_root)
         y_test = np.asarray(open_dataset(manifest["dataset"], data_root=data_root)
                             .labels(heldout_split(manifest, "test"))).reshape(-1)
@@ -123,10 +123,8 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     test_ref = test[_choose(len(test), n_ref, cfg.seed, _TEST)]
     metric = Frechet(extractor, weights=find_inception_weights(cfg.inception_weights) if extractor == "inception" else None,
                      device=dev)
-    out = {}
-    for name, ref in (("train", train_ref), ("test", test_ref)):
-        batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc=f"FID {name}", unit="shard"))
-        out[name] = metric.distance(batches, ref)
+    batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc="FID", unit="shard"))
+    out = metric.distances(batches, {"train": train_ref, "test": test_ref})
     section = {"train": out["train"]["value"], "test": out["test"]["value"], "extractor": described,
                "n_generated": out["train"]["n_generated"], "n_reference": n_ref,
                "reference": "train: the training set D_p; test: an equally large random draw of the test split"}

@@ -42,12 +42,11 @@ def posthoc(score_fn: Callable, sde: SDE, images: np.ndarray, positions: Sequenc
     return sorted(rows, key=lambda r: (-r["t_prime_alpha"], -r["t_prime"], r["position"]))
 
 
-def x_p_label(manifest: dict, model, data_root=None) -> int | None:
-    """x_p's class label (that of x_i) when ``model`` is class-conditional, else None."""
+def x_p_label(manifest: dict, meta: dict, data_root=None) -> int | None:
+    """x_p's class label (that of x_i) when the model of ``meta`` (its model.json) is class-conditional, else None."""
     from ..data.prepare import training_labels
 
-    net = getattr(model, "net", None)
-    if not getattr(getattr(net, "config", None), "num_class_embeds", None):
+    if not meta["model"].get("num_classes"):
         return None
     return int(training_labels(manifest, data_root=data_root)[manifest["fingerprint"]["position"]])
 
@@ -77,12 +76,12 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     from ..training.loop import load_score_model, resolve_device
 
     manifest = read_json(run / "manifest.json")
-    model, _ = load_score_model(run / "train", device=device)
+    model, meta = load_score_model(run / "train", device=device)
     dev = resolve_device(device)
     audit = AuditData(manifest, data_root)
     detectors = make_detectors(run, audit, detector, device=device)
     p0 = chance_level(run, manifest, chance)
-    label = x_p_label(manifest, model, data_root)  # a class-conditional model runs back as x_p's class
+    label = x_p_label(manifest, meta, data_root)  # a class-conditional model runs back as x_p's class
     q_m = QM(of_class(model, label), model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler,
              device=dev)
     methods = ["exhaustive", "fast"] if method == "both" else [method]
@@ -128,10 +127,10 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
     from ..training.loop import load_score_model
 
     manifest = read_json(run / "manifest.json")
-    model, _ = load_score_model(run / "train", device=device)
+    model, meta = load_score_model(run / "train", device=device)
     images = build_training_set(manifest, data_root=data_root)
     positions = range(len(images)) if positions is None else positions
-    if getattr(model.net.config, "num_class_embeds", None):
+    if meta["model"].get("num_classes"):
         raise DiffauditError("the post-hoc audit supports unconditional models only")
     rows = posthoc(model, model.sde, images, list(positions), grid=grid, m=m, seed=seed, steps=steps,
                    sampler=sampler, alpha=alpha, device=next(model.parameters()).device, progress=progress)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
@@ -20,24 +19,8 @@ from ..errors import DiffauditError
 from ..generate import iter_labelled_shards
 from ..io import read_json, write_json
 from ..training.loop import resolve_device
-from .fid import train_extractor
+from .fid import evaluate_classifier, train_extractor
 from .results import update_results
-
-
-@torch.no_grad()
-def evaluate(net, images: np.ndarray, labels: np.ndarray, n_classes: int, device) -> dict:
-    """Accuracy and AUROC of a label classifier on uint8 ``images``."""
-    from torchmetrics.functional import auroc
-
-    logits = torch.cat([net.head(net(torch.from_numpy(images[i:i + 256]).to(device))).cpu()
-                        for i in range(0, len(images), 256)])
-    target = torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))
-    probs = logits.softmax(1)
-    if n_classes == 2:
-        score = float(auroc(probs[:, 1], target, task="binary"))
-    else:
-        score = float(auroc(probs, target, task="multiclass", num_classes=n_classes, average="macro"))
-    return {"accuracy": float((logits.argmax(1) == target).float().mean()), "auroc": score, "n_test": int(len(target))}
 
 
 def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, device: str = "auto",
@@ -60,7 +43,7 @@ def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, devi
     for name, (x, y) in (("synthetic", (synth_x, synth_y)), ("real", (real_x, real_y))):
         net = train_extractor(run / "utility" / name, x, y, name=f"{manifest['dataset']}-{name}", cfg=extractor_cfg,
                               device=dev, progress=progress, n_classes=n_classes)
-        out[name] = {**evaluate(net, test_x, test_y, n_classes, dev), "n_train": int(len(x))}
+        out[name] = {**evaluate_classifier(net, test_x, test_y, n_classes, dev), "n_train": int(len(x))}
     section = {**out, "classes": n_classes, "test_split": test_split,
                "majority_class_share": float(np.bincount(test_y.astype(np.int64)).max() / len(test_y)),
                "classifier": "ResNet10 label classifier (the FID domain extractor's recipe), trained on each set"}

@@ -117,10 +117,9 @@ def training_labels(manifest: dict, *, data_root: str | os.PathLike | None = Non
     return labels.reshape(len(labels))[np.asarray(manifest["indices"], dtype=np.int64)].astype(np.int64)
 
 
-def number_of_classes(manifest: dict, *, data_root: str | os.PathLike | None = None) -> int:
-    """The number of classes of the manifest's dataset (from its training split's labels)."""
-    data = open_dataset(manifest["dataset"], data_root=data_root)
-    return int(np.asarray(data.labels("train")).max()) + 1
+def number_of_classes(dataset: str, *, data_root: str | os.PathLike | None = None) -> int:
+    """The number of classes of a dataset (from its training split's labels)."""
+    return int(np.asarray(open_dataset(dataset, data_root=data_root).labels("train")).max()) + 1
 
 
 def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | None = None,

@@ -11,15 +11,16 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[all,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # The whole audit (cpu-demo preset: 16 BreastMNIST images, one with the fingerprint) into $(DEMO_DIR), about seven
-# minutes on 2 CPU cores. Rerunning keeps the finished stages; `make clean-demo` starts over.
+# minutes on 2 CPU cores. The data is found locally (--data-root, $DIFFAUDIT_DATA, ../shared/data/medmnist,
+# ~/.medmnist) or downloaded once into ~/.medmnist. Rerunning keeps the finished stages; `make clean-demo` starts over.
 demo: $(STAMP)
-	$(VENV)/bin/diffaudit audit --run-dir $(DEMO_DIR) --preset cpu-demo
+	$(VENV)/bin/diffaudit audit --run-dir $(DEMO_DIR) --preset cpu-demo --download
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -76,9 +76,9 @@ def test_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys, data_roo
                     match="other options")
     _one_line_error(capsys, "train", "--run-dir", rd, "--sde", "foo", *TINY, match="unknown SDE 'foo'")
     _one_line_error(capsys, "sample", "--run-dir", rd, match="does not exist")
-    assert run(capsys, "train", "--run-dir", rd, "--quiet", *TINY)[0] == 0
+    assert run(capsys, "train", "--run-dir", rd, "--quiet", "--data-root", data_root, *TINY)[0] == 0
     _one_line_error(capsys, "sample", "--run-dir", rd, "--sampler", "ddim", "--n", 2, match="unknown sampler 'ddim'")
-    _one_line_error(capsys, "sample", "--run-dir", rd, "--n", 0, match="n >= 1")
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--n", 0, match="n must be >= 1")
     # a checkpoint with NaNs, as a diverged run would leave
     from diffaudit.io import load_tensors, save_tensors
 

@@ -13,8 +13,8 @@ from diffaudit.data.prepare import build_training_set, clean_original, make_mani
 from diffaudit.errors import DiffauditError
 
 
-def test_official_file_loads(data_root):
-    f = open_dataset("breastmnist", data_root=data_root)
+def test_official_file_loads(real_data_root):
+    f = open_dataset("breastmnist", data_root=real_data_root)
     assert f.is_official
     x = f.images("train")
     assert x.shape == (546, 1, 28, 28) and x.dtype == np.uint8
@@ -22,7 +22,9 @@ def test_official_file_loads(data_root):
     assert y.min() >= -1 and y.max() <= 1
 
 
-def test_training_set_with_fingerprint_and_manifest_rebuild(data_root, tmp_path):
+@pytest.mark.parametrize("root", ["data_root", "real_data_root"])
+def test_training_set_with_fingerprint_and_manifest_rebuild(root, request):
+    data_root = request.getfixturevalue(root)
     data = open_dataset("breastmnist", data_root=data_root)
     manifest = make_manifest(PrepareConfig(n_train=40, seed=3, saf_radius=4), data)
     d_p = build_training_set(manifest, data=data)
@@ -52,7 +54,8 @@ def test_rgb_option_and_no_fingerprint(data_root):
     assert (d[:, 0] == d[:, 2]).all()
 
 
-def test_data_root_order(tmp_path, monkeypatch, data_root):
+def test_data_root_order(tmp_path, monkeypatch, real_data_root):
+    data_root = real_data_root
     monkeypatch.setenv("DIFFAUDIT_DATA", str(tmp_path))
     assert resolve_root("explicit") .name == "explicit"
     assert resolve_root(None) == tmp_path
@@ -61,7 +64,7 @@ def test_data_root_order(tmp_path, monkeypatch, data_root):
 
 
 def test_bad_files(tmp_path, data_root):
-    with pytest.raises(DiffauditError, match="not found; pass --data-root"):
+    with pytest.raises(DiffauditError, match="not found; add --download to fetch it into"):
         open_dataset("breastmnist", data_root=tmp_path)
     truncated = tmp_path / "breastmnist.npz"
     truncated.write_bytes((data_root / "breastmnist.npz").read_bytes()[:100_000])

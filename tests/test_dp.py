@@ -55,15 +55,15 @@ def test_a_target_epsilon_is_met(tmp_path):
     assert 7.0 < dp["epsilon"]["prv"] <= 8.0 + 0.05
 
 
-@pytest.mark.parametrize("dp, match", [
-    (DPConfig(epsilon=0.0), "epsilon must be positive"), (DPConfig(epsilon=-1.0), "epsilon must be positive"),
-    (DPConfig(epsilon=1.0, delta=0.0), "delta"), (DPConfig(epsilon=1.0, delta=1.0), "delta"),
-    (DPConfig(), "exactly one"), (DPConfig(epsilon=1.0, noise_multiplier=1.0), "exactly one"),
-    (DPConfig(noise_multiplier=1.0, accountant="moments"), "accountant"),
+@pytest.mark.parametrize("options, match", [
+    ({"epsilon": 0.0}, "epsilon must be a positive"), ({"epsilon": -1.0}, "epsilon must be a positive"),
+    ({"epsilon": float("nan")}, "epsilon must be a positive"), ({"epsilon": 1.0, "delta": 0.0}, "delta"),
+    ({"epsilon": 1.0, "delta": 1.0}, "delta"), ({}, "exactly one"), ({"epsilon": 1.0, "noise_multiplier": 1.0}, "exactly one"),
+    ({"noise_multiplier": 1.0, "accountant": "moments"}, "accountant"),
 ])
-def test_bad_dp_options(dp, match):
-    with pytest.raises(DiffauditError, match=match):
-        check_dp_config(dp, 16, 8)
+def test_bad_dp_options(options, match):
+    with pytest.raises(DiffauditError, match=match):  # refused when the config is built, or when it is used
+        check_dp_config(DPConfig(**options), 16, 8)
 
 
 def test_batchnorm_and_a_missing_attention_are_refused(tmp_path):

@@ -21,8 +21,9 @@ pytest.importorskip("accelerate")
 
 
 def _launch(*args: str, data_root) -> None:
-    # torchrun sets the environment accelerate's PartialState reads (accelerate's own multi-CPU launch needs MPI)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # torchrun sets the environment accelerate's PartialState reads (accelerate's own multi-CPU launch needs MPI);
+    # --standalone lets it rendezvous on a free local port, so parallel or repeated runs never collide on one
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "diffaudit", *args]
     env = {**os.environ, "DIFFAUDIT_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -35,7 +36,7 @@ def test_two_processes_train_and_sample_as_one(tmp_path, data_root):
     train = ["--preset", "cpu", "--steps", "12", "--batch-size", "8", "--checkpoint-every", "6", "--device", "cpu", "--quiet"]
     for run in (one, two):
         assert main(["prepare", "--run-dir", str(run), "--n-train", "8", "--data-root", str(data_root)]) == 0
-    assert main(["train", "--run-dir", str(one), *train]) == 0
+    assert main(["train", "--run-dir", str(one), "--data-root", str(data_root), *train]) == 0
     _launch("train", "--run-dir", str(two), *train, data_root=data_root)
     a, b = load_tensors(one / "train" / "model.safetensors"), load_tensors(two / "train" / "model.safetensors")
     assert a.keys() == b.keys()

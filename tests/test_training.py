@@ -97,5 +97,5 @@ def test_bad_training_input(tmp_path):
         train(tmp_path, np.zeros((0, 1, 28, 28), np.uint8), train_cfg=TrainConfig(), **kw)
     with pytest.raises(DiffauditError, match="divisible"):
         train(tmp_path, np.zeros((2, 1, 30, 30), np.uint8), train_cfg=TrainConfig(steps=1), **kw)
-    with pytest.raises(DiffauditError, match="learning rate"):
+    with pytest.raises(DiffauditError, match="lr must be a positive"):
         train(tmp_path, _images(2), train_cfg=TrainConfig(lr=0.0), **kw)

@@ -20,10 +20,14 @@ from .config import (
     get_preset,
     replace,
 )
+from .data.medmnist import open_dataset
 from .errors import DiffauditError
 from .io import config_hash, read_json
+from .parallel import shutdown_processes
+from .runlock import check_run_dir, run_lock
 
 MANIFEST = "manifest.json"
+DEFAULT_AUDIT_PRESET = "cpu-demo"
 
 
 def _say(msg: str) -> None:
@@ -43,9 +47,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _load_manifest(run: Path) -> dict:
-    if not (run / MANIFEST).exists():
-        raise DiffauditError(f"{run} has no {MANIFEST}; run 'diffaudit prepare --run-dir {run}' first")
-    return read_json(run / MANIFEST)
+    from .data.prepare import load_manifest
+
+    return load_manifest(run)
 
 
 # ---- train ---------------------------------------------------------------------------------------------
@@ -55,12 +59,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.loop import train
 
     run = Path(args.run_dir)
-    manifest = _load_manifest(run)
     preset = get_preset(args.preset)
     train_cfg = replace(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
     sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
     sde = make_sde(args.sde, **sde_params)
+    dp = _dp_config(args)
+    manifest = _load_manifest(run)
     images = build_training_set(manifest, data_root=args.data_root)
     model_cfg, labels = preset.model, None
     if args.class_conditional:
@@ -68,7 +73,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
         labels = training_labels(manifest, data_root=args.data_root)
-    dp = _dp_config(args)
     if dp is not None:
         from .privacy.dpsgd import train_dp
 
@@ -105,7 +109,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     cfg = replace(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                   shard_size=args.shard_size)
-    name = args.name or f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
     out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet)
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
@@ -182,12 +186,14 @@ def cmd_tprime(args: argparse.Namespace) -> None:
 
 # ---- audit, sweep, report -------------------------------------------------------------------------------
 def _audit_config(args: argparse.Namespace):
-    from .audit.pipeline import get_audit_preset, load_config
+    """The audit config of --preset or --config, with every override flag applied on top of it."""
+    from .audit.pipeline import apply_overrides, get_audit_preset, load_config
 
-    if args.config:
-        return load_config(args.config)
-    return get_audit_preset(
-        args.preset,
+    if args.config and args.preset:
+        raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")
+    base = load_config(args.config) if args.config else get_audit_preset(args.preset or DEFAULT_AUDIT_PRESET)
+    return apply_overrides(
+        base,
         prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},
         train={"steps": args.steps},
         sample={"n": args.n_samples},
@@ -213,6 +219,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
     dp = _dp_config(args)
     if dp is not None:
         cfg = replace(cfg, dp=dp)
+    if args.download and not args.dry_run:
+        open_dataset(cfg.prepare.dataset, data_root=args.data_root, download_missing=True, log=_say)
     if args.class_conditional:
         cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
@@ -262,12 +270,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     cfg = _audit_config(args)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if args.class_conditional:
-        cfg = _class_conditional(cfg, datasets[0], args.data_root)
+    n_trains = _n_trains(args.n_trains)
     if args.dp_epsilons:
-        n_trains = _n_trains(args.n_trains)
         if len(datasets) != 1 or len(n_trains) != 1:
             raise DiffauditError("a privacy sweep (--dp-epsilons) runs on one dataset and one N_D")
+        open_dataset(datasets[0], data_root=args.data_root, download_missing=args.download, log=_say)
+        if args.class_conditional:
+            cfg = _class_conditional(cfg, datasets[0], args.data_root)
         cfg = replace(cfg, prepare=replace(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
         pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
         summary = run_privacy_sweep(Path(args.out), cfg, epsilons=_epsilons(args.dp_epsilons), pretrain=pretrain,
@@ -275,8 +284,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                                     device=args.device, data_root=args.data_root, progress=not args.quiet, log=_say)
         _say(f"{len(summary['cells'])} audits; report: {Path(args.out) / 'report.html'} (and privacy_sweep.json)")
         return
-    summary = run_sweep(Path(args.out), cfg, datasets=datasets, n_trains=_n_trains(args.n_trains), device=args.device,
-                        data_root=args.data_root, progress=not args.quiet, log=_say)
+    summary = run_sweep(Path(args.out), cfg, datasets=datasets, n_trains=n_trains,
+                        class_conditional=args.class_conditional, device=args.device, data_root=args.data_root,
+                        download=args.download, progress=not args.quiet, log=_say)
     _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
 
 
@@ -486,9 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tprime)
 
     def audit_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", default="cpu-demo", choices=list(AUDIT_PRESETS),
-                       help="cpu-demo: about ten minutes on 2 CPU cores; cpu: about an hour; paper: the paper's settings (GPU)")
-        p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of --preset")
+        p.add_argument("--preset", default=None, choices=list(AUDIT_PRESETS),
+                       help=f"{DEFAULT_AUDIT_PRESET} (the default): about seven minutes on 2 CPU cores; cpu: about an "
+                            "hour; paper: the paper's settings (GPU)")
+        p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of "
+                                                      "--preset; the flags below override its settings")
         p.add_argument("--seed", type=int, default=None, help="the prepare stage's seed (choice of images, x_i, SAF)")
         p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the preset's)")
         p.add_argument("--n-samples", type=int, default=None, help="N, generated images to count (default: the preset's)")
@@ -497,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: Inception when its weights are found, else the domain extractor")
         p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
         device_and_data(p)
+        p.add_argument("--download", action="store_true",
+                       help="download the dataset with medmnist's downloader (MD5 checked) when no local copy is found")
 
     p = sub.add_parser("audit", formatter_class=Formatter, help="the whole audit in one run directory, with a report",
                        description="Run every stage (prepare, train, classifiers, sample, count, tprime, nll, fid, "
@@ -570,18 +584,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The folder each writing command works in, which it holds locked while it runs (see :mod:`diffaudit.runlock`).
+_LOCKED = {"prepare": "run_dir", "train": "run_dir", "sample": "run_dir", "train-classifiers": "run_dir",
+           "count": "run_dir", "tprime": "run_dir", "audit": "run_dir", "sweep": "out"}
+
+
+def _run(args: argparse.Namespace) -> None:
+    dest = _LOCKED.get(args.command)
+    if dest is None:
+        args.func(args)
+        return
+    option = "--" + dest.replace("_", "-")
+    if getattr(args, "dry_run", False):  # reads only
+        check_run_dir(getattr(args, dest), option)
+        args.func(args)
+        return
+    with run_lock(getattr(args, dest), option=option):
+        args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        _run(args)
     except DiffauditError as err:
+        shutdown_processes(wait=False)
         print(f"diffaudit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        shutdown_processes(wait=False)
         print(f"diffaudit {args.command}: interrupted; finished work is kept, rerun the same command "
               "(train: add --resume) to continue", file=sys.stderr)
         return 130
+    shutdown_processes()
     return 0
 
 

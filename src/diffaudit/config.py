@@ -7,16 +7,105 @@ with the same config is recognised as done. Unknown keys in a config file are an
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from .errors import DiffauditError
 
 C = TypeVar("C")
 
+#: The smallest training set an audit can use: x_p and at least one other image, against which the identity
+#: classifier and the reference detector's threshold are calibrated.
+MIN_N_TRAIN = 2
+
+
+# ---- checked construction ------------------------------------------------------------------------------
+# Every config checks itself when it is built, so the command-line flags (through ``replace``) and a config file
+# (through ``from_dict``) pass the same checks, and bad input is refused before any stage runs: first the types
+# (a JSON "0.002" is not a number), then each class's ranges in ``_check``. Names that a registry resolves
+# (samplers, SDEs, architectures) are checked where the registries live, by ``audit.pipeline.check_audit_config``.
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an integer is a fine float; a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(args[0])}"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+class Checked:
+    """Base of the frozen configs: types, then ranges, checked on every construction."""
+
+    def __post_init__(self) -> None:
+        label = type(self).__name__
+        for name, hint in _hints(type(self)).items():
+            value = getattr(self, name)
+            if not _matches(value, hint):
+                raise DiffauditError(f"{label}.{name} must be {_type_name(hint)}, got {value!r} "
+                                     f"({type(value).__name__}); fix the option or the config file")
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def _require(self, name: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise DiffauditError(f"{type(self).__name__}.{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def _at_least(self, minimum: float, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                self._require(name, math.isfinite(value) and value >= minimum, f">= {minimum:g}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                self._require(name, math.isfinite(value) and value > 0, "a positive finite number")
+
+    def _fraction(self, *names: str, closed: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            self._require(name, 0 <= value <= 1 if closed else 0 <= value < 1, "in [0, 1]" if closed else "in [0, 1)")
+
+    def _one_of(self, name: str, choices: tuple[str, ...]) -> None:
+        self._require(name, getattr(self, name) in choices, f"one of {', '.join(choices)}")
+
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Checked):
     """Which images form the training set D_p, and the synthetic anatomical fingerprint (SAF) put on x_p."""
 
     dataset: str = "breastmnist"
@@ -30,9 +119,19 @@ class PrepareConfig:
     saf_intensity: float = 0.5  # grey level in [0, 1] of the pixel range
     saf_width: float = 1.5  # ring only: thickness in pixels
 
+    def _check(self) -> None:
+        self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
+        self._one_of("split", ("train", "val", "test"))
+        if self.n_train is not None:
+            self._require("n_train", self.n_train >= MIN_N_TRAIN,
+                          f">= {MIN_N_TRAIN} (x_p and at least one other image; --n-train)")
+        self._require("channels", self.channels in (1, 3), "1 or 3")
+        self._positive("saf_radius", "saf_width")
+        self._fraction("saf_intensity", closed=True)
+
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """diffusers UNet2DModel shape. At 28x28 three levels (28, 14, 7) is the most the grid allows (App. A)."""
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
@@ -42,9 +141,19 @@ class ModelConfig:
     norm_num_groups: int = 8
     num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
 
+    def _check(self) -> None:
+        self._require("block_out_channels", len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
+                      "a non-empty list of positive channel counts")
+        self._require("attention_levels", len(self.attention_levels) == len(self.block_out_channels),
+                      f"one entry per level ({len(self.block_out_channels)})")
+        self._at_least(1, "layers_per_block", "norm_num_groups")
+        self._require("norm_num_groups", all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+                      "a divisor of every channel count")
+        self._at_least(0, "num_classes")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Denoising score matching with AdamW, EMA and gradient clipping (Song et al. 2021 defaults for paper)."""
 
     steps: int = 3000
@@ -60,9 +169,16 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
 
+    def _check(self) -> None:
+        self._at_least(1, "steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        self._at_least(0, "warmup_steps", "weight_decay", "seed")
+        self._positive("lr", "grad_clip")
+        self._fraction("ema_decay")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+
 
 @dataclass(frozen=True)
-class DPConfig:
+class DPConfig(Checked):
     """DP-SGD training of the score model (Opacus): a target (epsilon, delta), or a noise multiplier.
 
     The training config's ``batch_size`` is the expected logical batch (Poisson rate q = batch_size / N_D);
@@ -80,9 +196,16 @@ class DPConfig:
     finetune: str = "all"  # all or attention
     pretrained: str | None = None
 
+    def _check(self) -> None:
+        self._positive("epsilon", "noise_multiplier", "max_grad_norm")
+        self._require("delta", 0 < self.delta < 1, "in (0, 1)")
+        self._at_least(1, "noise_multiplicity", "physical_batch_size")
+        self._one_of("accountant", ("prv", "rdp", "gdp"))
+        self._one_of("finetune", ("all", "attention"))
+
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(Checked):
     n: int = 64
     sampler: str = "em"
     steps: int = 500
@@ -93,9 +216,15 @@ class SampleConfig:
     snr: float = 0.16  # predictor-corrector only
     corrector_steps: int = 1  # predictor-corrector only
 
+    def _check(self) -> None:
+        self._at_least(1, "n", "steps", "batch_size", "shard_size", "corrector_steps")
+        self._at_least(0, "seed")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+        self._positive("snr")
+
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(Checked):
     """One adversary classifier (c_p or c_id): a torchvision ResNet trained from scratch (Sec. 5.2, App. A).
 
     Training examples are drawn afresh every step from the training images, so an "epoch" is ``epoch_size``
@@ -121,6 +250,16 @@ class ClassifierConfig:
     noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id)
     threshold: float = 0.5  # positive when sigmoid(logit) > threshold
     seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "batch_size", "epoch_size", "max_epochs", "patience", "val_size")
+        self._at_least(0, "weight_decay", "noise_std", "seed")
+        self._positive("lr")
+        for name in ("positive_share", "val_positive_share", "threshold"):
+            self._require(name, 0 < getattr(self, name) < 1, "in (0, 1)")
+        self._require("augmix_severity", 1 <= self.augmix_severity <= 10, "in 1..10 (torchvision's AugMix)")
+        self._one_of("lr_schedule", ("constant", "cosine"))
+        self._fraction("mask_prob", closed=True)
 
 
 def _c_p(**kw: Any) -> ClassifierConfig:
@@ -160,7 +299,7 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
 @dataclass(frozen=True)
-class ExtractorConfig:
+class ExtractorConfig(Checked):
     """FID's feature extractor where no Inception weights exist: a ResNet10 classifier of the dataset's labels
     whose small bottleneck before the classification head is the feature."""
 
@@ -171,6 +310,11 @@ class ExtractorConfig:
     weight_decay: float = 1e-4
     shift: int = 2  # random translations of up to this many pixels
     seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "features", "steps", "batch_size")
+        self._at_least(0, "weight_decay", "shift", "seed")
+        self._positive("lr")
 
 
 @dataclass(frozen=True)
@@ -218,16 +362,140 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-    """Build ``cls`` from a dict, refusing unknown keys and turning lists back into tuples."""
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(d) - set(names)
+def _nested_class(hint: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if found else None
+    return None
+
+
+def from_dict(cls: type[C], d: dict[str, Any], *, where: str = "") -> C:
+    """Build ``cls`` (and the configs nested in it) from a dict, refusing unknown keys and wrong types, and
+    turning lists back into tuples."""
+    where = where or cls.__name__
+    if not isinstance(d, dict):
+        raise DiffauditError(f"{where} must be a JSON object of settings, got {d!r}")
+    hints = _hints(cls)
+    unknown = set(d) - set(hints)
     if unknown:
-        raise DiffauditError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        raise DiffauditError(f"{where} has no field(s) {sorted(unknown)}; known: {sorted(hints)}")
+    kwargs = {}
+    for key, value in d.items():
+        nested = _nested_class(hints[key])
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, where=f"{where}.{key}")
+        elif nested is not None and value is not None:
+            raise DiffauditError(f"{where}.{key} must be a JSON object of settings, got {value!r}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
 
 
 def replace(cfg: C, **changes: Any) -> C:
     """``dataclasses.replace`` that ignores None values (unset command-line options)."""
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
+
+# ---- the audit's own stages ------------------------------------------------------------------------------
+DETECTORS = ("classifiers", "nn")  # q = c_p+ and c_id+, or the reference nearest-neighbour detector alone
+T_SEARCHES = ("fast", "exhaustive", "both")
+FID_EXTRACTORS = ("auto", "inception", "domain")
+
+
+@dataclass(frozen=True)
+class TPrimeConfig(Checked):
+    """The t' search (Algorithm 1): M reverse runs per time on a grid of step ``resolution`` up to ``t_max``."""
+
+    M: int = 16
+    resolution: float = 0.01
+    t_max: float = 1.0
+    steps: int = 500
+    sampler: str = "em"
+    search: str = "fast"
+    alpha: float = 0.05
+    chance: str = "full"  # p_0 of t'_alpha: full (1/N_D), measured (the count's 95% upper bound) or a number
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "M", "steps")
+        self._at_least(0, "seed")
+        self._require("t_max", 0 < self.t_max <= 1, "in (0, 1] (the SDE's time T is 1)")
+        self._require("resolution", 0 < self.resolution <= self.t_max, f"in (0, t_max = {self.t_max}]")
+        self._one_of("search", T_SEARCHES)
+        self._require("alpha", 0 < self.alpha < 1, "in (0, 1)")
+        if self.chance not in ("full", "measured"):
+            try:
+                level = float(self.chance)
+            except ValueError:
+                level = math.nan
+            self._require("chance", 0 < level < 1, "full, measured or a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class NLLConfig(Checked):
+    """Exact NLL (Eq. 5) of x_p (``x_p_repeats`` dequantisation/Hutchinson draws), of training images other than
+    x_p and of test images."""
+
+    n_train: int = 64
+    n_test: int = 64
+    x_p_repeats: int = 8
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    eps: float = 1e-5
+    batch_size: int = 64
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(0, "n_train", "n_test", "seed")
+        self._at_least(1, "x_p_repeats", "batch_size")
+        self._positive("rtol", "atol")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class FIDConfig(Checked):
+    extractor: str = "auto"  # auto (Inception when its weights are found, else domain), inception or domain
+    inception_weights: str | None = None
+    domain: ExtractorConfig = field(default_factory=ExtractorConfig)
+    seed: int = 0  # the draw of test images as large as the training set
+
+    def _check(self) -> None:
+        self._one_of("extractor", FID_EXTRACTORS)
+        self._at_least(0, "seed")
+
+
+@dataclass(frozen=True)
+class AuditConfig(Checked):
+    """Every stage's settings of one audit (written to ``<run>/audit.json``)."""
+
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sde: str = "subvp"
+    c_p: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_p"])
+    c_id: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_id"])
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    detector: str = "classifiers"
+    tprime: TPrimeConfig = field(default_factory=TPrimeConfig)
+    nll: NLLConfig = field(default_factory=NLLConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
+    pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
+
+    def _check(self) -> None:
+        self._one_of("detector", DETECTORS)
+        if self.dp is not None:
+            if (self.dp.epsilon is None) == (self.dp.noise_multiplier is None):
+                raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise "
+                                     "multiplier (--dp-noise-multiplier)")
+            n = self.prepare.n_train
+            if n is not None and self.train.batch_size > n:
+                raise DiffauditError(f"DP-SGD samples each image with rate batch size / N_D; the batch size "
+                                     f"{self.train.batch_size} exceeds N_D = {n}: lower train.batch_size or raise --n-train")
+
+
+def audit_from_dict(d: dict[str, Any]) -> AuditConfig:
+    """An :class:`AuditConfig` from its JSON form (a run's ``audit.json``); unknown keys and wrong types are errors."""
+    return from_dict(AuditConfig, d, where="the audit config")

@@ -23,7 +23,7 @@ from .diffusion.score import conditioned
 from .diffusion.sde import SDE
 from .errors import DiffauditError
 from .images import save_grid
-from .io import read_json, save_npz, write_json
+from .io import check_name, read_json, save_npz, write_json
 
 
 def _shard_path(out: Path, k: int) -> Path:
@@ -134,6 +134,7 @@ def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "
     from .parallel import processes
     from .training.loop import load_score_model
 
+    check_name(name)
     procs = processes(device)
     model, meta = load_score_model(Path(run) / "train", device=str(procs.device))
     out = Path(run) / "samples" / name

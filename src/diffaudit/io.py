@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,6 +62,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """``name`` as the name of an artefact folder inside a run directory: one path component of letters, digits,
+    '.', '_' and '-' (no '/', no '..'), so that nothing is ever written outside the run directory."""
+    if not _NAME.fullmatch(name or "") or set(name) == {"."}:
+        raise DiffauditError(f"{what} '{name}' must be one folder name of letters, digits, '.', '_' and '-' "
+                             "(no '/' or '..'); it names a folder inside the run directory")
+    return name
 
 
 def canonical_json(obj: Any) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .extras import require
+
 
 @dataclass
 class Processes:
@@ -49,8 +51,23 @@ def processes(device: str | None = "auto") -> Processes:
     from .training.loop import resolve_device
 
     if launched_world() > 1:
+        require("accelerate", "a data-parallel launch")
         from accelerate import PartialState
 
         state = PartialState(cpu=device == "cpu")
         return Processes(state.process_index, state.num_processes, state.device, state)
     return Processes(0, 1, resolve_device(device))
+
+
+def shutdown_processes(*, wait: bool = True) -> None:
+    """Tear down the process group of a data-parallel launch, if this process joined one.
+
+    Every rank waits for the others (``wait``; not after an error, when another rank may never arrive) and then
+    destroys the group explicitly. Left to the interpreter's exit, the gloo group's threads were torn down while
+    another rank was still talking to them, and a rank could abort ("terminate called without an active
+    exception")."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import ClassifierConfig
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, clean_original, fingerprint_of, split_images
+from ..data.prepare import build_training_set, clean_original, fingerprint_of, load_manifest, split_images
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import config_hash, read_json, write_json
@@ -86,7 +86,7 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
     """Train (or keep) c_p and c_id of run directory ``run`` and measure their error rates; returns the metrics."""
     for cfg in configs.values():
         check_config(cfg)
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     audit = AuditData(manifest, data_root)
     dev = resolve_device(device)
     data_id = config_hash(manifest)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..adversary.stage import AuditData, make_detectors
+from ..data.prepare import load_manifest
 from ..errors import DiffauditError
 from ..generate import iter_shards
 from ..io import read_json
@@ -66,7 +67,7 @@ def _check_control(folder: Path, manifest: dict, log: Callable[[str], None]) -> 
 def run_count(run: Path, *, samples: str | None = None, detector: str = "classifiers", control_samples: str | None = None,
               data_root=None, device: str = "auto", keep: int = 64, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     audit = AuditData(manifest, data_root)
     folder = _with_shards(find_samples(run, samples))
     detectors = make_detectors(run, audit, detector, device=device)

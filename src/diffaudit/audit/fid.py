@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..config import INCEPTION_FILE, ExtractorConfig, to_dict
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
+from ..extras import require
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..training.checkpoint import check_state_dict
 
@@ -136,6 +137,8 @@ def evaluate_classifier(net: DomainFeatures, images: np.ndarray, labels: np.ndar
         score = float(auroc(probs[:, 1], target, task="binary"))
     else:
         score = float(auroc(probs, target, task="multiclass", num_classes=n_classes, average="macro"))
+    # torchmetrics returns float32, whose trapezoid sum can exceed 1 by one ulp (1.0000001) on a perfect separation
+    score = min(score, 1.0)
     return {"accuracy": float((logits.argmax(1) == target).float().mean()), "auroc": score, "n_test": int(len(target))}
 
 
@@ -161,11 +164,67 @@ def find_inception_weights(path: str | Path | None = None) -> Path | None:
     return None
 
 
+def download_inception_weights() -> Path:
+    """Fetch torch-fidelity's Inception weights into torch's hub cache; torch checks the SHA-256 prefix that the
+    file name carries (``...-6726825d.pth``) and deletes a file that does not match."""
+    require("torch_fidelity", "the Inception FID")
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(dest), hash_prefix=INCEPTION_FILE.rsplit("-", 1)[1][:8])
+    except (OSError, RuntimeError) as err:
+        raise DiffauditError(f"download of the Inception weights failed ({err}); check the internet connection, or "
+                             f"put {INCEPTION_FILE} in {dest.parent} (or pass --inception-weights)") from None
+    return dest
+
+
+def load_inception_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Inception weights in ``path`` as tensors, unpickled with ``torch.load(weights_only=True)``, which builds
+    tensors and plain containers only and never runs code from the file. A file that needs more is refused: an
+    audit runs on machines that hold patient data, and a planted weights file must not run there."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise DiffauditError(f"refusing the Inception weights {path}: they do not load as plain tensors ({first}); "
+                             f"a weights file that needs general unpickling can run code. Delete it and fetch "
+                             f"{INCEPTION_FILE} again, or use --fid-extractor domain") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DiffauditError(f"refusing the Inception weights {path}: not a dict of tensors (a state dict)")
+    return state
+
+
+def inception_extractor(weights: Path | None) -> nn.Module:
+    """torch-fidelity's Inception-v3 (through torchmetrics) with the checked weights of ``weights``, downloaded
+    first when None. torch-fidelity unpickles its weights file without restriction, so it is only ever handed a
+    copy re-saved here from the tensors that :func:`load_inception_state` accepted."""
+    import tempfile
+
+    require("torch_fidelity", "the Inception FID")
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    state = load_inception_state(weights if weights is not None else download_inception_weights())
+    with tempfile.TemporaryDirectory(prefix="diffaudit-inception-") as tmp:
+        clean = Path(tmp) / INCEPTION_FILE
+        torch.save(state, clean)
+        try:
+            return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(clean))
+        except RuntimeError as err:  # load_state_dict: missing or unexpected keys, wrong shapes
+            first = str(err).strip().splitlines()[0][:160]
+            raise DiffauditError(f"{weights} holds tensors, but not the Inception-v3 weights of {INCEPTION_FILE} "
+                                 f"({first})") from None
+
+
 class Frechet:
     """Streaming Fréchet distance between uint8 image sets through one feature extractor.
 
-    ``extractor`` is a :class:`DomainFeatures` or the string "inception" (with ``weights``, or None to let
-    torchmetrics download them). The generated images go through the extractor once, however many reference sets
+    ``extractor`` is a :class:`DomainFeatures` or the string "inception" (with ``weights``, or None to download
+    them; either way they are loaded as tensors only, see :func:`load_inception_state`). The generated images go through the extractor once, however many reference sets
     they are compared with: they take torchmetrics' "real" side, which ``reset_real_features=False`` keeps across
     resets, and each reference set the other side (the distance is symmetric)."""
 
@@ -176,10 +235,8 @@ class Frechet:
         self.device, self.batch_size = torch.device(device), batch_size
         self.inception = extractor == "inception"
         if self.inception:
-            self.metric = FrechetInceptionDistance(feature=2048, reset_real_features=False,
-                                                   feature_extractor_weights_path=str(weights) if weights else None)
-        else:
-            self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+            extractor = inception_extractor(weights)
+        self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
         self.metric = self.metric.to(self.device)
 
     def _feed(self, images: Iterable[np.ndarray], real: bool) -> int:

@@ -20,24 +20,25 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import (
+from ..config import (  # noqa: F401  (AuditConfig, TPrimeConfig, NLLConfig, FIDConfig are re-exported)
     CLASSIFIER_PRESETS,
-    ClassifierConfig,
-    DPConfig,
+    AuditConfig,
     ExtractorConfig,
-    ModelConfig,
+    FIDConfig,
+    NLLConfig,
     PrepareConfig,
     SampleConfig,
-    TrainConfig,
-    from_dict,
+    TPrimeConfig,
+    audit_from_dict,
     get_preset,
     to_dict,
 )
 from ..errors import DiffauditError
+from ..extras import require
 from ..io import config_hash, read_json, write_json
 from ..parallel import processes
 
@@ -47,76 +48,6 @@ DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "s
            "count": ("sample", "classifiers"), "tprime": ("train", "classifiers", "count"),
            "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
            "report": ("count", "tprime", "nll", "fid", "utility")}
-
-
-@dataclass(frozen=True)
-class TPrimeConfig:
-    M: int = 16
-    resolution: float = 0.01
-    t_max: float = 1.0
-    steps: int = 500
-    sampler: str = "em"
-    search: str = "fast"
-    alpha: float = 0.05
-    chance: str = "full"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class NLLConfig:
-    """Exact NLL (Eq. 5) of x_p (``x_p_repeats`` dequantisation/Hutchinson draws), of training images other than
-    x_p and of test images."""
-
-    n_train: int = 64
-    n_test: int = 64
-    x_p_repeats: int = 8
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    eps: float = 1e-5
-    batch_size: int = 64
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class FIDConfig:
-    extractor: str = "auto"  # auto (Inception when its weights are found, else domain), inception or domain
-    inception_weights: str | None = None
-    domain: ExtractorConfig = field(default_factory=ExtractorConfig)
-    seed: int = 0  # the draw of test images as large as the training set
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sde: str = "subvp"
-    c_p: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_p"])
-    c_id: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_id"])
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    detector: str = "classifiers"
-    tprime: TPrimeConfig = field(default_factory=TPrimeConfig)
-    nll: NLLConfig = field(default_factory=NLLConfig)
-    fid: FIDConfig = field(default_factory=FIDConfig)
-    dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
-    pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
-
-
-_NESTED = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig, "c_p": ClassifierConfig,
-           "c_id": ClassifierConfig, "sample": SampleConfig, "tprime": TPrimeConfig, "nll": NLLConfig, "fid": FIDConfig}
-
-
-def audit_from_dict(d: dict[str, Any]) -> AuditConfig:
-    """An :class:`AuditConfig` from its JSON form; unknown keys are an error."""
-    kwargs = {}
-    for key, value in d.items():
-        cls = _NESTED.get(key)
-        if cls is FIDConfig:
-            value = {**value, "domain": from_dict(ExtractorConfig, value.get("domain", {}))}
-        if key == "dp" and value is not None:
-            value = from_dict(DPConfig, value)
-        kwargs[key] = from_dict(cls, value) if cls is not None else value
-    return from_dict(AuditConfig, kwargs)
 
 
 def _audit_preset(name: str) -> AuditConfig:
@@ -164,12 +95,47 @@ AUDIT_PRESETS = ("cpu-demo", "cpu", "paper")
 
 def get_audit_preset(name: str, **overrides: Any) -> AuditConfig:
     """A preset with top-level overrides, e.g. ``prepare={"n_train": 64}`` or ``sample={"n": 1000}``."""
-    cfg = _audit_preset(name)
+    return apply_overrides(_audit_preset(name), **overrides)
+
+
+def apply_overrides(cfg: AuditConfig, **overrides: dict[str, Any] | None) -> AuditConfig:
+    """``cfg`` with the non-None settings of each section replaced, e.g. ``sample={"n": 1000, "seed": None}``."""
     for section, changes in overrides.items():
         changes = {k: v for k, v in (changes or {}).items() if v is not None}
         if changes:
             cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
     return cfg
+
+
+def check_audit_config(cfg: AuditConfig) -> None:
+    """Refuse a config whose names or paths cannot work, before any stage runs (``--dry-run`` included). Types and
+    ranges were checked when the config was built (:class:`~diffaudit.config.Checked`); this checks what the
+    registries, the installed extras and the file system decide: samplers, the SDE, classifier architectures, the
+    SAF shape, the Inception weights and a pretrained model."""
+    # imported here, not at the top: the registries pull in torchvision, which `diffaudit --help` does not need
+    from ..adversary.classifiers import ARCHS
+    from ..data.fingerprint import SHAPES
+    from ..diffusion.samplers import get_sampler
+    from ..diffusion.sde import make_sde
+    from .fid import find_inception_weights
+
+    make_sde(cfg.sde)
+    get_sampler(cfg.sample.sampler)
+    get_sampler(cfg.tprime.sampler)
+    for name in ("c_p", "c_id"):
+        if getattr(cfg, name).arch not in ARCHS:
+            raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
+    if cfg.prepare.saf_shape not in SHAPES:
+        raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SHAPES)}")
+    weights = find_inception_weights(cfg.fid.inception_weights) if cfg.fid.extractor != "domain" else None
+    if cfg.fid.extractor == "inception" or weights is not None:
+        require("torch_fidelity", "the Inception FID (or set --fid-extractor domain)")
+    if cfg.dp is not None:
+        require("opacus", "DP-SGD training")
+    for pretrained in {cfg.pretrained, cfg.dp.pretrained if cfg.dp else None} - {None}:
+        if not (Path(pretrained) / "model.safetensors").is_file():
+            raise DiffauditError(f"no finished model to start from in {pretrained}; give the train/ folder of a "
+                                 "finished run")
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -271,9 +237,11 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
     run, cfg = ctx.run, ctx.cfg
     if stop_after is not None and stop_after not in STAGES:
         raise DiffauditError(f"unknown stage '{stop_after}'; the stages are {', '.join(STAGES)}")
-    if cfg.detector not in ("classifiers", "nn"):
-        raise DiffauditError(f"the detector must be classifiers or nn, got '{cfg.detector}'")
+    check_audit_config(cfg)
     procs = processes(ctx.device)
+    if cfg.dp is not None and procs.world > 1:
+        raise DiffauditError("a DP-SGD audit runs in one process (its sampling, noise and accountant are not split "
+                             "across ranks); start it without accelerate launch/torchrun")
     check_run_dir(run, cfg)
     procs.barrier()
     if procs.main:
@@ -322,11 +290,11 @@ def _prepare(ctx: Context) -> dict:
 
 
 def _train(ctx: Context) -> dict:
-    from ..data.prepare import build_training_set, training_labels
+    from ..data.prepare import build_training_set, load_manifest, training_labels
     from ..diffusion.sde import make_sde
     from ..training.loop import train
 
-    manifest = read_json(ctx.run / "manifest.json")
+    manifest = load_manifest(ctx.run)
     images = build_training_set(manifest, data_root=ctx.data_root)
     labels = training_labels(manifest, data_root=ctx.data_root) if ctx.cfg.model.num_classes else None
     if ctx.cfg.dp is not None:
@@ -459,6 +427,7 @@ def plan(ctx: Context) -> list[dict]:
     from ..diffusion.unet import build_unet
 
     cfg = ctx.cfg
+    check_audit_config(cfg)
     check_run_dir(ctx.run, cfg)
     keys = _keys(ctx)
     channels = cfg.prepare.channels
@@ -514,8 +483,10 @@ def _size(b: float) -> str:
 
 
 def load_config(path: str | Path) -> AuditConfig:
-    try:
-        return audit_from_dict(read_json(path))
-    except (TypeError, KeyError) as err:
-        raise DiffauditError(f"{path} is not an audit config ({err}); start from a run's audit.json") from None
+    """The audit config in the JSON file ``path`` (a run's ``audit.json`` is one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffauditError(f"no audit config at {path}; give the path of an audit config JSON (a run's audit.json "
+                             "is one), or leave --config out to use --preset")
+    return audit_from_dict(read_json(path))
 

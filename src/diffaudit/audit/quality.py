@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, split_images, training_labels
+from ..data.prepare import build_training_set, load_manifest, split_images, training_labels
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import config_hash, read_json, write_json
@@ -36,7 +36,7 @@ def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
 
 def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: bool = True) -> dict:
     """Bits/dim of x_p, training and test images under the run's model; writes nll/nll.json and results.json."""
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     model, meta = load_score_model(run / "train", device=device)
     dev = next(model.parameters()).device
     d_p = build_training_set(manifest, data_root=data_root)
@@ -110,7 +110,7 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     from ..generate import iter_shards
     from ..training.loop import resolve_device
 
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     dev = resolve_device(device)
     extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),
                                       data_root=data_root, device=dev, progress=progress, log=log)

@@ -18,9 +18,12 @@ import itertools
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..config import MIN_N_TRAIN
+from ..data.medmnist import open_dataset
+from ..data.prepare import number_of_classes
 from ..errors import DiffauditError
 from ..io import read_json, write_json
-from .pipeline import AuditConfig, Context, run_audit
+from .pipeline import AuditConfig, Context, check_audit_config, run_audit
 from .plots import plot_q_m
 from .report import excess_warning, fmt, write_blocks
 
@@ -29,22 +32,46 @@ def cell_name(dataset: str, n_train: int | None) -> str:
     return f"{dataset}-n{'all' if n_train is None else n_train}"
 
 
-def run_sweep(out: Path, base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequence[int | None],
-              device: str = "auto", data_root: str | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict:
-    """Run (or continue) every cell, then write ``sweep.json`` and the combined report into ``out``."""
+def sweep_cells(base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequence[int | None],
+                class_conditional: bool = False, data_root: str | None = None, download: bool = False,
+                log: Callable[[str], None] = print) -> list[tuple[str, AuditConfig]]:
+    """(folder name, config) of every cell, each checked against its dataset before any folder is made: the file
+    is there (or downloaded with ``download``), N_D fits the split, and a class-conditional model gets the class
+    count of its own dataset."""
     if not datasets or not n_trains:
         raise DiffauditError("a sweep needs at least one dataset and one N_D")
-    out = Path(out)
+    if len(set(datasets)) != len(datasets) or len(set(n_trains)) != len(n_trains):
+        raise DiffauditError("--datasets and --n-train must not repeat a value")
     cells = []
-    for dataset, n_train in itertools.product(datasets, n_trains):
-        cfg = dataclasses.replace(base, prepare=dataclasses.replace(base.prepare, dataset=dataset, n_train=n_train))
-        run = out / cell_name(dataset, n_train)
-        log(f"== sweep cell {run.name} ==")
-        run_audit(Context(run=run, cfg=cfg, device=device, data_root=data_root, progress=progress, log=log,
-                          shared_extractor=out / "extractors" / dataset))
-        cells.append(run)
-    return write_sweep_report(out, cells)
+    for dataset in datasets:
+        data = open_dataset(dataset, data_root=data_root, download_missing=download, log=log)
+        n_split = len(data.images(base.prepare.split))
+        model = base.model
+        if class_conditional:
+            model = dataclasses.replace(model, num_classes=number_of_classes(dataset, data_root=data_root))
+        for n_train in n_trains:
+            if n_train is not None and not MIN_N_TRAIN <= n_train <= n_split:
+                raise DiffauditError(f"--n-train {n_train} does not fit {dataset}, whose {base.prepare.split} split has "
+                                     f"{n_split} images; use values between {MIN_N_TRAIN} and {n_split}, or 'all'")
+            cfg = dataclasses.replace(base, model=model,
+                                      prepare=dataclasses.replace(base.prepare, dataset=dataset, n_train=n_train))
+            check_audit_config(cfg)
+            cells.append((cell_name(dataset, n_train), cfg))
+    return cells
+
+
+def run_sweep(out: Path, base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequence[int | None],
+              class_conditional: bool = False, device: str = "auto", data_root: str | None = None,
+              download: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) every cell, then write ``sweep.json`` and the combined report into ``out``."""
+    out = Path(out)
+    cells = sweep_cells(base, datasets=datasets, n_trains=n_trains, class_conditional=class_conditional,
+                        data_root=data_root, download=download, log=log)
+    for name, cfg in cells:
+        log(f"== sweep cell {name} ==")
+        run_audit(Context(run=out / name, cfg=cfg, device=device, data_root=data_root, progress=progress, log=log,
+                          shared_extractor=out / "extractors" / cfg.prepare.dataset))
+    return write_sweep_report(out, [out / name for name, _ in cells])
 
 
 def write_sweep_report(out: Path, cells: Sequence[Path]) -> dict:

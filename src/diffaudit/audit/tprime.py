@@ -65,15 +65,20 @@ def make_grid(resolution: float = 0.01, t_max: float = 1.0) -> list[float]:
     return [round(resolution * (i + 1), 10) for i in range(n)]
 
 
-def check_grid(grid: Sequence[float], sde: SDE, eps: float) -> list[float]:
-    grid = [float(t) for t in grid]
+def check_grid(grid: Sequence[float], *, t_min: float = 0.0, t_max: float = math.inf) -> list[float]:
+    """``grid`` as a list of floats, refused unless it is non-empty, strictly increasing (sorted, no repeats) and
+    inside (t_min, t_max]: the fast search bisects on it, and an unsorted grid would make it return a wrong t'."""
+    try:
+        grid = [float(t) for t in grid]
+    except (TypeError, ValueError):
+        raise DiffauditError(f"the t grid must be a list of numbers, got {grid!r}") from None
     if not grid:
         raise DiffauditError("the t grid is empty; give at least one time in (0, T]")
-    bad = [t for t in grid if not eps < t <= sde.T]
+    bad = [t for t in grid if not t_min < t <= t_max]
     if bad:
-        raise DiffauditError(f"grid times must lie in (eps={eps}, T={sde.T}]; got {bad[:3]}")
+        raise DiffauditError(f"grid times must lie in ({t_min:g}, {t_max:g}]; got {bad[:3]}")
     if any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
-        raise DiffauditError("the t grid must be strictly increasing")
+        raise DiffauditError("the t grid must be strictly increasing (sorted, without repeats); make it with make_grid")
     return grid
 
 
@@ -178,9 +183,7 @@ def search(q_m: Callable[[float], Evaluation], grid: Sequence[float], *, method:
         raise DiffauditError(f"the chance level p_0 must be in (0, 1), got {p0}")
     if not 0 < alpha < 1:
         raise DiffauditError(f"alpha must be in (0, 1), got {alpha}")
-    grid = [float(t) for t in grid]
-    if not grid:
-        raise DiffauditError("the t grid is empty; give at least one time in (0, T]")
+    grid = check_grid(grid)
     out = Search(method, grid)
     level = alpha / len(grid)
     start = time.perf_counter()

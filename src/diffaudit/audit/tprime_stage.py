@@ -13,14 +13,16 @@ from tqdm.auto import tqdm
 
 from ..adversary.detectors import NearestNeighbourDetector
 from ..adversary.stage import AuditData, make_detectors
-from ..data.prepare import build_training_set
+from ..data.prepare import build_training_set, load_manifest
 from ..diffusion.score import of_class
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..io import read_json, write_json
 from .plots import plot_q_m
 from .results import update_results
-from .tprime import QM, search, summary
+from .tprime import QM, check_grid, search, summary
+
+QM_EPS = 1e-3  # QM's default last time of the reverse run; grid times must lie above it
 
 
 def posthoc(score_fn: Callable, sde: SDE, images: np.ndarray, positions: Sequence[int], *, grid: Sequence[float],
@@ -28,6 +30,12 @@ def posthoc(score_fn: Callable, sde: SDE, images: np.ndarray, positions: Sequenc
             alpha: float = 0.05, device: torch.device | str = "cpu", progress: bool = True) -> list[dict]:
     """t' (fast search) of training images ``images[positions]`` of any score model, each with the reference
     detector calibrated on the other training images; sorted most at risk (largest t'_alpha, then t') first."""
+    grid = check_grid(grid, t_min=QM_EPS, t_max=sde.T)
+    if len(images) < 2:
+        raise DiffauditError("the post-hoc audit needs at least 2 training images (the detector is calibrated on the others)")
+    positions = list(positions)
+    if len(set(positions)) != len(positions):
+        raise DiffauditError(f"image positions must not repeat, got {positions}")
     p0 = 1.0 / len(images) if p0 is None else p0
     rows = []
     for pos in tqdm(positions, disable=not progress, desc="post-hoc t'", unit="image"):
@@ -75,7 +83,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
                data_root=None, device: str = "auto", progress: bool = True, log=print) -> dict:
     from ..training.loop import load_score_model, resolve_device
 
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     model, meta = load_score_model(run / "train", device=device)
     dev = resolve_device(device)
     audit = AuditData(manifest, data_root)
@@ -126,7 +134,7 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
                 progress: bool = True) -> list[dict]:
     from ..training.loop import load_score_model
 
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     model, meta = load_score_model(run / "train", device=device)
     images = build_training_set(manifest, data_root=data_root)
     positions = range(len(images)) if positions is None else positions

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, split_images, training_labels
+from ..data.prepare import build_training_set, load_manifest, split_images, training_labels
 from ..errors import DiffauditError
 from ..generate import iter_labelled_shards
 from ..io import read_json, write_json
@@ -25,7 +25,7 @@ from .results import update_results
 
 def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, device: str = "auto",
                 progress: bool = True) -> dict:
-    manifest = read_json(run / "manifest.json")
+    manifest = load_manifest(run)
     meta = read_json(run / "train" / "model.json")
     n_classes = meta["model"].get("num_classes", 0)
     if not n_classes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -51,23 +52,29 @@ def dataset_path(dataset: str, root: Path) -> Path:
     return root / f"{dataset}.npz"
 
 
-def download(dataset: str, root: Path) -> Path:
+def download(dataset: str, root: Path, *, log: Callable[[str], None] = print) -> Path:
     """Fetch ``dataset`` (28x28) into ``root`` with medmnist's downloader, which checks the MD5."""
     info = _info()
     if dataset not in info:
         raise DiffauditError(f"'{dataset}' is not a MedMNIST dataset; known 2D ones include {', '.join(_known_2d())}")
     import medmnist
 
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DiffauditError(f"cannot create the data folder {root} ({err.strerror}); pass --data-root DIR") from None
+    log(f"{dataset}.npz not found locally; downloading it into {root} (MD5 checked)")
     try:
         getattr(medmnist, info[dataset]["python_class"])(split="train", root=str(root), download=True, size=28)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+    except (RuntimeError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DiffauditError(
-            f"download of {dataset} failed ({first}); check the internet connection or put {dataset}.npz "
-            f"from {info[dataset]['url']} into {root}"
+            f"download of {dataset} failed ({first}); check the internet connection, or put {dataset}.npz "
+            f"from {info[dataset]['url']} into {root} and run again"
         ) from None
-    return dataset_path(dataset, root)
+    path = dataset_path(dataset, root)
+    log(f"downloaded {dataset} to {path}")
+    return path
 
 
 def _known_2d() -> list[str]:
@@ -82,8 +89,8 @@ class MedMNISTFile:
         self.dataset = dataset or self.path.stem
         if not self.path.is_file():
             raise DiffauditError(
-                f"{self.path} not found; pass --data-root DIR (or set DIFFAUDIT_DATA) to the folder holding "
-                f"{self.path.name}, or add --download to fetch it"
+                f"{self.path} not found; add --download to fetch it into {self.path.parent}, or pass --data-root DIR "
+                f"(or set DIFFAUDIT_DATA) to a folder holding {self.path.name}"
             )
         try:
             self._npz = np.load(self.path, allow_pickle=False)
@@ -128,15 +135,17 @@ class MedMNISTFile:
         return np.asarray(self._npz[f"{split}_labels"])
 
 
-def open_dataset(dataset: str, *, data_root: str | os.PathLike | None = None, download_missing: bool = False) -> MedMNISTFile:
-    """Open ``<root>/<dataset>.npz``, downloading it first only when ``download_missing``."""
+def open_dataset(dataset: str, *, data_root: str | os.PathLike | None = None, download_missing: bool = False,
+                 log: Callable[[str], None] = print) -> MedMNISTFile:
+    """Open ``<root>/<dataset>.npz``, downloading it first only when ``download_missing`` (and saying where)."""
     root = resolve_root(data_root)
     path = dataset_path(dataset, root)
     if not path.is_file():
+        if dataset not in _info():
+            raise DiffauditError(f"no {path.name} in {root}, and '{dataset}' is not a MedMNIST dataset that could be "
+                                 f"downloaded; check the name (known 2D ones: {', '.join(_known_2d())})")
         if download_missing:
-            download(dataset, root)
-        elif dataset not in _info() and not root.is_dir():
-            raise DiffauditError(f"data root {root} does not exist; pass --data-root DIR or set DIFFAUDIT_DATA")
+            download(dataset, root, log=log)
     return MedMNISTFile(path, dataset=dataset)
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PrepareConfig, to_dict
+from ..config import MIN_N_TRAIN, PrepareConfig, from_dict, to_dict
 from ..errors import DiffauditError
 from ..images import save_grid
-from ..io import read_json, write_json
+from ..io import config_hash, read_json, write_json
 from .fingerprint import Fingerprint, check_fits, random_centre
-from .medmnist import MedMNISTFile, open_dataset, resolve_root
+from .medmnist import MedMNISTFile, open_dataset
 
 MANIFEST_FORMAT = "diffaudit-manifest/1"
 
@@ -54,7 +54,7 @@ def make_manifest(cfg: PrepareConfig, data: MedMNISTFile) -> dict:
         indices = np.delete(indices, position)
         if n_train < n_split:
             indices = np.insert(indices, position, order[n_train])
-    return {
+    return seal({
         "format": MANIFEST_FORMAT,
         "dataset": cfg.dataset,
         "file": data.path.name,
@@ -70,7 +70,70 @@ def make_manifest(cfg: PrepareConfig, data: MedMNISTFile) -> dict:
         "fingerprint": fingerprint,
         "excluded_index": excluded,
         "config": to_dict(cfg),
-    }
+    })
+
+
+def seal(manifest: dict) -> dict:
+    """``manifest`` with ``digest``, the hash of everything else in it, so that an edit is recognised when read."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return {**body, "digest": config_hash(body)}
+
+
+def _broken(what: str) -> DiffauditError:
+    return DiffauditError(f"manifest.json is damaged or was edited ({what}); prepare the run again in a new --run-dir")
+
+
+def check_manifest(manifest: dict, data: MedMNISTFile | None = None) -> dict:
+    """Refuse a manifest that is not what ``prepare`` wrote: a wrong format, an edit (its digest), indices that are
+    repeated or outside the split, a fingerprint whose image is not the one at its position; and, given the
+    data, a file of another MD5 or split size. Returns ``manifest``."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DiffauditError(f"not a diffaudit manifest (format {found!r}, expected {MANIFEST_FORMAT})")
+    if "digest" in manifest and seal(manifest)["digest"] != manifest["digest"]:
+        raise _broken("its content no longer matches its digest")
+    try:
+        cfg = from_dict(PrepareConfig, manifest["config"], where="manifest config")
+        indices, n_split, n_train = manifest["indices"], manifest["split_size"], manifest["n_train"]
+        fp = manifest["fingerprint"]
+        ok_indices = (isinstance(indices, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in indices)
+                      and isinstance(n_split, int) and isinstance(n_train, int))
+    except (KeyError, TypeError, DiffauditError) as err:
+        raise _broken(f"{type(err).__name__}: {err}") from None
+    if not ok_indices:
+        raise _broken("indices, split_size and n_train must be integers")
+    if len(indices) != n_train or n_train < MIN_N_TRAIN - (fp is None):
+        raise _broken(f"{len(indices)} indices for N_D = {n_train}")
+    if len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= n_split:
+        raise _broken(f"indices must be distinct images of the split's {n_split}")
+    if (fp is None) == cfg.fingerprint:
+        raise _broken("a fingerprint must be recorded exactly when the config asks for one")
+    if fp is not None:
+        position = fp.get("position") if isinstance(fp, dict) else None
+        if not isinstance(position, int) or not 0 <= position < n_train:
+            raise _broken(f"fingerprint position {position!r} is outside the {n_train} training images")
+        if fp.get("index") != indices[position]:
+            raise _broken(f"fingerprint index {fp.get('index')!r} is not image {indices[position]} at position {position}")
+        try:
+            Fingerprint.from_dict(fp).mask(*manifest["image_shape"][1:])  # the SAF's own checks, and that it fits
+        except (KeyError, TypeError, ValueError, DiffauditError) as err:
+            raise _broken(f"fingerprint: {err}") from None
+    if data is not None:
+        if data.md5 != manifest["md5"]:
+            raise DiffauditError(
+                f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
+                "point --data-root at the original file")
+        if len(data.images(manifest["split"])) != n_split:
+            raise _broken(f"the {manifest['split']} split has {len(data.images(manifest['split']))} images, not {n_split}")
+    return manifest
+
+
+def load_manifest(run: str | os.PathLike) -> dict:
+    """``<run>/manifest.json``, checked (:func:`check_manifest`, without the data)."""
+    path = Path(run) / "manifest.json"
+    if not path.is_file():
+        raise DiffauditError(f"{run} has no manifest.json; run 'diffaudit prepare --run-dir {run}' first")
+    return check_manifest(read_json(path))
 
 
 def fingerprint_of(manifest: dict) -> Fingerprint | None:
@@ -87,16 +150,11 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
                        data: MedMNISTFile | None = None) -> np.ndarray:
     """Rebuild D_p as uint8 [N_D, C, H, W]: the chosen images, with x_i replaced by x_p (Eq. 10).
 
-    Refuses a file whose MD5 differs from the one the manifest was made from."""
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DiffauditError(f"not a diffaudit manifest (format {manifest.get('format')!r}, expected {MANIFEST_FORMAT})")
+    Refuses a damaged or edited manifest, and a file whose MD5 differs from the one the manifest was made from."""
+    check_manifest(manifest)
     if data is None:
         data = open_dataset(manifest["dataset"], data_root=data_root)
-    if data.md5 != manifest["md5"]:
-        raise DiffauditError(
-            f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
-            f"point --data-root ({resolve_root(data_root)}) at the original file"
-        )
+    check_manifest(manifest, data)
     images = _as_channels(manifest, data.images(manifest["split"])[np.asarray(manifest["indices"], dtype=np.int64)])
     fp = fingerprint_of(manifest)
     if fp is not None:
@@ -156,10 +214,10 @@ def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, d
             log(f"{path} already prepared with these options; kept")
             return previous
         raise DiffauditError(f"{path} was prepared with other options; use another --run-dir")
-    data = open_dataset(cfg.dataset, data_root=data_root, download_missing=download)
+    data = open_dataset(cfg.dataset, data_root=data_root, download_missing=download, log=log)
+    manifest = make_manifest(cfg, data)
     if data.is_official is False:
         log(f"warning: {data.path} has MD5 {data.md5}, not the official {data.official_md5}")
-    manifest = make_manifest(cfg, data)
     images = build_training_set(manifest, data=data)
     fp = fingerprint_of(manifest)
     if fp is not None:

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import norm
 
 from ..errors import DiffauditError
+from ..extras import require
 
 
 def _check_kappa(kappa: float) -> None:
@@ -40,16 +41,16 @@ def _check_kappa(kappa: float) -> None:
 
 
 def _check_eps_delta(eps: float, delta: float) -> None:
-    if not eps > 0:
-        raise DiffauditError(f"epsilon must be positive, got {eps}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise DiffauditError(f"epsilon must be a positive finite number, got {eps}")
     if not 0 < delta < 1:
         raise DiffauditError(f"delta must be in (0, 1), got {delta}")
 
 
 def gdp_tradeoff(alpha: float | np.ndarray, mu: float) -> np.ndarray:
     """G_μ(α) = Φ(Φ^{-1}(1 - α) - μ)."""
-    if mu < 0:
-        raise DiffauditError(f"mu must be non-negative, got {mu}")
+    if not (mu >= 0 and math.isfinite(mu)):  # also refuses nan, for which every comparison is false
+        raise DiffauditError(f"mu must be a non-negative finite number, got {mu}")
     return norm.cdf(norm.ppf(1 - np.asarray(alpha, dtype=np.float64)) - mu)
 
 
@@ -89,8 +90,8 @@ def clt_mu(sample_rate: float, noise_multiplier: float, steps: int) -> float:
 def _check_dpsgd(sample_rate: float, noise_multiplier: float, steps: int) -> None:
     if not 0 < sample_rate <= 1:
         raise DiffauditError(f"the sampling rate q must be in (0, 1], got {sample_rate}")
-    if not noise_multiplier > 0:
-        raise DiffauditError(f"the noise multiplier must be positive, got {noise_multiplier}")
+    if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+        raise DiffauditError(f"the noise multiplier must be a positive finite number, got {noise_multiplier}")
     if steps < 1:
         raise DiffauditError(f"DP-SGD needs at least one step, got {steps}")
 
@@ -108,6 +109,7 @@ class DPSGDBound:
 def privacy_profile(sample_rate: float, noise_multiplier: float, steps: int, *, deltas: np.ndarray | None = None,
                     eps_error: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(δ, ε estimate, certified ε upper bound) of DP-SGD on a grid of δ, from Opacus' PRV accountant."""
+    require("opacus", "the DP-SGD bound")
     from opacus.accountants import PRVAccountant
 
     _check_dpsgd(sample_rate, noise_multiplier, steps)

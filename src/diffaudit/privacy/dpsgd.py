@@ -43,7 +43,9 @@ from ..diffusion.score import ScoreModel, conditioned
 from ..diffusion.sde import SDE
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
+from ..extras import require
 from ..io import read_json, save_tensors, write_json
+from ..parallel import launched_world
 from ..training.loop import check_labels, load_weights, resolve_device
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
@@ -77,6 +79,7 @@ def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
 
 def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
     """epsilon at delta of ``steps`` Poisson-subsampled Gaussian steps, by each of Opacus' accountants."""
+    require("opacus", "DP accounting")
     from opacus.accountants import create_accountant
 
     out = {}
@@ -112,6 +115,7 @@ def _attention_only(net: torch.nn.Module) -> int:
 
 
 def _check_opacus_compatible(net: torch.nn.Module) -> None:
+    require("opacus", "DP-SGD training")
     from opacus.validators import ModuleValidator
 
     errors = ModuleValidator.validate(net, strict=False)
@@ -125,11 +129,15 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     """Train a score model with DP-SGD on uint8 ``images``; ``train_cfg.steps`` logical steps of expected batch
     ``train_cfg.batch_size``. Writes the same files as :func:`diffaudit.training.loop.train` (model.json gains
     a ``dp`` record) and returns the path of model.safetensors."""
+    require("opacus", "DP-SGD training")
     from opacus import PrivacyEngine
     from opacus.accountants.utils import get_noise_multiplier
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
     train_dir = Path(train_dir)
+    if launched_world() > 1:
+        raise DiffauditError("DP-SGD training runs in one process: its Poisson sampling, noise and accountant are "
+                             "not split across data-parallel ranks; start it without accelerate launch/torchrun")
     n, c, h, w = images.shape
     q = check_dp_config(dp, n, train_cfg.batch_size)
     y_all = check_labels(labels, n, model_cfg.num_classes)

@@ -31,6 +31,7 @@ from ..diffusion.score import ScoreModel, conditioned
 from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
+from ..extras import require
 from ..io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from ..parallel import processes
 from .checkpoint import check_state_dict, list_checkpoints, load_checkpoint, save_checkpoint
@@ -167,6 +168,7 @@ def train(
         _truncate_log(train_dir / "loss.csv", start)
     accelerator = None
     if procs.world > 1:  # DistributedDataParallel through accelerate; each process takes a slice of the batch
+        require("accelerate", "data-parallel training")
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=dev.type == "cpu")

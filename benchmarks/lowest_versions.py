@@ -2,7 +2,12 @@
 lowest torch and torchvision that pyproject.toml claims, run the entry point, and run the quick tests against it.
 
     python benchmarks/lowest_versions.py                      # torch 2.13.0, torchvision 0.28.0
+    python benchmarks/lowest_versions.py --torch-wheel torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl
     python benchmarks/lowest_versions.py --torch 2.14.1 --torchvision 0.29.1 --extras all,test
+
+torchvision's wheels on the package index are built against the index's (CUDA) torch of the same version; a
+``+cpu`` torch from another index does not load them ("operator torchvision::nms does not exist"), so give the
+index's torch (``--torch-wheel`` for a downloaded file).
 
 Prints each step's wall time and the test summary; exits non-zero when a step fails. Needs the package index (or
 local wheels) for the pinned versions. The venv lives in a temporary folder and is removed afterwards.
@@ -37,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch", default="2.13.0", help="torch version (pyproject's lowest: 2.13)")
     parser.add_argument("--torchvision", default="0.28.0", help="the torchvision that goes with it")
+    parser.add_argument("--torch-wheel", default=None, help="install torch from this wheel file instead")
     parser.add_argument("--extras", default="all,test")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
@@ -47,8 +53,9 @@ def main() -> None:
         wheel = next((tmp / "dist").glob("diffaudit-*.whl"))
         step("fresh venv", [args.python, "-m", "venv", str(tmp / "venv")])
         py = str(tmp / "venv" / "bin" / "python")
+        torch_req = args.torch_wheel or f"torch=={args.torch}"
         step(f"torch {args.torch}, torchvision {args.torchvision}",
-             [py, "-m", "pip", "install", "-q", f"torch=={args.torch}", f"torchvision=={args.torchvision}"])
+             [py, "-m", "pip", "install", "-q", torch_req, f"torchvision=={args.torchvision}"])
         step(f"{wheel.name}[{args.extras}]", [py, "-m", "pip", "install", "-q", f"{wheel}[{args.extras}]"])
         versions = step("versions", [py, "-c", "import torch, torchvision, diffaudit; "
                                                "print(torch.__version__, torchvision.__version__, diffaudit.__file__)"])

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffaudit.audit.pipeline import (STAGES, AuditConfig, Context, FIDConfig, NLLConfig, TPrimeConfig, audit_from_dict,
-                                      format_plan, plan, run_audit)
+from diffaudit.audit.pipeline import run_audit
+from diffaudit.audit.plan import format_plan, plan
+from diffaudit.audit.stages import Context
 from diffaudit.audit.sweep import run_sweep
 from diffaudit.cli import main
-from diffaudit.config import CLASSIFIER_PRESETS, ExtractorConfig, PrepareConfig, SampleConfig, TrainConfig, to_dict
+from diffaudit.config import (CLASSIFIER_PRESETS, STAGES, AuditConfig, ExtractorConfig, FIDConfig, NLLConfig, PrepareConfig,
+                              SampleConfig, TPrimeConfig, TrainConfig, audit_from_dict, to_dict)
 from diffaudit.errors import DiffauditError
 from diffaudit.io import read_json
 

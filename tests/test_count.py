@@ -12,7 +12,7 @@ from diffaudit.audit.reproduction import count_reproductions
 from diffaudit.audit.stats import reproduction_test
 from diffaudit.cli import main
 from diffaudit.config import SampleConfig
-from diffaudit.data.medmnist import to_model_space
+from diffaudit.images import to_model_space
 from diffaudit.data.prepare import build_training_set
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
 from diffaudit.errors import DiffauditError

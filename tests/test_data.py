@@ -8,7 +8,8 @@ import pytest
 
 from diffaudit.config import PrepareConfig
 from diffaudit.data.fingerprint import Fingerprint
-from diffaudit.data.medmnist import MedMNISTFile, open_dataset, resolve_root, to_model_space
+from diffaudit.data.medmnist import MedMNISTFile, open_dataset, resolve_root
+from diffaudit.images import to_model_space
 from diffaudit.data.prepare import build_training_set, clean_original, make_manifest
 from diffaudit.errors import DiffauditError
 

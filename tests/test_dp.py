@@ -114,17 +114,17 @@ def test_noise_multiplicity_clips_one_gradient_per_image_of_its_averaged_loss():
 
 def test_the_audit_section_sets_the_formal_bound_beside_the_measured_rate():
     from diffaudit.audit.stats import reproduction_test
-    from diffaudit.privacy.bounds import audit_section
+    from diffaudit.audit.privacy import privacy_section
 
     fpr = {"heldout_real": {"both": {"positives": 0, "n": 156, "rate": 0.0}}}
     rep = {**reproduction_test(3, 256, 16), "false_positive_rate": fpr}
     dp = {"epsilon": epsilons(1.0, 0.5, 6, 1e-5), "delta": 1e-5, "noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 6}
-    s = audit_section(dp, rep)
+    s = privacy_section(dp, rep)
     assert s["kappa"] == pytest.approx(1 - 0.05 ** (1 / 156))  # one-sided 95% upper limit at 0 of 156
     assert s["kappa"] < s["bound_dpsgd"] <= 1 and s["bound_dpsgd"] <= s["bound_eps_delta"]["prv"] + 1e-9
     assert s["empirical_rate_ci95"] == rep["rate_ci95"]
     with pytest.raises(DiffauditError, match="false-positive"):
-        audit_section(dp, {**rep, "false_positive_rate": {}})
+        privacy_section(dp, {**rep, "false_positive_rate": {}})
 
 
 def test_attention_only_fine_tuning_changes_only_attention_weights(tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from diffaudit.adversary.detectors import NearestNeighbourDetector
 from diffaudit.audit.tprime import QM, Evaluation, darboux_bound, make_grid, sde_sigma, search
 from diffaudit.cli import main
-from diffaudit.data.medmnist import to_model_space
+from diffaudit.images import to_model_space
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
 from diffaudit.errors import DiffauditError
 from diffaudit.io import read_json

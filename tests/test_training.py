@@ -75,7 +75,7 @@ def test_finished_run_is_kept_and_a_different_config_refused(tmp_path):
     path = train(tmp_path, _images(4), train_cfg=cfg, **kw)
     mtime = path.stat().st_mtime_ns
     assert train(tmp_path, _images(4), train_cfg=cfg, **kw) == path and path.stat().st_mtime_ns == mtime
-    with pytest.raises(DiffauditError, match="different config"):
+    with pytest.raises(DiffauditError, match="holds a training run of another config"):
         train(tmp_path, _images(4), train_cfg=TrainConfig(steps=2, batch_size=2, lr=1e-4), **kw)
 
 

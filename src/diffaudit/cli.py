@@ -1,5 +1,8 @@
 """The ``diffaudit`` command line. Every command works inside a run directory and never silently overwrites
-an earlier result: a finished stage with the same config is reported and kept, a different config is refused."""
+an earlier result: a finished stage with the same config is reported and kept, a different config is refused.
+
+Each command imports the stages it runs inside its function: importing every stage (diffusers, torchvision,
+torchmetrics, scipy) doubles the start-up of ``diffaudit --help`` and of the commands that need few of them."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
-from .audit.pipeline import AUDIT_PRESETS
-from .audit.pipeline import STAGES as STAGE_NAMES
 from .config import (
+    AUDIT_PRESETS,
     CLASSIFIER_PRESETS,
     INCEPTION_FILE,
     PRESETS,
+    STAGES,
     PrepareConfig,
     SampleConfig,
+    apply_overrides,
+    get_audit_preset,
     get_preset,
     replace,
 )
@@ -187,7 +192,7 @@ def cmd_tprime(args: argparse.Namespace) -> None:
 # ---- audit, sweep, report -------------------------------------------------------------------------------
 def _audit_config(args: argparse.Namespace):
     """The audit config of --preset or --config, with every override flag applied on top of it."""
-    from .audit.pipeline import apply_overrides, get_audit_preset, load_config
+    from .audit.pipeline import load_config
 
     if args.config and args.preset:
         raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")
@@ -210,8 +215,10 @@ def _class_conditional(cfg, dataset: str, data_root: str | None):
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from .audit.pipeline import Context, format_plan, plan, run_audit
+    from .audit.pipeline import run_audit
+    from .audit.plan import format_plan, plan
     from .audit.report import detector_warning, excess_warning, verdict
+    from .audit.stages import Context
 
     cfg = _audit_config(args)
     if args.detector:
@@ -527,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=None, help="N_D (default: the preset's)")
     p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
     p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
-    p.add_argument("--stop-after", default=None, choices=list(STAGE_NAMES), help="stop after this stage")
+    p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
     p.add_argument("--class-conditional", action="store_true",
                    help="condition the model on the dataset's labels; adds the utility test (train on synthetic, test on real)")
     dp_options(p)

@@ -496,6 +496,74 @@ class AuditConfig(Checked):
                                      f"{self.train.batch_size} exceeds N_D = {n}: lower train.batch_size or raise --n-train")
 
 
+#: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.pipeline`` knows what each depends on).
+STAGES = ("prepare", "train", "classifiers", "sample", "count", "tprime", "nll", "fid", "utility", "report")
+
+
+def _cpu_demo() -> AuditConfig:
+    # About seven minutes on 2 CPU cores (the README's benchmark): 16 BreastMNIST images, a short training that
+    # already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t' grid, few NLL images.
+    cpu = PRESETS["cpu"]
+    return AuditConfig(
+        prepare=PrepareConfig(dataset="breastmnist", n_train=16, seed=0),
+        model=cpu.model,
+        train=dataclasses.replace(cpu.train, steps=1250, checkpoint_every=250),
+        # c_p with AugMix severity 1 and a cosine learning rate: with severity 3 and a constant rate, 10 such epochs
+        # found 0 of 200 copies of x_p; this finds 200/200 at noise std 0-0.05 with 0 false positives on the 156 test
+        # images (README: the cpu-demo benchmark)
+        c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], max_epochs=20, patience=20, epoch_size=512,
+                                val_size=256, augmix_severity=1, lr_schedule="cosine"),
+        c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], max_epochs=6, patience=3, epoch_size=512,
+                                 val_size=256),
+        sample=SampleConfig(n=256, steps=100, batch_size=128),
+        tprime=TPrimeConfig(M=8, resolution=0.05, steps=100),
+        nll=NLLConfig(n_train=8, n_test=8, x_p_repeats=4, rtol=1e-4, atol=1e-4),
+        fid=FIDConfig(domain=ExtractorConfig(steps=60)),
+    )
+
+
+def _cpu() -> AuditConfig:
+    # The README's BreastMNIST N_D = 32 audit: about an hour on 2 CPU cores.
+    cpu = PRESETS["cpu"]
+    return AuditConfig(prepare=PrepareConfig(dataset="breastmnist", n_train=32, seed=0), model=cpu.model,
+                       train=cpu.train, sample=SampleConfig(n=512, steps=250),
+                       tprime=TPrimeConfig(M=16, steps=250), nll=NLLConfig(n_train=32, n_test=32),
+                       fid=FIDConfig(domain=ExtractorConfig(steps=300)))
+
+
+def _paper() -> AuditConfig:
+    # Sec. 5.3 and App. A: 30 000 steps, 150 000 samples, M = 16, ResNet50 classifiers; for a GPU.
+    paper = PRESETS["paper"]
+    return AuditConfig(prepare=PrepareConfig(dataset="breastmnist", n_train=None, channels=3, seed=0),
+                       model=paper.model, train=paper.train, c_p=CLASSIFIER_PRESETS["paper"]["c_p"],
+                       c_id=CLASSIFIER_PRESETS["paper"]["c_id"],
+                       sample=dataclasses.replace(paper.sample, n=150_000),
+                       tprime=TPrimeConfig(M=16, steps=1000), nll=NLLConfig(n_train=1000, n_test=1000, batch_size=250),
+                       fid=FIDConfig(domain=ExtractorConfig(steps=3000, batch_size=128)))
+
+
+#: Audit presets by name (``diffaudit audit --preset``); the first is the default.
+AUDIT_PRESETS: dict[str, AuditConfig] = {"cpu-demo": _cpu_demo(), "cpu": _cpu(), "paper": _paper()}
+
+
+def get_audit_preset(name: str, **overrides: dict[str, Any] | None) -> AuditConfig:
+    """A preset with section overrides, e.g. ``prepare={"n_train": 64}`` or ``sample={"n": 1000}``."""
+    try:
+        cfg = AUDIT_PRESETS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown audit preset '{name}'; choose one of {', '.join(AUDIT_PRESETS)}") from None
+    return apply_overrides(cfg, **overrides)
+
+
+def apply_overrides(cfg: AuditConfig, **overrides: dict[str, Any] | None) -> AuditConfig:
+    """``cfg`` with the non-None settings of each section replaced, e.g. ``sample={"n": 1000, "seed": None}``."""
+    for section, changes in overrides.items():
+        changes = {k: v for k, v in (changes or {}).items() if v is not None}
+        if changes:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    return cfg
+
+
 def audit_from_dict(d: dict[str, Any]) -> AuditConfig:
     """An :class:`AuditConfig` from its JSON form (a run's ``audit.json``); unknown keys and wrong types are errors."""
     return from_dict(AuditConfig, d, where="the audit config")

@@ -2,7 +2,8 @@
 
 ``pip install diffaudit`` gives the audit itself; ``diffaudit[dp]`` adds Opacus (DP-SGD training, the DP-SGD
 bound), ``diffaudit[fid]`` torch-fidelity (the standard Inception FID; without it FID uses the domain extractor),
-``diffaudit[multi-gpu]`` accelerate (data-parallel launches), and ``diffaudit[all]`` all of them.
+``diffaudit[multi-gpu]`` accelerate (data-parallel launches), and ``diffaudit[all]`` all of them. A module imports an
+extra inside the function that needs it, right after :func:`require`, so that everything else works without it.
 """
 
 from __future__ import annotations

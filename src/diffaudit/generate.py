@@ -17,13 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig, to_dict
-from .data.medmnist import to_uint8
 from .diffusion.samplers import NFE_PER_STEP, get_sampler, sample
 from .diffusion.score import conditioned
 from .diffusion.sde import SDE
 from .errors import DiffauditError
-from .images import save_grid
-from .io import check_name, read_json, save_npz, write_json
+from .images import save_grid, to_uint8
+from .io import check_name, config_hash, existing_artefact, save_npz, write_json
+from .parallel import processes
+from .training.loop import load_score_model
 
 
 def _shard_path(out: Path, k: int) -> Path:
@@ -67,12 +68,9 @@ def generate_shards(
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
         {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id,
          **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
-    if (out / "config.json").exists():
-        previous = read_json(out / "config.json")
-        # N and the batch size change no image, so they may differ between runs into the same folder
-        strip = lambda r: {**r, "sample": {k: v for k, v in r["sample"].items() if k not in ("n", "batch_size")}}  # noqa: E731
-        if strip(previous) != strip(record):
-            raise DiffauditError(f"{out} holds samples of another config or model; choose another --name")
+    # N and the batch size change no image, so they may differ between runs into the same folder
+    existing_artefact(out / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
+                      fix="choose another --name")
     if rank == 0:
         write_json(out / "config.json", record)
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
@@ -130,10 +128,6 @@ def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True) -> Path:
     """Sample from ``<run>/train``'s model into ``<run>/samples/<name>/``, across all processes when launched
     with several (see :mod:`diffaudit.parallel`)."""
-    from .io import config_hash
-    from .parallel import processes
-    from .training.loop import load_score_model
-
     check_name(name)
     procs = processes(device)
     model, meta = load_score_model(Path(run) / "train", device=str(procs.device))

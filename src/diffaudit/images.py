@@ -1,4 +1,4 @@
-"""Image grids as PNG."""
+"""Image helpers: uint8 <-> model space [-1, 1], and grids as PNG."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def save_grid(path: str | Path, images: np.ndarray, *, ncol: int | None = None, 
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return path
+
+
+def to_model_space(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x) -> np.ndarray:
+    """Model space [-1, 1] (tensor or array) -> uint8, clipped and rounded."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -95,6 +95,50 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DiffauditError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that writes it") from None
 
 
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The settings that differ between two JSON configs, as ``"train.lr: 0.002 -> 0.001"`` (nested keys dotted)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += config_differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _without(d: Any, dotted: str) -> Any:
+    head, _, rest = dotted.partition(".")
+    if not isinstance(d, dict) or head not in d:
+        return d
+    if not rest:
+        return {k: v for k, v in d.items() if k != head}
+    return {**d, head: _without(d[head], rest)}
+
+
+def existing_artefact(path: str | os.PathLike, record: dict, *, what: str, fix: str,
+                      ignore: tuple[str, ...] = ()) -> dict | None:
+    """The one rule for an artefact that may already exist: "same config: keep; another config: refuse".
+
+    ``path`` is the JSON an earlier run wrote beside the artefact (``config.json``, ``model.json``,
+    ``manifest.json``) and ``record`` the config this run would write. They are compared on the keys of ``record``
+    (the file may hold more, such as metrics), both taken through JSON (tuples become lists), without the dotted keys
+    in ``ignore``: settings that change no result already made, such as the number of samples. Returns the file's
+    content when they match (keep it), None when there is no file (make it), and otherwise refuses with the settings
+    that differ and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    previous = read_json(path)
+    want = json.loads(json.dumps(record))
+    have = {k: previous.get(k) for k in want}
+    for key in ignore:
+        want, have = _without(want, key), _without(have, key)
+    differs = config_differences(have, want)
+    if differs:
+        shown = "; ".join(differs[:3]) + ("; ..." if len(differs) > 3 else "")
+        raise DiffauditError(f"{path.parent} holds {what} of another config ({shown}); {fix}")
+    return previous
+
+
 def config_hash(obj: Any) -> str:
     """Short stable hash of a JSON-serialisable config (sorted keys), used to recognise finished stages."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
@@ -138,3 +182,25 @@ def file_md5(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights that do not match the model's parameter names and shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))[:3]
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
+        raise DiffauditError(
+            f"{source} does not fit the model in its config (missing {missing}, wrong shapes {wrong}); "
+            "the weights and model.json come from different runs"
+        )
+
+
+def run_relative(run: Path, path: Path) -> str:
+    """``path`` relative to the run directory when inside it (results.json then does not depend on the working
+    directory), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run).resolve()))
+    except ValueError:
+        return str(path)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .device import resolve_device
 from .extras import require
 
 
@@ -48,8 +49,6 @@ def launched_world() -> int:
 
 def processes(device: str | None = "auto") -> Processes:
     """This process's rank, the world size and its device."""
-    from .training.loop import resolve_device
-
     if launched_world() > 1:
         require("accelerate", "a data-parallel launch")
         from accelerate import PartialState

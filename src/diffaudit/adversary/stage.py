@@ -27,11 +27,18 @@ import numpy as np
 
 from ..config import ClassifierConfig
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, clean_original, fingerprint_of, load_manifest, split_images
+from ..data.prepare import (
+    build_training_set,
+    clean_original,
+    fingerprint_of,
+    heldout_split,
+    load_manifest,
+    split_images,
+)
+from ..device import resolve_device
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
-from ..io import config_hash, read_json, write_json
-from ..training.loop import resolve_device
+from ..io import config_hash, existing_artefact, write_json
 from .classifiers import ClassifierDetector, check_config, classifier_record, fit, load_classifier, save_classifier
 from .detectors import NearestNeighbourDetector
 from .examples import Task, jittered_copies
@@ -39,13 +46,6 @@ from .examples import Task, jittered_copies
 NAMES = ("c_p", "c_id")
 COPY_NOISE = (0.0, 0.02, 0.05, 0.1)  # std of the noise on copies of x_p, in [0, 1] pixel units
 N_COPIES = 200
-
-
-def heldout_split(manifest: dict, purpose: str) -> str:
-    """The split the classifiers validate ('val') or are tested ('test') on: never the training split."""
-    if manifest["split"] != purpose:
-        return purpose
-    return "val" if purpose == "test" else "test"
 
 
 class AuditData:
@@ -94,13 +94,11 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
     for name in NAMES:
         folder = run / "classifiers" / name
         record = classifier_record(name, configs[name], audit.image_shape, data_id)
-        if (folder / "model.json").exists():
-            previous = read_json(folder / "model.json")
-            if {k: previous.get(k) for k in record} == record:
-                log(f"{folder} already trained with this config; kept")
-                detectors[name] = load_classifier(folder, device=dev)
-                continue
-            raise DiffauditError(f"{folder} holds a classifier with another config; delete it or use another --run-dir")
+        if existing_artefact(folder / "model.json", record, what="a classifier",
+                             fix="delete it or use another --run-dir") is not None:
+            log(f"{folder} already trained with this config; kept")
+            detectors[name] = load_classifier(folder, device=dev)
+            continue
         task, val_task = audit.tasks(name)
         net, history = fit(task, val_task, configs[name], like=audit.fingerprint, channels=audit.image_shape[0],
                            device=dev, progress=progress, desc=f"train {name} ({configs[name].arch})")

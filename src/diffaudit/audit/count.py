@@ -14,7 +14,8 @@ from ..adversary.stage import AuditData, make_detectors
 from ..data.prepare import load_manifest
 from ..errors import DiffauditError
 from ..generate import iter_shards
-from ..io import read_json
+from ..io import read_json, run_relative
+from .privacy import privacy_section
 from .reproduction import count_reproductions, reproduction_section, save_figures
 from .results import update_results
 
@@ -31,15 +32,6 @@ def find_samples(run: Path, name: str | None) -> Path:
         raise DiffauditError(f"{run / 'samples'} holds {len(found)} sample folders; choose one with --samples "
                              f"({', '.join(p.name for p in found) or 'run diffaudit sample first'})")
     return found[0]
-
-
-def run_relative(run: Path, path: Path) -> str:
-    """``path`` relative to the run directory when inside it (results.json then does not depend on the working
-    directory), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(run).resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _with_shards(folder: Path) -> Path:
@@ -95,8 +87,6 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None
     if dp is not None and detector == "classifiers":
-        from ..privacy.bounds import audit_section
-
-        sections["privacy"] = audit_section(dp, section)
+        sections["privacy"] = privacy_section(dp, section)
     update_results(run, manifest, **sections)
     return section

@@ -23,12 +23,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics.functional import auroc
 from torchvision.models.resnet import BasicBlock, ResNet
 from tqdm.auto import tqdm
 
@@ -36,8 +39,7 @@ from ..config import INCEPTION_FILE, ExtractorConfig, to_dict
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..extras import require
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..training.checkpoint import check_state_dict
+from ..io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 
 _INIT, _AUG = 21, 23  # purposes for derive_seed
 
@@ -83,11 +85,9 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
     n_classes = n_classes or int(labels.max()) + 1
     record = {"name": name, "config": to_dict(cfg), "image_shape": list(images.shape[1:]), "n_classes": n_classes,
               "data": hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]}
-    if (folder / "model.json").is_file():
-        meta = read_json(folder / "model.json")
-        if {k: meta.get(k) for k in record} == record:
-            return load_extractor(folder, device=device)
-        raise DiffauditError(f"{folder} holds a feature extractor of another config or data; remove it or use another folder")
+    if existing_artefact(folder / "model.json", record, what="a feature extractor",
+                         fix="remove it or use another folder") is not None:
+        return load_extractor(folder, device=device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, _INIT))
         net = DomainFeatures(images.shape[1], n_classes, cfg.features)
@@ -124,8 +124,6 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
 def evaluate_classifier(net: DomainFeatures, images: np.ndarray, labels: np.ndarray, n_classes: int,
                         device: torch.device | str) -> dict:
     """Accuracy and AUROC (torchmetrics; macro one-vs-rest above two classes) of a label classifier."""
-    from torchmetrics.functional import auroc
-
     was_training = net.training
     net.eval()
     logits = torch.cat([net.head(net(torch.from_numpy(images[i:i + 256]).to(device))).cpu()
@@ -184,8 +182,6 @@ def load_inception_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The Inception weights in ``path`` as tensors, unpickled with ``torch.load(weights_only=True)``, which builds
     tensors and plain containers only and never runs code from the file. A file that needs more is refused: an
     audit runs on machines that hold patient data, and a planted weights file must not run there."""
-    import pickle
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
@@ -202,8 +198,6 @@ def inception_extractor(weights: Path | None) -> nn.Module:
     """torch-fidelity's Inception-v3 (through torchmetrics) with the checked weights of ``weights``, downloaded
     first when None. torch-fidelity unpickles its weights file without restriction, so it is only ever handed a
     copy re-saved here from the tensors that :func:`load_inception_state` accepted."""
-    import tempfile
-
     require("torch_fidelity", "the Inception FID")
     from torchmetrics.image.fid import NoTrainInceptionV3
 

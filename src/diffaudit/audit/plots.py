@@ -11,7 +11,7 @@ from ..io import atomic_path
 def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """q_M(t) with its 95% intervals against t, t' (solid) and t'_alpha (dashed) marked: Fig. 6 of the paper,
     one curve per (label, ``t_prime`` section) — several models can be compared in one figure."""
-    import matplotlib
+    import matplotlib  # here, not at the top: its import and backend choice are paid only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

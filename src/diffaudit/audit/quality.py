@@ -14,14 +14,14 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, load_manifest, split_images, training_labels
+from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
+from ..device import resolve_device
 from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
-from ..io import config_hash, read_json, write_json
+from ..generate import iter_shards
+from ..io import config_hash, read_json, run_relative, write_json
 from ..training.loop import load_score_model
-from .count import run_relative
 from .fid import Frechet, find_inception_weights, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
 from .results import update_results
@@ -107,9 +107,6 @@ def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress
 def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "auto", progress: bool = True,
             extractor_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """FID of the run's samples against the training set and against as many test images."""
-    from ..generate import iter_shards
-    from ..training.loop import resolve_device
-
     manifest = load_manifest(run)
     dev = resolve_device(device)
     extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),

@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..io import atomic_path, read_json
-from .count import run_relative
+from ..io import atomic_path, read_json, run_relative
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
 

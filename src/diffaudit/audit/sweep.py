@@ -18,14 +18,19 @@ import itertools
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..config import MIN_N_TRAIN
+import numpy as np
+
+from ..config import MIN_N_TRAIN, AuditConfig, DPConfig
 from ..data.medmnist import open_dataset
 from ..data.prepare import number_of_classes
+from ..diffusion.sde import make_sde
 from ..errors import DiffauditError
 from ..io import read_json, write_json
-from .pipeline import AuditConfig, Context, check_audit_config, run_audit
+from ..training.loop import train
+from .pipeline import check_audit_config, run_audit
 from .plots import plot_q_m
 from .report import excess_warning, fmt, write_blocks
+from .stages import Context
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:
@@ -120,12 +125,6 @@ def pretrain_public(out: Path, base: AuditConfig, *, dataset: str, split: str, d
                     data_root: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Train the model non-privately on a public set (a whole split of a dataset, labels included for a
     class-conditional model) into ``<out>/train``; kept when done. Returns the train folder."""
-    import numpy as np
-
-    from ..data.medmnist import open_dataset
-    from ..diffusion.sde import make_sde
-    from ..training.loop import train
-
     data = open_dataset(dataset, data_root=data_root)
     images = data.images(split)
     if base.prepare.channels == 3 and images.shape[1] == 1:
@@ -144,8 +143,6 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     """One audit per (epsilon, pretraining) cell: epsilon None trains non-privately; pretraining starts from a
     model trained on the public set first. Writes ``privacy_sweep.json`` and the report with one table: FID,
     utility, |q| with its interval, t', the formal bound."""
-    from ..config import DPConfig
-
     out = Path(out)
     if not epsilons or not pretrain:
         raise DiffauditError("a privacy sweep needs at least one epsilon and one pretraining choice")

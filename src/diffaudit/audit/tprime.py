@@ -35,11 +35,11 @@ import torch
 from scipy.stats import binom
 
 from ..adversary.detectors import Detector, call_detector
-from ..data.medmnist import to_model_space, to_uint8
 from ..diffusion.rng import derive_seed
 from ..diffusion.samplers import NFE_PER_STEP, get_sampler, sample
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
+from ..images import to_model_space, to_uint8
 from .stats import clopper_pearson
 
 

@@ -13,11 +13,13 @@ from tqdm.auto import tqdm
 
 from ..adversary.detectors import NearestNeighbourDetector
 from ..adversary.stage import AuditData, make_detectors
-from ..data.prepare import build_training_set, load_manifest
+from ..data.prepare import build_training_set, load_manifest, training_labels
+from ..device import resolve_device
 from ..diffusion.score import of_class
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..io import read_json, write_json
+from ..training.loop import load_score_model
 from .plots import plot_q_m
 from .results import update_results
 from .tprime import QM, check_grid, search, summary
@@ -52,8 +54,6 @@ def posthoc(score_fn: Callable, sde: SDE, images: np.ndarray, positions: Sequenc
 
 def x_p_label(manifest: dict, meta: dict, data_root=None) -> int | None:
     """x_p's class label (that of x_i) when the model of ``meta`` (its model.json) is class-conditional, else None."""
-    from ..data.prepare import training_labels
-
     if not meta["model"].get("num_classes"):
         return None
     return int(training_labels(manifest, data_root=data_root)[manifest["fingerprint"]["position"]])
@@ -81,8 +81,6 @@ def chance_level(run: Path, manifest: dict, how: str) -> float:
 def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float], m: int = 16, seed: int = 0,
                steps: int = 500, sampler: str = "em", method: str = "fast", chance: str = "full", alpha: float = 0.05,
                data_root=None, device: str = "auto", progress: bool = True, log=print) -> dict:
-    from ..training.loop import load_score_model, resolve_device
-
     manifest = load_manifest(run)
     model, meta = load_score_model(run / "train", device=device)
     dev = resolve_device(device)
@@ -132,8 +130,6 @@ def without_timings(section: dict) -> dict:
 def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[float], m: int = 16, seed: int = 0,
                 steps: int = 500, sampler: str = "em", alpha: float = 0.05, data_root=None, device: str = "auto",
                 progress: bool = True) -> list[dict]:
-    from ..training.loop import load_score_model
-
     manifest = load_manifest(run)
     model, meta = load_score_model(run / "train", device=device)
     images = build_training_set(manifest, data_root=data_root)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adversary.stage import heldout_split
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, load_manifest, split_images, training_labels
+from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
+from ..device import resolve_device
 from ..errors import DiffauditError
 from ..generate import iter_labelled_shards
 from ..io import read_json, write_json
-from ..training.loop import resolve_device
 from .fid import evaluate_classifier, train_extractor
 from .results import update_results
 

@@ -149,12 +149,3 @@ def open_dataset(dataset: str, *, data_root: str | os.PathLike | None = None, do
     return MedMNISTFile(path, dataset=dataset)
 
 
-def to_model_space(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images_uint8.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(x) -> np.ndarray:
-    """Model space [-1, 1] (tensor or array) -> uint8, clipped and rounded."""
-    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import MIN_N_TRAIN, PrepareConfig, from_dict, to_dict
 from ..errors import DiffauditError
 from ..images import save_grid
-from ..io import config_hash, read_json, write_json
+from ..io import config_hash, existing_artefact, read_json, write_json
 from .fingerprint import Fingerprint, check_fits, random_centre
 from .medmnist import MedMNISTFile, open_dataset
 
@@ -180,6 +180,13 @@ def number_of_classes(dataset: str, *, data_root: str | os.PathLike | None = Non
     return int(np.asarray(open_dataset(dataset, data_root=data_root).labels("train")).max()) + 1
 
 
+def heldout_split(manifest: dict, purpose: str) -> str:
+    """The split the classifiers validate ('val') or are tested ('test') on: never the training split."""
+    if manifest["split"] != purpose:
+        return purpose
+    return "val" if purpose == "test" else "test"
+
+
 def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | None = None,
                  data: MedMNISTFile | None = None, unused_only: bool = True) -> np.ndarray:
     """The images of another ``split`` of the manifest's dataset (uint8, with the manifest's channels); for
@@ -208,12 +215,11 @@ def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, d
     the same config and refuses one of another. Returns the manifest."""
     run = Path(run)
     path = run / "manifest.json"
-    if path.exists():
-        previous = read_json(path)
-        if previous.get("config") == to_dict(cfg):
-            log(f"{path} already prepared with these options; kept")
-            return previous
-        raise DiffauditError(f"{path} was prepared with other options; use another --run-dir")
+    previous = existing_artefact(path, {"config": to_dict(cfg)}, what="a training set",
+                                 fix="use another --run-dir, or repeat its options")
+    if previous is not None:
+        log(f"{path} already prepared with these options; kept")
+        return previous
     data = open_dataset(cfg.dataset, data_root=data_root, download_missing=download, log=log)
     manifest = make_manifest(cfg, data)
     if data.is_official is False:

@@ -36,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..config import DPConfig, ModelConfig, TrainConfig, to_dict
-from ..data.medmnist import to_model_space
+from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
 from ..diffusion.score import ScoreModel, conditioned
@@ -44,9 +44,10 @@ from ..diffusion.sde import SDE
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
 from ..extras import require
-from ..io import read_json, save_tensors, write_json
+from ..images import to_model_space
+from ..io import existing_artefact, save_tensors, write_json
 from ..parallel import launched_world
-from ..training.loop import check_labels, load_weights, resolve_device
+from ..training.loop import check_labels, load_weights
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 _INIT, _LOADER, _NOISE, _DRAWS = 31, 32, 33, 34  # purposes for derive_seed
@@ -144,11 +145,8 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
                                     "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp)}))
     final = train_dir / "model.safetensors"
-    if (train_dir / "model.json").exists():
-        previous = read_json(train_dir / "model.json")
-        if {k: previous.get(k) for k in record} == record:
-            return final
-        raise DiffauditError(f"{train_dir} holds a model of another config; use another --run-dir")
+    if existing_artefact(train_dir / "model.json", record, what="a DP model", fix="use another --run-dir") is not None:
+        return final
     dev = resolve_device(device)
     sigma = dp.noise_multiplier or get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=q,
                                                         steps=train_cfg.steps, accountant=dp.accountant)

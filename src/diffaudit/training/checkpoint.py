@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from ..errors import DiffauditError
 from ..io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -60,22 +60,9 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, ema: torch.nn.Module,
     state = read_json(path / "state.json")
     model.load_state_dict(load_tensors(path / "model.safetensors"))
     ema.load_state_dict(load_tensors(path / "ema.safetensors"))
-    from safetensors import safe_open
-
     with safe_open(str(path / "optimizer.safetensors"), framework="pt") as fh:
         meta = fh.metadata()
     optimizer_from_tensors(opt, load_tensors(path / "optimizer.safetensors"), meta)
     return state
 
 
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Refuse weights that do not match the model's parameter names and shapes."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))[:3]
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
-        raise DiffauditError(
-            f"{source} does not fit the model in its config (missing {missing}, wrong shapes {wrong}); "
-            "the weights and model.json come from different runs"
-        )

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
-from ..data.medmnist import to_model_space
+from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
 from ..diffusion.score import ScoreModel, conditioned
@@ -32,9 +32,10 @@ from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
 from ..extras import require
-from ..io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from ..images import to_model_space
+from ..io import atomic_path, check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 from ..parallel import processes
-from .checkpoint import check_state_dict, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 _NOISE, _ORDER, _INIT = 1, 2, 3  # purposes for derive_seed
 LOG_FIELDS = ("step", "loss", "grad_norm", "lr", "seconds")
@@ -64,28 +65,11 @@ class EpochOrder:
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise DiffauditError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DiffauditError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
 def _train_record(model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, image_shape: tuple[int, ...],
                   data_id: str) -> dict:
     record = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
               "image_shape": list(image_shape), "data": data_id}
     return json.loads(json.dumps(record))  # tuples -> lists, as read back from config.json
-
-
-def _same_except_steps(a: dict, b: dict) -> bool:
-    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k != "steps"}}  # noqa: E731
-    return strip(a) == strip(b)
 
 
 def train(
@@ -125,14 +109,12 @@ def train(
     ckpt_dir = train_dir / "checkpoints"
     final = train_dir / "model.safetensors"
 
-    if (train_dir / "config.json").exists():
-        previous = read_json(train_dir / "config.json")
-        if previous == record and (train_dir / "model.json").exists():
+    # the same run with another number of steps may be continued (--resume), so steps are not compared here
+    previous = existing_artefact(train_dir / "config.json", record, what="a training run", ignore=("train.steps",),
+                                 fix="use another --run-dir, or repeat that run's options")
+    if previous is not None:
+        if previous == json.loads(json.dumps(record)) and (train_dir / "model.json").exists():
             return final
-        if not _same_except_steps(previous, record):
-            raise DiffauditError(
-                f"{train_dir} holds a run with a different config; use another --run-dir, or repeat that run's options"
-            )
         if not resume:
             raise DiffauditError(
                 f"{train_dir} holds an {'earlier' if final.exists() else 'unfinished'} run of this config; "

@@ -1,0 +1,176 @@
+"""c_p and c_id as torchvision ResNets trained from scratch, their training loop, and their checkpoints.
+
+The paper used randomly initialised ResNet50s (Sec. 5.2). torchvision's stem (7x7 stride-2 convolution, then a
+max-pool) shrinks a 28x28 image to 7x7 before the first residual block; ``small_input`` swaps the convolution
+for a 3x3 stride-1 one so the residual blocks see 14x14 (a radius-3 SAF stays several feature-map pixels wide).
+``resnet10`` is torchvision's ``ResNet(BasicBlock, [1, 1, 1, 1])``, the CPU preset.
+
+A classifier is saved as ``model.safetensors`` (weights, BatchNorm statistics) and ``model.json`` (its config,
+image shape, training history and the data it was trained for); no pickled code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models.resnet import BasicBlock, ResNet
+from tqdm.auto import tqdm
+
+from ..config import ClassifierConfig, from_dict, to_dict
+from ..data.fingerprint import Fingerprint
+from ..diffusion.rng import derive_seed
+from ..errors import DiffauditError
+from ..io import check_state_dict, load_tensors, read_json, save_tensors, write_json
+from .examples import Task, augment
+
+ARCHS: dict[str, Callable[[], ResNet]] = {
+    "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1),
+    "resnet18": lambda: resnet18(weights=None, num_classes=1),
+    "resnet34": lambda: resnet34(weights=None, num_classes=1),
+    "resnet50": lambda: resnet50(weights=None, num_classes=1),
+}
+_INIT, _STEP, _VAL = 11, 12, 13  # purposes for derive_seed
+
+
+def build_classifier(cfg: ClassifierConfig, channels: int) -> ResNet:
+    """A randomly initialised binary ResNet (one logit) for ``channels``-channel images."""
+    if cfg.arch not in ARCHS:
+        raise DiffauditError(f"unknown classifier architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
+    with torch.random.fork_rng(devices=[]):  # torchvision initialises from the global RNG
+        torch.manual_seed(derive_seed(cfg.seed, _INIT))
+        net = ARCHS[cfg.arch]()
+        if cfg.small_input:
+            net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def check_config(cfg: ClassifierConfig) -> None:
+    for name in ("batch_size", "epoch_size", "max_epochs", "patience", "val_size"):
+        if getattr(cfg, name) < 1:
+            raise DiffauditError(f"classifier {name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("positive_share", "val_positive_share"):
+        if not 0 < getattr(cfg, name) < 1:
+            raise DiffauditError(f"classifier {name} must be in (0, 1), got {getattr(cfg, name)}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise DiffauditError(f"the classifier learning-rate schedule must be constant or cosine, got '{cfg.lr_schedule}'")
+    if not 0 < cfg.threshold < 1:
+        raise DiffauditError(f"the decision threshold must be in (0, 1), got {cfg.threshold}")
+
+
+@torch.no_grad()
+def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, threshold: float) -> tuple[float, float]:
+    net.eval()
+    logits = torch.cat([net(x[i:i + batch]).squeeze(1) for i in range(0, len(x), batch)])
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y).item()
+    acc = ((torch.sigmoid(logits) > threshold) == y.bool()).float().mean().item()
+    return loss, acc
+
+
+def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint, channels: int,
+        device: torch.device, progress: bool = True, desc: str = "classifier") -> tuple[ResNet, list[dict]]:
+    """Train one classifier with early stopping on the validation loss; returns the best epoch's model (eval
+    mode) and the per-epoch history."""
+    check_config(cfg)
+    net = build_classifier(cfg, channels).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(derive_seed(cfg.seed, _VAL))
+    val_images, val_labels = val_task.draw(cfg.val_size, cfg.val_positive_share, rng, exact=True)
+    x_val = augment(val_images, cfg, like, derive_seed(cfg.seed, _VAL, 1)).to(device)
+    y_val = torch.from_numpy(val_labels).float().to(device)
+    steps = max(1, math.ceil(cfg.epoch_size / cfg.batch_size))
+    total = cfg.max_epochs * steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)) if cfg.lr_schedule == "cosine" else 1.0)
+    history: list[dict] = []
+    best, best_state, waited = math.inf, None, 0
+    bar = tqdm(total=cfg.max_epochs, disable=not progress, desc=desc, unit="epoch", dynamic_ncols=True)
+    for epoch in range(cfg.max_epochs):
+        net.train()
+        running = 0.0
+        for step in range(steps):
+            seed = derive_seed(cfg.seed, epoch, step, _STEP)
+            images, labels = task.draw(cfg.batch_size, cfg.positive_share, np.random.default_rng(seed))
+            x = augment(images, cfg, like, seed).to(device)
+            y = torch.from_numpy(labels).float().to(device)
+            loss = nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            running += loss.item()
+        val_loss, val_acc = _evaluate(net, x_val, y_val, 256, cfg.threshold)
+        history.append({"epoch": epoch + 1, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_acc})
+        if val_loss < best:
+            best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
+        else:
+            waited += 1
+        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}", best=f"{best:.4f}")
+        bar.update(1)
+        if waited >= cfg.patience:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+    return net.eval(), history
+
+
+def save_classifier(folder: Path, net: nn.Module, record: dict) -> None:
+    """Weights first, ``model.json`` last: a folder with ``model.json`` holds a finished classifier."""
+    save_tensors(folder / "model.safetensors", net.state_dict())
+    write_json(folder / "model.json", record)
+
+
+def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -> "ClassifierDetector":
+    folder = Path(folder)
+    if not (folder / "model.json").is_file():
+        raise DiffauditError(f"{folder} holds no trained classifier; run 'diffaudit train-classifiers' first")
+    meta = read_json(folder / "model.json")
+    cfg = from_dict(ClassifierConfig, meta["config"])
+    net = build_classifier(cfg, channels=meta["image_shape"][0])
+    weights = load_tensors(folder / "model.safetensors")
+    check_state_dict(net, weights, folder / "model.safetensors")
+    net.load_state_dict(weights)
+    return ClassifierDetector(net.to(device).eval(), image_shape=tuple(meta["image_shape"]),
+                              threshold=cfg.threshold, name=meta.get("name", folder.name), meta=meta)
+
+
+class ClassifierDetector:
+    """A trained classifier as a detector: uint8 images [B, C, H, W] -> sigmoid(logit) > threshold."""
+
+    def __init__(self, net: nn.Module, *, image_shape: tuple[int, int, int], threshold: float = 0.5,
+                 name: str = "classifier", meta: dict | None = None, batch_size: int = 512) -> None:
+        self.net, self.image_shape, self.threshold, self.name = net, tuple(image_shape), threshold, name
+        self.meta = meta or {}
+        self.batch_size = batch_size
+        self.device = next(net.parameters()).device
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise DiffauditError(
+                f"{self.name} was trained on images of shape {self.image_shape} but is given {tuple(images.shape[1:])}; "
+                "train the classifiers for this run's data ('diffaudit train-classifiers')")
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(images[i:i + self.batch_size]).to(self.device).float() / 127.5 - 1.0
+            out.append(torch.sigmoid(self.net(x).squeeze(1)).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.probabilities(images) > self.threshold
+
+    def describe(self) -> dict:
+        cfg = self.meta.get("config", {})
+        return {"kind": "classifier", "arch": cfg.get("arch"), "threshold": self.threshold}
+
+
+def classifier_record(name: str, cfg: ClassifierConfig, image_shape: tuple[int, ...], data_id: str) -> dict:
+    return {"name": name, "config": to_dict(cfg), "image_shape": list(image_shape), "data": data_id}

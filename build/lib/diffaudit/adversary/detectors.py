@@ -1,0 +1,94 @@
+"""Detectors: anything that maps a batch of uint8 images [B, C, H, W] to B booleans.
+
+The count, t' and the error rates take detectors of this one form, so a trained classifier, the reference
+nearest-neighbour detector below, or a user's own function are interchangeable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DiffauditError
+
+#: uint8 images [B, C, H, W] -> bool [B]
+Detector = Callable[[np.ndarray], np.ndarray]
+
+
+def call_detector(detector: Detector, images: np.ndarray, name: str = "detector") -> np.ndarray:
+    """Run ``detector`` and check that it answered one boolean per image."""
+    out = np.asarray(detector(images))
+    if out.shape != (len(images),):
+        raise DiffauditError(f"{name} returned an array of shape {out.shape} for {len(images)} images; "
+                             f"a detector must return one boolean per image, shape ({len(images)},)")
+    if out.dtype != np.bool_:
+        if not np.isin(out, (0, 1)).all():
+            raise DiffauditError(f"{name} returned values other than booleans (dtype {out.dtype})")
+        out = out.astype(bool)
+    return out
+
+
+def rmse(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Root-mean-square difference, in [0, 1] pixel units, of uint8 images [B, C, H, W] to each of ``reference``
+    [K, C, H, W]: an array [B, K]."""
+    a = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    b = reference.reshape(len(reference), -1).astype(np.float64) / 255.0
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0) / a.shape[1])
+
+
+class NearestNeighbourDetector:
+    """The reference identity detector: no training, a pixel-space distance under a calibrated threshold.
+
+    An image x is flagged as a copy of the target x_p when RMSE(x, x_p) < tau, with
+
+        tau = factor * min( min_{j != p} RMSE(x_p, x_j),  median_j NN_j ),
+
+    where x_j runs over the other training images and NN_j is the distance of x_j to its nearest training
+    neighbour. With factor <= 1/2 the first term makes every flagged image closer to x_p than to any other
+    training image (if d(x, x_p) < d(x_p, x_j) / 2 then d(x, x_j) > d(x_p, x_j) / 2 > d(x, x_p), by the
+    triangle inequality), so a flag never stands for a copy of another training image; the second keeps tau
+    tight on a set whose images are far apart. The threshold and both terms are reported.
+
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.integers(0, 256, size=(5, 1, 8, 8), dtype=np.uint8)
+    >>> det = NearestNeighbourDetector(train[0], train[1:])
+    >>> det(np.stack([train[0], train[1]])).tolist()
+    [True, False]
+    """
+
+    def __init__(self, target: np.ndarray, others: np.ndarray, *, factor: float = 0.5) -> None:
+        if target.ndim != 3 or others.ndim != 4 or others.shape[1:] != target.shape:
+            raise DiffauditError(f"the target must be one image [C, H, W] and the others [N, C, H, W] of the same "
+                                 f"shape; got {target.shape} and {others.shape}")
+        if len(others) < 1:
+            raise DiffauditError("calibrating the nearest-neighbour threshold needs at least one other training image")
+        if not 0 < factor <= 0.5:
+            raise DiffauditError(f"factor must be in (0, 0.5] for flags to be unambiguous, got {factor}")
+        self.target = target
+        self.image_shape = tuple(target.shape)
+        to_target = rmse(target[None], others)[0]
+        between = rmse(others, others)
+        np.fill_diagonal(between, np.inf)
+        self.target_nn = float(to_target.min())
+        self.median_nn = float(np.median(between.min(1)))  # inf with a single other image: no second term
+        self.factor = factor
+        self.threshold = factor * min(self.target_nn, self.median_nn)
+        if self.target_nn < 1e-6:  # distinct uint8 images are >= 1 / (255 sqrt(CHW)) apart, about 1e-4
+            raise DiffauditError("the target has an exact duplicate among the other training images; "
+                                 "no distance threshold can tell a copy of it from a copy of the duplicate")
+
+    def distance(self, images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise DiffauditError(f"images of shape {tuple(images.shape[1:])} given to a detector calibrated on "
+                                 f"{self.image_shape}")
+        return rmse(images, self.target[None])[:, 0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.distance(images) < self.threshold
+
+    def describe(self) -> dict:
+        return {"kind": "nearest-neighbour", "metric": "rmse", "threshold": self.threshold, "factor": self.factor,
+                "target_nn_distance": self.target_nn,
+                "median_train_nn_distance": self.median_nn if np.isfinite(self.median_nn) else None}

@@ -1,0 +1,101 @@
+"""Labelled training examples for the two classifiers (Sec. 3.3, 5.2 and App. A of the paper).
+
+* c_p, "does the image carry the SAF?": a training image, and on a share of the draws the SAF of the audited
+  run (its shape, radius and grey level) stamped at a random location that keeps it fully inside (Eq. 10).
+* c_id, "is this x_i, the identity behind x_p?": one-versus-all, x_i against the other training images. Every
+  image may get a random patch of the SAF's shape with a random grey level (the circular masking of Sec. 3.3),
+  so a disc — x_p's fingerprint included — neither makes nor breaks an identity.
+
+Both then go through torchvision's AugMix, image by image, and get Gaussian noise of a random strength that
+stands in for diffusion artefacts (the presets give it to both; see ``config.CLASSIFIER_PRESETS``). All draws come from generators seeded by the
+caller, so a batch is a function of (seed, epoch, step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms import AugMix
+
+from ..config import ClassifierConfig
+from ..data.fingerprint import Fingerprint, random_centre
+
+
+@dataclass
+class Task:
+    """A binary task: ``negatives`` (uint8 [N, C, H, W]) and either fixed ``positives`` or a ``stamp`` (SAF)
+    that turns a negative into a positive at a random location."""
+
+    negatives: np.ndarray
+    positives: np.ndarray | None = None
+    stamp: Fingerprint | None = None
+
+    def __post_init__(self) -> None:
+        if (self.positives is None) == (self.stamp is None):
+            raise ValueError("a Task takes either positives or a stamp")
+
+    def draw(self, n: int, share: float, rng: np.random.Generator, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` examples, positive with probability ``share`` (exactly round(share * n) of them if ``exact``)."""
+        if exact:
+            labels = np.zeros(n, dtype=bool)
+            labels[: round(share * n)] = True
+            rng.shuffle(labels)
+        else:
+            labels = rng.random(n) < share
+        images = self.negatives[rng.integers(len(self.negatives), size=n)].copy()
+        h, w = images.shape[-2:]
+        for k in np.flatnonzero(labels):
+            if self.stamp is not None:
+                fp = Fingerprint(self.stamp.shape, random_centre(rng, h, w, self.stamp.radius), self.stamp.radius,
+                                 self.stamp.intensity, self.stamp.width)
+                images[k] = fp.apply(images[k])
+            else:
+                images[k] = self.positives[rng.integers(len(self.positives))]
+        return images, labels
+
+
+def random_masks(images: np.ndarray, like: Fingerprint, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Cover each image with probability ``prob`` by a patch of ``like``'s shape and radius, at a random
+    location and with a random grey level."""
+    out = images.copy()
+    h, w = images.shape[-2:]
+    for k in np.flatnonzero(rng.random(len(images)) < prob):
+        fp = Fingerprint(like.shape, random_centre(rng, h, w, like.radius), like.radius, float(rng.random()), like.width)
+        out[k] = fp.apply(out[k])
+    return out
+
+
+def augment(images: np.ndarray, cfg: ClassifierConfig, like: Fingerprint, seed: int) -> torch.Tensor:
+    """Masking, AugMix and noise as ``cfg`` asks; uint8 [B, C, H, W] in, float [B, C, H, W] in [-1, 1] out."""
+    rng = np.random.default_rng(seed)
+    if cfg.mask_prob > 0:
+        images = random_masks(images, like, cfg.mask_prob, rng)
+    x = torch.from_numpy(images)
+    if cfg.augmix:
+        op = AugMix(severity=cfg.augmix_severity)
+        # torchvision's AugMix draws from the global torch RNG; seed it inside fork_rng so it stays untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = torch.stack([op(img) for img in x])  # one augmentation chain per image, not one per batch
+    x = x.float() / 255.0
+    if cfg.noise_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        std = cfg.noise_std * torch.rand(len(x), 1, 1, 1, generator=g)
+        x = (x + std * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
+    return x * 2.0 - 1.0
+
+
+def jittered_copies(image: np.ndarray, n: int, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` copies of one uint8 image [C, H, W], each shifted by up to one pixel in each direction (edge pixels
+    repeated) and with Gaussian noise of std ``noise_std`` (in [0, 1] units), rounded back to uint8: the
+    near-copies a diffusion model returns when it reproduces the image."""
+    c, h, w = image.shape
+    padded = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="edge")
+    out = np.empty((n, c, h, w), dtype=np.uint8)
+    for k in range(n):
+        dy, dx = rng.integers(0, 3, size=2)
+        x = padded[:, dy:dy + h, dx:dx + w] + 255.0 * noise_std * rng.standard_normal((c, h, w))
+        out[k] = np.clip(np.rint(x), 0, 255)
+    return out

@@ -1,0 +1,166 @@
+"""The ``train-classifiers`` stage: c_p and c_id for a prepared run, and their measured error rates.
+
+What each classifier sees (App. A leaves open which ratio belongs to which classifier; this is the choice):
+
+* c_p trains on the images of the training split — D (with the clean x_i) and the split's images that were not
+  drawn into D, since detecting a SAF is not about identities and a small D alone is too few backgrounds — with
+  the SAF at a random location on 50% of the draws; it validates (early stopping) on the val split with SAFs on
+  10%, closer to the rarity of SAFs among generated images.
+* c_id trains on D: x_i in 10% of the draws against the other training images, and validates with x_i in 50%,
+  so its early stopping weighs missed identities and false alarms equally.
+
+Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json) and ``<run>/classifiers/metrics.json``:
+
+* ``c_p.test_accuracy`` — the test split, half of it with the SAF at a random location (Table 2 "SAF %");
+* ``c_id.train_accuracy`` — the clean training images with x_i and x_p as positives (Table 2 "ID %");
+* ``false_positive_rate.heldout_real`` — c_p, c_id and both on the test split, real images neither classifier
+  nor the diffusion model saw: none carries the SAF, none is x_i;
+* ``true_positive_rate.copies_of_x_p`` — copies of x_p shifted by up to a pixel with Gaussian noise of several
+  strengths, as a model that reproduces x_p returns them; the reference nearest-neighbour detector beside them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ClassifierConfig
+from ..data.medmnist import open_dataset
+from ..data.prepare import (
+    build_training_set,
+    clean_original,
+    fingerprint_of,
+    heldout_split,
+    load_manifest,
+    split_images,
+)
+from ..device import resolve_device
+from ..diffusion.rng import derive_seed
+from ..errors import DiffauditError
+from ..io import config_hash, read_json, write_json
+from .classifiers import ClassifierDetector, check_config, classifier_record, fit, load_classifier, save_classifier
+from .detectors import NearestNeighbourDetector
+from .examples import Task, jittered_copies
+
+NAMES = ("c_p", "c_id")
+COPY_NOISE = (0.0, 0.02, 0.05, 0.1)  # std of the noise on copies of x_p, in [0, 1] pixel units
+N_COPIES = 200
+
+
+class AuditData:
+    """What the adversary knows about a prepared run: D_p, the clean set D, x_i, x_p, the SAF, and the dataset's
+    other images (the unused part of the training split, the val and test splits)."""
+
+    def __init__(self, manifest: dict, data_root=None) -> None:
+        if manifest.get("fingerprint") is None:
+            raise DiffauditError("this run was prepared without a fingerprint (a control run); train the classifiers "
+                                 "in the fingerprinted run and pass this run's samples as --control-samples to count")
+        data = open_dataset(manifest["dataset"], data_root=data_root)
+        self.manifest = manifest
+        self.fingerprint = fingerprint_of(manifest)
+        self.d_p = build_training_set(manifest, data=data)
+        self.position = manifest["fingerprint"]["position"]
+        self.x_p = self.d_p[self.position]
+        self.x_i = clean_original(manifest, data=data)
+        self.others = np.delete(self.d_p, self.position, axis=0)  # D without x_i (and x_p)
+        self.clean = np.concatenate([self.others, self.x_i[None]])
+        self.unused = split_images(manifest, manifest["split"], data=data, unused_only=True)
+        self.val = split_images(manifest, heldout_split(manifest, "val"), data=data)
+        self.test = split_images(manifest, heldout_split(manifest, "test"), data=data)
+        self.image_shape = tuple(self.d_p.shape[1:])
+
+    def tasks(self, name: str) -> tuple[Task, Task]:
+        """(training task, validation task) of classifier ``name``."""
+        if name == "c_p":
+            backgrounds = np.concatenate([self.clean, self.unused])
+            return Task(backgrounds, stamp=self.fingerprint), Task(self.val, stamp=self.fingerprint)
+        if len(self.others) < 1:
+            raise DiffauditError("c_id needs at least one training image besides x_p; prepare with --n-train >= 2")
+        task = Task(self.others, positives=self.x_i[None])
+        return task, task
+
+
+def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_root=None, device: str = "auto",
+                      progress: bool = True, log=print) -> dict:
+    """Train (or keep) c_p and c_id of run directory ``run`` and measure their error rates; returns the metrics."""
+    for cfg in configs.values():
+        check_config(cfg)
+    manifest = load_manifest(run)
+    audit = AuditData(manifest, data_root)
+    dev = resolve_device(device)
+    data_id = config_hash(manifest)
+    detectors: dict[str, ClassifierDetector] = {}
+    for name in NAMES:
+        folder = run / "classifiers" / name
+        record = classifier_record(name, configs[name], audit.image_shape, data_id)
+        if (folder / "model.json").exists():
+            previous = read_json(folder / "model.json")
+            if {k: previous.get(k) for k in record} == record:
+                log(f"{folder} already trained with this config; kept")
+                detectors[name] = load_classifier(folder, device=dev)
+                continue
+            raise DiffauditError(f"{folder} holds a classifier with another config; delete it or use another --run-dir")
+        task, val_task = audit.tasks(name)
+        net, history = fit(task, val_task, configs[name], like=audit.fingerprint, channels=audit.image_shape[0],
+                           device=dev, progress=progress, desc=f"train {name} ({configs[name].arch})")
+        best = min(history, key=lambda h: h["val_loss"])
+        save_classifier(folder, net, {**record, "history": history, "best_epoch": best["epoch"]})
+        detectors[name] = load_classifier(folder, device=dev)
+    metrics = measure(audit, detectors, seed=configs["c_p"].seed)
+    write_json(run / "classifiers" / "metrics.json", metrics)
+    return metrics
+
+
+def _rate(flags: np.ndarray) -> dict:
+    return {"positives": int(flags.sum()), "n": int(len(flags)), "rate": float(flags.mean()) if len(flags) else None}
+
+
+def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed: int = 0) -> dict:
+    """Accuracies and error rates of c_p, c_id and both together (see the module docstring)."""
+    c_p, c_id = detectors["c_p"], detectors["c_id"]
+    rng = np.random.default_rng(derive_seed(seed, 21))
+    test_images, test_labels = Task(audit.test, stamp=audit.fingerprint).draw(len(audit.test), 0.5, rng, exact=True)
+    id_images = np.concatenate([audit.others, audit.x_i[None], audit.x_p[None]])
+    id_labels = np.r_[np.zeros(len(audit.others), dtype=bool), True, True]
+    id_flags = c_id(id_images)
+
+    p_real, id_real = c_p(audit.test), c_id(audit.test)
+    nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
+    copies = {}
+    for std in COPY_NOISE:
+        x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, 22, int(std * 1000))))
+        fp, fid = c_p(x), c_id(x)
+        copies[f"{std:g}"] = {"c_p": _rate(fp), "c_id": _rate(fid), "both": _rate(fp & fid),
+                              "nearest_neighbour": _rate(nn(x)) if nn else None}
+    return {
+        "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
+                "best_epoch": c_p.meta.get("best_epoch"), "arch": c_p.meta["config"]["arch"]},
+        "c_id": {"train_accuracy": float((id_flags == id_labels).mean()), "n_train": int(len(id_labels)),
+                 "detects_x_i": bool(id_flags[-2]), "detects_x_p": bool(id_flags[-1]),
+                 "false_positives_in_training_set": int(id_flags[:-2].sum()),
+                 "best_epoch": c_id.meta.get("best_epoch"), "arch": c_id.meta["config"]["arch"]},
+        "false_positive_rate": {"heldout_real": {"c_p": _rate(p_real), "c_id": _rate(id_real), "both": _rate(p_real & id_real)}},
+        "true_positive_rate": {"copies_of_x_p": copies, "n_copies": N_COPIES, "shift_px": 1},
+        "nearest_neighbour": nn.describe() if nn else None,
+        "device": str(next(c_p.net.parameters()).device),
+    }
+
+
+def load_detectors(run: Path, *, device: str = "auto") -> dict[str, ClassifierDetector]:
+    dev = resolve_device(device)
+    return {name: load_classifier(run / "classifiers" / name, device=dev) for name in NAMES}
+
+
+DETECTORS = ("classifiers", "nn")
+
+
+def make_detectors(run: Path, audit: AuditData, kind: str, *, device: str = "auto") -> dict:
+    """The detectors of an audit: 'classifiers' (c_p and c_id; q = both positive) or 'nn' (the reference
+    nearest-neighbour detector for x_p, standing in for c_id alone)."""
+    if kind == "classifiers":
+        return load_detectors(run, device=device)
+    if kind == "nn":
+        return {"c_id": NearestNeighbourDetector(audit.x_p, audit.others)}
+    raise DiffauditError(f"unknown detector '{kind}'; choose one of {', '.join(DETECTORS)}")
+

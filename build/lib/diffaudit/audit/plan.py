@@ -1,0 +1,105 @@
+"""``diffaudit audit --dry-run``: each stage with its state (done / to run), an estimate of its time from a
+one-second probe of this machine's speed, and of the disk it will use."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..adversary.classifiers import build_classifier
+from ..config import STAGES, AuditConfig
+from ..device import resolve_device
+from ..diffusion.unet import build_unet
+from .pipeline import check_audit_config, check_run_dir, stage_done, stage_keys_of
+from .stages import Context
+
+
+def _images_per_second(call: Callable[[], object], batch: int, dev) -> float:
+    with torch.no_grad():
+        call()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            call()
+            n += batch
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def _probe_rates(cfg: AuditConfig, channels: int, device: str) -> dict[str, float]:
+    """Images per second of one U-Net evaluation and of one classifier forward pass on this machine, measured."""
+    dev = resolve_device(device)
+    x = torch.zeros(32, channels, 28, 28, device=dev)
+    t = torch.full((32,), 500.0, device=dev)
+    unet = build_unet(cfg.model, channels=channels, size=28).to(dev).eval()
+    classifier = build_classifier(cfg.c_p, channels).to(dev).eval()
+    rates = {"unet": _images_per_second(lambda: unet(x, t), 32, dev),
+             "classifier": _images_per_second(lambda: classifier(x), 32, dev)}
+    return rates
+
+
+def plan(ctx: Context) -> list[dict]:
+    """Each stage with its state (done / to run), an estimate of its time from a one-second probe of this
+    machine's speed, and of the disk it will use. Estimates, not promises: early stopping, the t' search and
+    the ODE solver's step count vary."""
+    cfg = ctx.cfg
+    check_audit_config(cfg)
+    check_run_dir(ctx.run, cfg)
+    keys = stage_keys_of(ctx.run, ctx.cfg, ctx.shared_extractor)
+    channels = cfg.prepare.channels
+    rates = _probe_rates(cfg, channels, ctx.device)
+    unet, clf = rates["unet"], rates["classifier"]
+    n_train = cfg.prepare.n_train or 1000
+    pixels = channels * 28 * 28
+    params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=28).parameters())
+    nfe_step = {"em": 1, "ode": 2, "pc": 1 + cfg.sample.corrector_steps}.get(cfg.sample.sampler, 1)
+    grid = int(round(cfg.tprime.t_max / cfg.tprime.resolution))
+    evaluations = grid if cfg.tprime.search == "exhaustive" else min(grid, 2 * math.ceil(math.log2(grid + 1)) + 2)
+    est = {
+        "prepare": (1.0, 1024),
+        "train": (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
+        "classifiers": (0.0 if cfg.detector == "nn" else
+                        sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
+                        sum(4 * sum(p.numel() for p in build_classifier(c, channels).parameters()) for c in (cfg.c_p, cfg.c_id))),
+        "sample": (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
+        "count": (cfg.sample.n * 2 / clf + 5, 2e6),
+        "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
+        "nll": ((cfg.nll.x_p_repeats + cfg.nll.n_train + cfg.nll.n_test) * 150 * 3 / unet, 1e5),
+        "fid": (cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf + (cfg.sample.n + 2 * n_train) / clf, 2e6),
+        "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),
+        "report": (5.0, 5e6),
+    }
+    return [{"stage": s, "done": stage_done(ctx.run, s, keys[s]), "seconds": est[s][0], "bytes": est[s][1]} for s in STAGES]
+
+
+def format_plan(rows: list[dict], ctx: Context) -> str:
+    todo = [r for r in rows if not r["done"]]
+    lines = [f"audit plan for {ctx.run} (estimates from a one-second speed probe of this machine):",
+             f"{'stage':<12}{'state':<10}{'time':>10}{'disk':>12}"]
+    for r in rows:
+        lines.append(f"{r['stage']:<12}{'done' if r['done'] else 'to run':<10}{_duration(r['seconds']):>10}"
+                     f"{_size(r['bytes']):>12}")
+    lines.append(f"{'total to run':<22}{_duration(sum(r['seconds'] for r in todo)):>10}"
+                 f"{_size(sum(r['bytes'] for r in todo)):>12}")
+    free = shutil.disk_usage(ctx.run if ctx.run.exists() else Path(".")).free
+    lines.append(f"free disk: {_size(free)}")
+    return "\n".join(lines)
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} GB"
+
+

@@ -1,0 +1,41 @@
+"""Figures with matplotlib (Agg backend: no display needed), written atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io import atomic_path
+
+
+def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+    """q_M(t) with its 95% intervals against t, t' (solid) and t'_alpha (dashed) marked: Fig. 6 of the paper,
+    one curve per (label, ``t_prime`` section) — several models can be compared in one figure."""
+    import matplotlib  # here, not at the top: its import and backend choice are paid only when a figure is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for k, (label, s) in enumerate(curves):
+        color = f"C{k}"
+        pts = [(t, q, ci) for t, q, ci in zip(s["grid"], s["q_M"], s["q_M_ci95"], strict=True) if q is not None]
+        ts = [p[0] for p in pts]
+        qs = [p[1] for p in pts]
+        err = [[q - ci[0] for _, q, ci in pts], [ci[1] - q for _, q, ci in pts]]
+        ax.errorbar(ts, qs, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=color,
+                    label=f"{label}: t'={s['value']:.2f}, t'_α={s['value_alpha']:.2f}")
+        ax.axvline(s["value"], color=color, lw=1)
+        ax.axvline(s["value_alpha"], color=color, lw=1, ls="--")
+        ax.axhline(s["chance_level"], color=color, lw=0.8, ls=":")
+    ax.set_xlabel("t (start of the reverse process from x_p)")
+    ax.set_ylabel("q_M(t): share of runs returning x_p")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("q_M(t) with 95% Clopper–Pearson intervals (dotted: chance level)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

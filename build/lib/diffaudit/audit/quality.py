@@ -1,0 +1,130 @@
+"""The ``nll`` and ``fid`` stages of an audit (Table 2): results.json ``nll_bpd`` and ``fid``.
+
+``nll_bpd``: bits/dim (see :mod:`diffaudit.audit.likelihood`) of x_p (several dequantisation and Hutchinson
+draws of the one image), of training images other than x_p, and of test images; a training NLL clearly below
+the test NLL is the memorisation gap. ``fid``: FID of the generated images against the training set and
+against as many test images (see :mod:`diffaudit.audit.fid`), with the extractor named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.medmnist import open_dataset
+from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
+from ..device import resolve_device
+from ..diffusion.rng import derive_seed
+from ..errors import DiffauditError
+from ..generate import iter_shards
+from ..io import config_hash, read_json, run_relative, write_json
+from ..training.loop import load_score_model
+from .fid import Frechet, find_inception_weights, train_extractor
+from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
+from .results import update_results
+
+_TRAIN, _TEST, _XP = 1, 2, 3  # purposes for derive_seed
+
+
+def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
+    rng = np.random.default_rng(derive_seed(seed, purpose))
+    return np.sort(rng.permutation(n_total)[:min(n, n_total)])
+
+
+def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: bool = True) -> dict:
+    """Bits/dim of x_p, training and test images under the run's model; writes nll/nll.json and results.json."""
+    manifest = load_manifest(run)
+    model, meta = load_score_model(run / "train", device=device)
+    dev = next(model.parameters()).device
+    d_p = build_training_set(manifest, data_root=data_root)
+    fp = manifest.get("fingerprint")
+    position = fp["position"] if fp else None
+    others = np.delete(np.arange(len(d_p)), position) if position is not None else np.arange(len(d_p))
+    train_pos = others[_choose(len(others), cfg.n_train, cfg.seed, _TRAIN)]
+    test = split_images(manifest, heldout_split(manifest, "test"), data_root=data_root)
+    test_idx = _choose(len(test), cfg.n_test, cfg.seed, _TEST)
+    sets = {"train": (d_p[train_pos], train_pos, derive_seed(cfg.seed, _TRAIN)),
+            "test": (test[test_idx], test_idx, derive_seed(cfg.seed, _TEST))}
+    if position is not None:
+        sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
+                       derive_seed(cfg.seed, _XP))
+    labels = {}
+    if meta["model"].get("num_classes"):  # class-conditional: -log p(x | y) with each image's label
+        y_train = training_labels(manifest, data_root=data_root)
+        y_test = np.asarray(open_dataset(manifest["dataset"], data_root=data_root)
+                            .labels(heldout_split(manifest, "test"))).reshape(-1)
+        labels = {"train": y_train[train_pos], "test": y_test[test_idx]}
+        if position is not None:
+            labels["x_p"] = np.full(cfg.x_p_repeats, y_train[position])
+    solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": cfg.eps}
+    total = sum(len(v[0]) for v in sets.values())
+    section: dict = {"unit": "bits/dim", "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
+                     "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"}}
+    with tqdm(total=total, disable=not progress, desc="NLL (probability-flow ODE)", unit="img", dynamic_ncols=True) as bar:
+        for name in ("x_p", "train", "test"):
+            if name not in sets:
+                section[name] = None
+                continue
+            images, idx, seed = sets[name]
+            values, nfe = bits_per_dim(model, model.sde, images, indices=idx.tolist(), seed=seed, labels=labels.get(name),
+                                       batch_size=cfg.batch_size, device=dev, progress=bar.update, **solver)
+            section[name] = {**summarise(values), "nfe": nfe,
+                             ("positions" if name != "test" else "test_indices"): [int(i) for i in idx]}
+    if section.get("x_p") is not None:
+        section["x_p"]["note"] = f"{cfg.x_p_repeats} dequantisation/Hutchinson draws of the one image x_p"
+    write_json(run / "nll" / "nll.json", section)
+    update_results(run, manifest, nll_bpd=section)
+    return section
+
+
+def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress, log) -> tuple[object, dict]:
+    if cfg.extractor not in ("auto", "inception", "domain"):
+        raise DiffauditError(f"the FID extractor must be auto, inception or domain, got '{cfg.extractor}'")
+    weights = find_inception_weights(cfg.inception_weights) if cfg.extractor != "domain" else None
+    if cfg.extractor == "inception" or weights is not None:
+        note = "standard FID: Inception-v3 pool features (torch-fidelity weights)"
+        if weights is None:
+            log("no Inception weights found locally; torchmetrics will download them (needs internet)")
+        return "inception", {"name": "inception-v3", "weights": str(weights) if weights else "downloaded", "note": note}
+    if cfg.extractor == "auto":
+        log("no Inception weights found (--inception-weights, $DIFFAUDIT_INCEPTION or torch's hub cache): FID uses "
+            f"the domain feature extractor trained on {manifest['dataset']}'s labels; its values are not Inception FIDs")
+    data = open_dataset(manifest["dataset"], data_root=data_root)
+    images = split_images(manifest, "train", data=data, unused_only=False)
+    val = (split_images(manifest, "val", data=data), data.labels("val"))
+    net = train_extractor(folder, images, data.labels("train"), name=f"{manifest['dataset']}-labels", val=val,
+                          cfg=cfg.domain, device=device, progress=progress)
+    meta = read_json(folder / "model.json")
+    return net, {"name": f"domain-resnet10-{manifest['dataset']}-labels", "features": cfg.domain.features,
+                 "folder": str(folder), "weights_id": config_hash(meta), "metrics": meta.get("metrics", {}),
+                 "note": f"domain feature extractor (ResNet10 trained on {manifest['dataset']}'s class labels, "
+                         f"{cfg.domain.features}-d bottleneck); not comparable with Inception FIDs"}
+
+
+def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "auto", progress: bool = True,
+            extractor_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """FID of the run's samples against the training set and against as many test images."""
+    manifest = load_manifest(run)
+    dev = resolve_device(device)
+    extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),
+                                      data_root=data_root, device=dev, progress=progress, log=log)
+    if "folder" in described:
+        described["folder"] = run_relative(run, Path(described["folder"]))
+    train = build_training_set(manifest, data_root=data_root)
+    test = split_images(manifest, heldout_split(manifest, "test"), data_root=data_root)
+    n_ref = min(len(train), len(test))
+    train_ref = train[_choose(len(train), n_ref, cfg.seed, _TRAIN)]
+    test_ref = test[_choose(len(test), n_ref, cfg.seed, _TEST)]
+    metric = Frechet(extractor, weights=find_inception_weights(cfg.inception_weights) if extractor == "inception" else None,
+                     device=dev)
+    batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc="FID", unit="shard"))
+    out = metric.distances(batches, {"train": train_ref, "test": test_ref})
+    section = {"train": out["train"]["value"], "test": out["test"]["value"], "extractor": described,
+               "n_generated": out["train"]["n_generated"], "n_reference": n_ref,
+               "reference": "train: the training set D_p; test: an equally large random draw of the test split"}
+    write_json(run / "fid" / "fid.json", section)
+    update_results(run, manifest, fid=section)
+    return section

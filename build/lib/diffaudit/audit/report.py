@@ -1,0 +1,260 @@
+"""The audit report: ``report.md`` (figures by relative path) and ``report.html`` (self-contained: figures
+embedded), built from results.json, the classifiers' metrics and the run's figures. Both start with the verdict
+in one sentence, then Table 1 and Table 2 of the paper for this run, the detectors' error rates, q_M(t), sample
+grids, the positives with their error maps, NLL and FID, and the full config.
+
+A report is a list of blocks rendered twice, so the two files always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..io import atomic_path, read_json, run_relative
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def verdict(results: dict) -> str:
+    """The report's first sentence: was x_p reproduced, how often against full memorisation, with what certainty."""
+    r = results.get("reproduction")
+    if r is None:
+        return "No reproduction count yet: the audit has not reached its count stage."
+    lo, hi = r["rate_ci95"]
+    n_d = results["n_train"]
+    test = f"one-sided p = {fmt(r['p_value'])} for H0: p = 1/N_D = 1/{n_d}"
+    if r["q"] > 0:
+        return (f"The model reproduces the identifiable training image x_p: {r['q']} of {r['n_samples']} samples are "
+                f"x_p (expected {fmt(r['expected_q'])} under full memorisation; {test}), and the 95% interval for "
+                f"its reproduction probability is [{fmt(lo)}, {fmt(hi)}].")
+    return (f"No reproduction of x_p was found in {r['n_samples']} samples (expected {fmt(r['expected_q'])} under "
+            f"full memorisation; {test}), so its reproduction probability is below {fmt(r['rate_upper95'])} with 95% "
+            "confidence; this bounds the rate, it does not prove anonymity.")
+
+
+def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str | None:
+    """A warning when the detectors together found fewer than ``least`` of the clean copies of x_p: then a
+    small count says more about the detectors than about the model."""
+    copies = metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).get("0", {})
+    both = copies.get("both")
+    if not both or both["rate"] is None or both["rate"] >= least:
+        return None
+    return (f"Caution: the detectors together recognised only {both['positives']} of {both['n']} copies of x_p "
+            f"(c_p {copies.get('c_p', {}).get('positives')}, c_id {copies.get('c_id', {}).get('positives')}), so the count "
+            "above can miss reproductions; train the classifiers longer (train-classifiers --max-epochs, --patience) or "
+            "count with the reference detector (--detector nn) before relying on it.")
+
+
+def excess_warning(results: dict) -> str | None:
+    """A warning when the count is significantly above full memorisation (the interval's lower limit above
+    1/N_D): a model of D_p that returns x_p more often than a perfect copy of D_p would is implausible, and the
+    usual cause is detectors firing on generated images unlike any real one (their false-positive rate was
+    measured on real images only)."""
+    rep = results.get("reproduction")
+    if not rep or rep["rate_ci95"][0] <= 1.0 / results["n_train"]:
+        return None
+    return (f"Caution: {rep['q']} of {rep['n_samples']} is significantly more than full memorisation predicts "
+            f"({fmt(rep['expected_q'])}); look at the positives and their error maps before reading this as reproduction. "
+            "On generated images unlike real ones (an undertrained or heavily noised model) the detectors' false-positive "
+            "rate is not controlled; measure it on a control model's samples (count --control-samples).")
+
+
+def _rate(d: dict | None) -> str:
+    return "–" if not d else f"{d['positives']}/{d['n']} ({fmt(d['rate'])})"
+
+
+def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
+    results = read_json(run / "results.json")
+    metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
+    rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
+    fp = results.get("fingerprint") or {}
+    out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}"),
+                        ("p", f"**Verdict.** {verdict(results)}")]
+    for warning in (detector_warning(results, metrics), excess_warning(results)):
+        if warning:
+            out.append(("p", f"**{warning}**"))
+    out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
+                     f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
+                     f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."))
+    if (run / "prepare" / "x_i_and_x_p.png").exists():
+        out.append(("img", "prepare/x_i_and_x_p.png", "x_i (clean original, not trained on) and x_p (with the SAF)"))
+
+    out.append(("h", 2, "Reproductions (Table 1)"))
+    if rep:
+        out.append(("table", ["N_D", "N", "|c_p+|", "|c_id+|", "|q|", "E|q|", "p-value", "rate", "95% interval", "t'",
+                              "t'_α", "bound (Eq. 9)"],
+                    [[results["n_train"], rep["n_samples"], fmt(rep["c_p"]), fmt(rep["c_id"]), rep["q"],
+                      fmt(rep["expected_q"]), fmt(rep["p_value"]), fmt(rep["rate"]),
+                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]",
+                      fmt(tp and tp["value"], 2), fmt(tp and tp["value_alpha"], 2), fmt(tp and tp["bound"])]]))
+        kinds = ", ".join(f"{k}: {v.get('kind')}" for k, v in rep["detectors"].items())
+        out.append(("p", "H0: p = 1/N_D (full memorisation) against p < 1/N_D, exact one-sided binomial test; "
+                         f"Clopper–Pearson interval. q = images flagged by every detector ({kinds})."))
+    out.append(("h", 2, "Model quality and memorisation gap (Table 2)"))
+    saf = metrics.get("c_p", {}).get("test_accuracy")
+    ident = metrics.get("c_id", {}).get("train_accuracy")
+    out.append(("table", ["dataset", "NLL x_p", "NLL train", "NLL test", "FID train", "FID test", "SAF %", "ID %"],
+                [[results["dataset"], fmt(nll and nll["x_p"] and nll["x_p"]["mean"], 4),
+                  fmt(nll and nll["train"]["mean"], 4), fmt(nll and nll["test"]["mean"], 4),
+                  fmt(fid and fid["train"], 4), fmt(fid and fid["test"], 4),
+                  fmt(saf and 100 * saf, 3), fmt(ident and 100 * ident, 3)]]))
+    if nll:
+        sem = lambda s: "" if s is None or s.get("sem") is None else f" ± {fmt(s['sem'], 2)}"  # noqa: E731
+        out.append(("p", f"NLL in bits/dim by the probability-flow ODE ({nll['solver']['method']}, rtol "
+                         f"{nll['solver']['rtol']}, {nll['solver']['divergence']}), dequantisation {nll['dequantisation']}; "
+                         f"x_p {fmt(nll['x_p'] and nll['x_p']['mean'], 4)}{sem(nll['x_p'])} "
+                         f"({nll['x_p'] and nll['x_p']['n']} draws), "
+                         f"train {fmt(nll['train']['mean'], 4)}{sem(nll['train'])} (n = {nll['train']['n']}), "
+                         f"test {fmt(nll['test']['mean'], 4)}{sem(nll['test'])} (n = {nll['test']['n']}); "
+                         "± is one standard error."))
+    if fid:
+        out.append(("p", f"FID extractor: {fid['extractor']['note']}. {fid['n_generated']} generated images against "
+                         f"{fid['n_reference']} reference images each ({fid['reference']})."))
+
+    util = results.get("utility")
+    if util:
+        out.append(("h", 2, "Utility of the synthetic data"))
+        out.append(("table", ["classifier trained on", "images", "accuracy", "AUROC"],
+                    [[name, util[name]["n_train"], fmt(util[name]["accuracy"]), fmt(util[name]["auroc"])]
+                     for name in ("synthetic", "real")]))
+        out.append(("p", f"Both tested on the real {util['test_split']} split ({util['synthetic']['n_test']} images, "
+                         f"{util['classes']} classes; always answering the majority class scores an accuracy of "
+                         f"{fmt(util.get('majority_class_share'))} and an AUROC of 0.5); {util['classifier']}."))
+    priv = results.get("privacy")
+    if priv:
+        out.append(("h", 2, "Differential privacy: formal bound beside the audit"))
+        eps = ", ".join(f"{k.upper()} {fmt(v)}" for k, v in priv["epsilon"].items())
+        out.append(("p", f"DP-SGD with noise multiplier {fmt(priv['noise_multiplier'])}, Poisson rate "
+                         f"{fmt(priv['sample_rate'])} and {priv['steps']} steps: epsilon at delta = {fmt(priv['delta'])}: "
+                         f"{eps}. Baseline kappa = {fmt(priv['kappa'])} ({priv['kappa_note']})."))
+        lo, hi = priv["empirical_rate_ci95"]
+        out.append(("table", ["probability that one sample is x_p", "value"],
+                    [["formal upper bound, DP-SGD trade-off (numerical)", f"{fmt(priv['bound_dpsgd'])} "
+                      f"(numerical error {fmt(priv['bound_numerical_error'], 2)})"],
+                     ["formal upper bound, (epsilon, delta) of the PRV accountant", fmt(priv["bound_eps_delta"].get("prv"))],
+                     ["central-limit mu-GDP approximation (not a bound)", fmt(priv["bound_clt_gdp"])],
+                     ["audit: measured rate with 95% interval", f"{fmt(priv['empirical_rate'])} [{fmt(lo)}, {fmt(hi)}]"]]))
+        if lo > priv["bound_dpsgd"]:
+            out.append(("p", "**The measured rate is significantly above the formal bound, which DP rules out if kappa is "
+                             "right: the detectors' false-positive rate on this model's images is higher than on real "
+                             "images, so these positives are not evidence of reproduction (see the caution above).**"))
+    if metrics:
+        out.append(("h", 2, "Detector error rates"))
+        fpr = metrics.get("false_positive_rate", {})
+        rows = [["false positives, held-out real test images", _rate(fpr.get("heldout_real", {}).get("c_p")),
+                 _rate(fpr.get("heldout_real", {}).get("c_id")), _rate(fpr.get("heldout_real", {}).get("both"))]]
+        control = (rep or {}).get("false_positive_rate", {}).get("control_samples")
+        if control:
+            rows.append(["false positives, samples of the control model", _rate(control.get("c_p")),
+                         _rate(control.get("c_id")), _rate(control.get("both"))])
+        for noise, d in metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).items():
+            rows.append([f"detected copies of x_p (±1 px, noise std {noise})", _rate(d.get("c_p")), _rate(d.get("c_id")),
+                         _rate(d.get("both"))])
+        out.append(("table", ["", "c_p", "c_id", "both (q)"], rows))
+
+    if tp and tp.get("figure"):
+        out.append(("h", 2, "q_M(t) (Algorithm 1, Fig. 6)"))
+        out.append(("img", tp["figure"], f"q_M(t) with M = {tp['M']}: t' = {fmt(tp['value'], 2)}, t'_α = "
+                                         f"{fmt(tp['value_alpha'], 2)} (α = {tp['alpha']}, chance level "
+                                         f"{fmt(tp['chance_level'])}); {tp['nfe']} network evaluations ({tp['search']} search)"
+                                         + ("; q_M was not monotone in t" if tp.get("non_monotone") else "")))
+        out.append(("p", f"Bound on q(p) (Eq. 9, upper Darboux sum): {fmt(tp['bound'])}; with the upper 95% limits of "
+                         f"q_M: {fmt(tp['bound_ci95_upper'])}. {tp['bound_note']}."))
+
+    if rep:
+        out.append(("h", 2, "Samples and positives"))
+        grid = run / rep["samples"] / "grid.png"  # a run-relative path, or an absolute one outside the run
+        if grid.exists():
+            out.append(("img", run_relative(run, grid), "the first generated samples"))
+        figs = rep.get("figures", {})
+        for key, caption in (("q", "q-positives: samples flagged by every detector"),
+                             ("error_maps", f"x_p, the q-positives, and |sample - x_p| × {rep.get('error_map_gain')}"),
+                             ("c_p", "c_p-positives (a SAF)"), ("c_id", "c_id-positives (x_p's identity)")):
+            if key in figs:
+                out.append(("img", figs[key], caption))
+        if rep.get("q_mae"):
+            out.append(("p", "Mean absolute error of each q-positive to x_p (pixel range [0, 1]): "
+                             + ", ".join(fmt(v, 2) for v in rep["q_mae"][:32]) + ("…" if len(rep["q_mae"]) > 32 else "")))
+    if (run / "audit.json").exists():
+        out.append(("h", 2, "Configuration"))
+        out.append(("pre", json.dumps(read_json(run / "audit.json"), indent=1)))
+    return out
+
+
+def render_md(blocks: Sequence[Block]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (|q| must not end a Markdown cell)
+            lines += ["| " + " | ".join(map(cell, b[1])) + " |", "|" + "---|" * len(b[1])]
+            lines += ["| " + " | ".join(map(cell, r)) + " |" for r in b[2]] + [""]
+        elif b[0] == "img":
+            lines += [f"![{b[2]}]({b[1]})", f"*{b[2]}*", ""]
+        elif b[0] == "pre":
+            lines += ["```json", b[1], "```", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
+
+
+def render_html(blocks: Sequence[Block], base: Path) -> str:
+    title = next((b[2] for b in blocks if b[0] == "h"), "diffaudit report")
+    body: list[str] = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            path = base / b[1]
+            if path.exists():
+                data = base64.b64encode(path.read_bytes()).decode()
+                body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}" />'
+                            f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+        elif b[0] == "pre":
+            body.append(f"<pre>{html.escape(b[1])}</pre>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+             "th{background:#eee}img{max-width:100%;image-rendering:pixelated}figcaption{font-size:.9em;color:#444}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8" /><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_blocks(folder: Path, blocks: Sequence[Block]) -> dict[str, Path]:
+    paths = {"md": folder / "report.md", "html": folder / "report.html"}
+    for kind, text in (("md", render_md(blocks)), ("html", render_html(blocks, folder))):
+        with atomic_path(paths[kind]) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return paths
+
+
+def write_report(run: str | Path) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` into the run directory."""
+    run = Path(run)
+    return write_blocks(run, blocks_for_run(run))

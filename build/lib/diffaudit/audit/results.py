@@ -1,0 +1,31 @@
+"""``<run>/results.json``: one file, one section per stage, updated atomically.
+
+Top level: ``dataset``, ``n_train``, ``fingerprint`` (index, position, centre, radius, intensity, shape, width),
+then a section per stage (``reproduction`` from ``count``; later stages add theirs). A stage replaces only its
+own section, so rerunning one stage leaves the others intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_json, write_json
+
+RESULTS = "results.json"
+
+
+def update_results(run: Path, manifest: dict, **sections: dict) -> dict:
+    path = run / RESULTS
+    results = read_json(path) if path.exists() else {}
+    fp = manifest.get("fingerprint")
+    results.update({
+        "dataset": manifest["dataset"],
+        "split": manifest["split"],
+        "n_train": manifest["n_train"],
+        "image_shape": manifest["image_shape"],
+        "fingerprint": None if fp is None else {k: fp[k] for k in ("index", "position", "centre", "radius",
+                                                                    "intensity", "shape", "width")},
+    })
+    results.update(sections)
+    write_json(path, results)
+    return results

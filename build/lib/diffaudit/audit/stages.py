@@ -1,0 +1,138 @@
+"""The audit's stages as one table: ``RUNNERS[stage](ctx)`` runs a stage of :mod:`diffaudit.audit.pipeline` and returns
+its one-line summary. Each runner takes the stage's part of the audit config and calls the function that does the
+work; a newcomer finds stage ``X`` as ``_X`` here, and its work where that function points:
+
+==============  ===================================================
+stage           does its work in
+==============  ===================================================
+prepare         ``data.prepare.prepare_run``
+train           ``training.loop.train`` (``privacy.dpsgd.train_dp`` under DP)
+classifiers     ``adversary.stage.train_classifiers``
+sample          ``generate.sample_run``
+count           ``audit.count.run_count``
+tprime          ``audit.tprime_stage.run_tprime``
+nll             ``audit.quality.run_nll``
+fid             ``audit.quality.run_fid``
+utility         ``audit.utility.run_utility``
+report          ``audit.report.write_report``
+==============  ===================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..adversary.stage import train_classifiers
+from ..config import AuditConfig
+from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
+from ..diffusion.sde import make_sde
+from ..generate import sample_run
+from ..io import config_hash, read_json
+from ..privacy.dpsgd import train_dp
+from ..training.loop import train
+from .count import run_count
+from .quality import run_fid, run_nll
+from .report import write_report
+from .tprime import make_grid
+from .tprime_stage import run_tprime
+from .utility import run_utility
+
+
+@dataclass
+class Context:
+    run: Path
+    cfg: AuditConfig
+    device: str = "auto"
+    data_root: str | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+    shared_extractor: Path | None = None  # the sweep's FID extractor folder, shared by its cells
+
+    @property
+    def samples_name(self) -> str:
+        s = self.cfg.sample
+        return f"{s.sampler}{s.steps}-seed{s.seed}"
+
+
+def _prepare(ctx: Context) -> dict:
+    m = prepare_run(ctx.run, ctx.cfg.prepare, data_root=ctx.data_root, log=ctx.log)
+    return {"n_train": m["n_train"]}
+
+
+def _train(ctx: Context) -> dict:
+    manifest = load_manifest(ctx.run)
+    images = build_training_set(manifest, data_root=ctx.data_root)
+    labels = training_labels(manifest, data_root=ctx.data_root) if ctx.cfg.model.num_classes else None
+    if ctx.cfg.dp is not None:
+        dp = dataclasses.replace(ctx.cfg.dp, pretrained=ctx.cfg.pretrained or ctx.cfg.dp.pretrained)
+        train_dp(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, dp=dp,
+                 sde=make_sde(ctx.cfg.sde), data_id=config_hash(manifest), device=ctx.device, progress=ctx.progress,
+                 labels=labels)
+        eps = read_json(ctx.run / "train" / "model.json")["dp"]["epsilon"]
+        return {"steps": ctx.cfg.train.steps, **{f"epsilon_{k}": v for k, v in eps.items()}}
+    train(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, sde=make_sde(ctx.cfg.sde),
+          data_id=config_hash(manifest), resume=True, device=ctx.device, progress=ctx.progress, labels=labels,
+          init_from=ctx.cfg.pretrained)
+    return {"steps": ctx.cfg.train.steps}
+
+
+def _classifiers(ctx: Context) -> dict:
+    if ctx.cfg.detector == "nn":
+        return {"skipped": "detector nn"}
+    m = train_classifiers(ctx.run, {"c_p": ctx.cfg.c_p, "c_id": ctx.cfg.c_id}, data_root=ctx.data_root,
+                          device=ctx.device, progress=ctx.progress, log=ctx.log)
+    return {"saf_accuracy": m["c_p"]["test_accuracy"], "id_accuracy": m["c_id"]["train_accuracy"]}
+
+
+def _sample(ctx: Context) -> dict:
+    sample_run(ctx.run, ctx.samples_name, ctx.cfg.sample, device=ctx.device, progress=ctx.progress)
+    return {"n": ctx.cfg.sample.n}
+
+
+def _count(ctx: Context) -> dict:
+    r = run_count(ctx.run, samples=ctx.samples_name, detector=ctx.cfg.detector, data_root=ctx.data_root,
+                  device=ctx.device, progress=ctx.progress, log=ctx.log)
+    return {"q": r["q"], "n": r["n_samples"], "expected_q": r["expected_q"], "p_value": r["p_value"]}
+
+
+def _tprime(ctx: Context) -> dict:
+    t = ctx.cfg.tprime
+    r = run_tprime(ctx.run, detector=ctx.cfg.detector, grid=make_grid(t.resolution, t.t_max), m=t.M, seed=t.seed,
+                   steps=t.steps, sampler=t.sampler, method=t.search, chance=t.chance, alpha=t.alpha,
+                   data_root=ctx.data_root, device=ctx.device, progress=ctx.progress, log=ctx.log)
+    return {"t_prime": r["value"], "t_prime_alpha": r["value_alpha"], "nfe": r["nfe"]}
+
+
+def _nll(ctx: Context) -> dict:
+    r = run_nll(ctx.run, ctx.cfg.nll, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
+    return {k: r[k]["mean"] for k in ("x_p", "train", "test")}
+
+
+def _fid(ctx: Context) -> dict:
+    r = run_fid(ctx.run, ctx.cfg.fid, ctx.run / "samples" / ctx.samples_name, data_root=ctx.data_root,
+                device=ctx.device, progress=ctx.progress, extractor_dir=ctx.shared_extractor, log=ctx.log)
+    return {"train": r["train"], "test": r["test"], "extractor": r["extractor"]["name"]}
+
+
+def _utility(ctx: Context) -> dict:
+    if not ctx.cfg.model.num_classes:
+        return {"skipped": "unconditional model (--class-conditional for the utility test)"}
+    r = run_utility(ctx.run, ctx.run / "samples" / ctx.samples_name, ctx.cfg.fid.domain, data_root=ctx.data_root,
+                    device=ctx.device, progress=ctx.progress)
+    return {"synthetic_accuracy": r["synthetic"]["accuracy"], "real_accuracy": r["real"]["accuracy"]}
+
+
+def _report(ctx: Context) -> dict:
+    paths = write_report(ctx.run)
+    return {"html": str(paths["html"].relative_to(ctx.run)), "md": str(paths["md"].relative_to(ctx.run))}
+
+
+RUNNERS: dict[str, Callable[[Context], dict | None]] = {
+    "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "count": _count,
+    "tprime": _tprime, "nll": _nll, "fid": _fid, "utility": _utility, "report": _report,
+}
+
+

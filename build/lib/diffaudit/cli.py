@@ -1,0 +1,632 @@
+"""The ``diffaudit`` command line. Every command works inside a run directory and never silently overwrites
+an earlier result: a finished stage with the same config is reported and kept, a different config is refused.
+
+Each command imports the stages it runs inside its function: importing every stage (diffusers, torchvision,
+torchmetrics, scipy) doubles the start-up of ``diffaudit --help`` and of the commands that need few of them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from . import __version__
+from .config import (
+    AUDIT_PRESETS,
+    CLASSIFIER_PRESETS,
+    INCEPTION_FILE,
+    PRESETS,
+    STAGES,
+    PrepareConfig,
+    SampleConfig,
+    apply_overrides,
+    get_audit_preset,
+    get_preset,
+    replace,
+)
+from .data.medmnist import open_dataset
+from .errors import DiffauditError
+from .io import config_hash, read_json
+from .parallel import shutdown_processes
+from .runlock import check_run_dir, run_lock
+
+MANIFEST = "manifest.json"
+DEFAULT_AUDIT_PRESET = "cpu-demo"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- prepare -------------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare_run
+
+    cfg = PrepareConfig(
+        dataset=args.dataset, split=args.split, n_train=args.n_train, channels=args.channels, seed=args.seed,
+        fingerprint=not args.no_fingerprint, saf_shape=args.saf_shape, saf_radius=args.saf_radius,
+        saf_intensity=args.saf_intensity, saf_width=args.saf_width,
+    )
+    prepare_run(Path(args.run_dir), cfg, data_root=args.data_root, download=args.download, log=_say)
+
+
+def _load_manifest(run: Path) -> dict:
+    from .data.prepare import load_manifest
+
+    return load_manifest(run)
+
+
+# ---- train ---------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> None:
+    from .data.prepare import build_training_set
+    from .diffusion.sde import make_sde
+    from .training.loop import train
+
+    run = Path(args.run_dir)
+    preset = get_preset(args.preset)
+    train_cfg = replace(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
+    sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
+    sde = make_sde(args.sde, **sde_params)
+    dp = _dp_config(args)
+    manifest = _load_manifest(run)
+    images = build_training_set(manifest, data_root=args.data_root)
+    model_cfg, labels = preset.model, None
+    if args.class_conditional:
+        from .data.prepare import number_of_classes, training_labels
+
+        model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
+        labels = training_labels(manifest, data_root=args.data_root)
+    if dp is not None:
+        from .privacy.dpsgd import train_dp
+
+        path = train_dp(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, dp=dp, sde=sde,
+                        data_id=config_hash(manifest), device=args.device, progress=not args.quiet, labels=labels)
+        eps = read_json(run / "train" / "model.json")["dp"]["epsilon"]
+        _say(f"DP model ({args.preset} preset, {train_cfg.steps} steps): epsilon at delta = {dp.delta:g}: "
+             + ", ".join(f"{k} {v:.3g}" for k, v in eps.items()) + f" -> {path}")
+        return
+    path = train(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, labels=labels,
+                 data_id=config_hash(manifest), resume=args.resume, device=args.device, progress=not args.quiet)
+    _say(f"model ({args.preset} preset, {train_cfg.steps} steps, {sde.name} SDE) -> {path}")
+
+
+def _dp_config(args: argparse.Namespace):
+    """The DPConfig asked for by the --dp-* options, or None for non-private training."""
+    from .config import DPConfig
+
+    if args.dp_epsilon is None and args.dp_noise_multiplier is None:
+        if args.dp_pretrained or args.dp_noise_multiplicity != 1 or args.dp_finetune != "all":
+            raise DiffauditError("DP options need --dp-epsilon or --dp-noise-multiplier")
+        return None
+    return replace(DPConfig(), epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise_multiplier, delta=args.dp_delta,
+                   max_grad_norm=args.dp_max_grad_norm, noise_multiplicity=args.dp_noise_multiplicity,
+                   physical_batch_size=args.dp_physical_batch_size, accountant=args.dp_accountant,
+                   finetune=args.dp_finetune, pretrained=args.dp_pretrained)
+
+
+# ---- sample --------------------------------------------------------------------------------------------
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .generate import sample_run
+
+    run = Path(args.run_dir)
+    base = get_preset(args.preset).sample if args.preset else SampleConfig()
+    cfg = replace(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                  shard_size=args.shard_size)
+    name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet)
+    _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
+
+
+# ---- train-classifiers ----------------------------------------------------------------------------------
+def cmd_train_classifiers(args: argparse.Namespace) -> None:
+    from .adversary.stage import train_classifiers
+    from .config import get_classifier_preset
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    preset = get_classifier_preset(args.preset)
+    configs = {name: replace(cfg, arch=args.arch, max_epochs=args.max_epochs, patience=args.patience,
+                             epoch_size=args.epoch_size, batch_size=args.batch_size, seed=args.seed)
+               for name, cfg in preset.items()}
+    m = train_classifiers(run, configs, data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
+    real = m["false_positive_rate"]["heldout_real"]
+    clean = m["true_positive_rate"]["copies_of_x_p"]["0"]
+    _say(f"c_p test accuracy {m['c_p']['test_accuracy']:.3f}; c_id training accuracy {m['c_id']['train_accuracy']:.3f}; "
+         f"false positives on {real['both']['n']} held-out real images: c_p {real['c_p']['positives']}, "
+         f"c_id {real['c_id']['positives']}, both {real['both']['positives']}; copies of x_p detected by both: "
+         f"{clean['both']['positives']}/{clean['both']['n']} -> {run / 'classifiers' / 'metrics.json'}")
+
+
+# ---- count ---------------------------------------------------------------------------------------------
+def cmd_count(args: argparse.Namespace) -> None:
+    from .audit.count import run_count
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    r = run_count(run, samples=args.samples, detector=args.detector, control_samples=args.control_samples,
+                  data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
+    low, high = r["rate_ci95"]
+    found = f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, " if r["c_p"] is not None else "nearest-neighbour: "
+    _say(f"{found}|q| = {r['q']} of N = {r['n_samples']} "
+         f"(E|q| = {r['expected_q']:.3g} under full memorisation); H0 p = 1/N_D vs p < 1/N_D: p-value {r['p_value']:.3g}; "
+         f"95% interval for the reproduction probability [{low:.3g}, {high:.3g}] -> {run / 'results.json'}")
+
+
+# ---- tprime --------------------------------------------------------------------------------------------
+def _positions(text: str | None) -> list[int] | None:
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiffauditError(f"--images takes 'all' or comma-separated positions in the training set, got '{text}'") from None
+
+
+def cmd_tprime(args: argparse.Namespace) -> None:
+    from .audit.tprime import make_grid
+    from .audit.tprime_stage import run_posthoc, run_tprime
+
+    run = Path(args.run_dir)
+    _load_manifest(run)
+    grid = make_grid(args.resolution, args.t_max)
+    common_args = dict(grid=grid, m=args.M, seed=args.seed, steps=args.steps, sampler=args.sampler, alpha=args.alpha,
+                       data_root=args.data_root, device=args.device, progress=not args.quiet)
+    if args.images is not None:
+        rows = run_posthoc(run, _positions(args.images), **common_args)
+        top = ", ".join(f"#{r['position']} (t'={r['t_prime']:.2f}, t'_a={r['t_prime_alpha']:.2f})" for r in rows[:5])
+        _say(f"post-hoc t' of {len(rows)} training images; most at risk: {top} -> {run / 'results.json'}")
+        return
+    r = run_tprime(run, detector=args.detector, method=args.search, chance=args.chance, log=_say, **common_args)
+    extra = ""
+    if "compare" in r:
+        c = r["compare"]
+        extra = (f"; exhaustive t' = {c['exhaustive']['value']:.2f} with {c['exhaustive']['nfe']} NFE "
+                 f"({c['nfe_ratio']:.1f}x the fast search's, {c['wall_ratio']:.1f}x its wall time)")
+    _say(f"t' = {r['value']:.2f}, t'_alpha = {r['value_alpha']:.2f} (alpha {r['alpha']}, chance level "
+         f"{r['chance_level']:.3g}); bound (Eq. 9) {r['bound']:.3g}; {r['nfe']} network evaluations ({r['search']})"
+         f"{extra}{'; q_M was not monotone in t' if r['non_monotone'] else ''} -> {run / r['figure']}")
+
+
+# ---- audit, sweep, report -------------------------------------------------------------------------------
+def _audit_config(args: argparse.Namespace):
+    """The audit config of --preset or --config, with every override flag applied on top of it."""
+    from .audit.pipeline import load_config
+
+    if args.config and args.preset:
+        raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")
+    base = load_config(args.config) if args.config else get_audit_preset(args.preset or DEFAULT_AUDIT_PRESET)
+    return apply_overrides(
+        base,
+        prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},
+        train={"steps": args.steps},
+        sample={"n": args.n_samples},
+        tprime={"M": args.M},
+        fid={"extractor": args.fid_extractor, "inception_weights": args.inception_weights},
+    )
+
+
+def _class_conditional(cfg, dataset: str, data_root: str | None):
+    """``cfg`` with its model conditioned on ``dataset``'s classes."""
+    from .data.prepare import number_of_classes
+
+    return replace(cfg, model=replace(cfg.model, num_classes=number_of_classes(dataset, data_root=data_root)))
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from .audit.pipeline import run_audit
+    from .audit.plan import format_plan, plan
+    from .audit.report import detector_warning, excess_warning, verdict
+    from .audit.stages import Context
+
+    cfg = _audit_config(args)
+    if args.detector:
+        cfg = replace(cfg, detector=args.detector)
+    dp = _dp_config(args)
+    if dp is not None:
+        cfg = replace(cfg, dp=dp)
+    if args.download and not args.dry_run:
+        open_dataset(cfg.prepare.dataset, data_root=args.data_root, download_missing=True, log=_say)
+    if args.class_conditional:
+        cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
+    ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
+                  progress=not args.quiet, log=_say)
+    if args.dry_run:
+        print(format_plan(plan(ctx), ctx))
+        return
+    results = run_audit(ctx, stop_after=args.stop_after)
+    if "reproduction" in results:
+        _say(verdict(results))
+        metrics = ctx.run / "classifiers" / "metrics.json"
+        for warning in (detector_warning(results, read_json(metrics) if metrics.exists() else {}),
+                        excess_warning(results)):
+            if warning:
+                _say(warning)
+    if (ctx.run / "report.html").exists():
+        _say(f"report: {ctx.run / 'report.html'} (and report.md); results: {ctx.run / 'results.json'}")
+
+
+def _n_trains(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for v in text.split(","):
+        v = v.strip()
+        if v == "all":
+            out.append(None)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise DiffauditError(f"--n-train takes comma-separated sizes or 'all', got '{v}'") from None
+    return out
+
+
+def _epsilons(text: str) -> list[float | None]:
+    out: list[float | None] = []
+    for v in text.split(","):
+        v = v.strip().lower()
+        try:
+            out.append(None if v in ("inf", "none") else float(v))
+        except ValueError:
+            raise DiffauditError(f"--dp-epsilons takes comma-separated numbers or inf, got '{v}'") from None
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .audit.sweep import run_privacy_sweep, run_sweep
+
+    cfg = _audit_config(args)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    n_trains = _n_trains(args.n_trains)
+    if args.dp_epsilons:
+        if len(datasets) != 1 or len(n_trains) != 1:
+            raise DiffauditError("a privacy sweep (--dp-epsilons) runs on one dataset and one N_D")
+        open_dataset(datasets[0], data_root=args.data_root, download_missing=args.download, log=_say)
+        if args.class_conditional:
+            cfg = _class_conditional(cfg, datasets[0], args.data_root)
+        cfg = replace(cfg, prepare=replace(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
+        pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
+        summary = run_privacy_sweep(Path(args.out), cfg, epsilons=_epsilons(args.dp_epsilons), pretrain=pretrain,
+                                    public_dataset=args.public_dataset or datasets[0], public_split=args.public_split,
+                                    device=args.device, data_root=args.data_root, progress=not args.quiet, log=_say)
+        _say(f"{len(summary['cells'])} audits; report: {Path(args.out) / 'report.html'} (and privacy_sweep.json)")
+        return
+    summary = run_sweep(Path(args.out), cfg, datasets=datasets, n_trains=n_trains,
+                        class_conditional=args.class_conditional, device=args.device, data_root=args.data_root,
+                        download=args.download, progress=not args.quiet, log=_say)
+    _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .audit.report import verdict, write_report
+
+    run = Path(args.run_dir)
+    if not (run / "results.json").exists():
+        raise DiffauditError(f"{run} has no results.json; run 'diffaudit count' (or 'diffaudit audit') first")
+    paths = write_report(run)
+    _say(verdict(read_json(run / "results.json")))
+    _say(f"report: {paths['html']} and {paths['md']}")
+
+
+# ---- bound ---------------------------------------------------------------------------------------------
+def cmd_bound(args: argparse.Namespace) -> None:
+    from .privacy.bounds import dpsgd_bound, eps_delta_bound, gdp_bound
+
+    rows = []
+    if args.mu is not None:
+        rows.append(f"mu-GDP (mu = {args.mu:g}): reconstruction success <= {gdp_bound(args.kappa, args.mu):.4g}")
+    if args.epsilon is not None:
+        rows.append(f"({args.epsilon:g}, {args.delta:g})-DP: reconstruction success <= "
+                    f"{eps_delta_bound(args.kappa, args.epsilon, args.delta):.4g}")
+    dpsgd = (args.sample_rate, args.noise_multiplier, args.steps)
+    if any(v is not None for v in dpsgd):
+        if any(v is None for v in dpsgd):
+            raise DiffauditError("the DP-SGD bound needs --sample-rate, --noise-multiplier and --steps together")
+        b = dpsgd_bound(args.kappa, *dpsgd)
+        rows.append(f"DP-SGD (q = {args.sample_rate:g}, sigma = {args.noise_multiplier:g}, T = {args.steps}): "
+                    f"reconstruction success <= {b.bound:.4g} (numerical error {b.numerical_error:.2g}; central-limit "
+                    f"approximation mu = {b.clt_mu:.3g}: {b.clt_bound:.4g}, not a bound)")
+    if not rows:
+        raise DiffauditError("give a mechanism: --mu, or --epsilon (with --delta), or --sample-rate, --noise-multiplier "
+                             "and --steps")
+    print(f"baseline success kappa = {args.kappa:g}")
+    print("\n".join(rows))
+
+
+# ---- parser --------------------------------------------------------------------------------------------
+def _example(text: str) -> str:
+    return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffaudit",
+        description="Audit a score-based diffusion model for reproduction of an identifiable training image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_example("""
+            diffaudit prepare --dataset breastmnist --n-train 32 --run-dir runs/demo
+            diffaudit train --run-dir runs/demo --preset cpu
+            diffaudit sample --run-dir runs/demo --n 256"""),
+    )
+    parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    def device_and_data(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+
+    def dp_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("differential privacy (DP-SGD through Opacus; --batch-size is the expected logical batch)")
+        g.add_argument("--dp-epsilon", type=float, default=None, help="train with DP-SGD to this epsilon (at --dp-delta)")
+        g.add_argument("--dp-noise-multiplier", type=float, default=None, help="or with this noise multiplier sigma")
+        g.add_argument("--dp-delta", type=float, default=1e-5, help="delta")
+        g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-example clipping norm")
+        g.add_argument("--dp-noise-multiplicity", type=int, default=1,
+                       help="K noise draws averaged inside each example's loss before clipping")
+        g.add_argument("--dp-physical-batch-size", type=int, default=64, help="largest forward pass")
+        g.add_argument("--dp-accountant", default="prv", choices=["prv", "rdp", "gdp"],
+                       help="the accountant that calibrates sigma (all three are reported)")
+        g.add_argument("--dp-finetune", default="all", choices=["all", "attention"],
+                       help="train all layers, or the attention layers only (with --dp-pretrained)")
+        g.add_argument("--dp-pretrained", default=None, help="the train/ folder of a model to start from (public pretraining)")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-dir", required=True, help="the run directory (created if missing)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("prepare", formatter_class=Formatter, help="choose N_D training images and put the SAF on x_p",
+                       description="Choose N_D training images of a MedMNIST split, put a synthetic anatomical "
+                                   "fingerprint on one of them (x_p, Eq. 10), drop its clean original, and write "
+                                   "manifest.json, from which the exact training set can be rebuilt.",
+                       epilog=_example("diffaudit prepare --dataset breastmnist --n-train 32 --seed 0 --run-dir runs/b32"))
+    common(p)
+    p.add_argument("--dataset", default="breastmnist", help="MedMNIST flag (file <flag>.npz in the data root)")
+    p.add_argument("--n-train", type=int, default=None, help="N_D, the training-set size (default: the whole split)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="3 repeats grey images to RGB (as the paper)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of images, of x_i and of the SAF location")
+    p.add_argument("--no-fingerprint", action="store_true", help="the control set for false-positive rates: the same draw (same --seed and --n-train) with x_i replaced by another image and no SAF")
+    p.add_argument("--saf-shape", default="disc", choices=["disc", "ring"])
+    p.add_argument("--saf-radius", type=float, default=3.0, help="pixels")
+    p.add_argument("--saf-intensity", type=float, default=0.5, help="grey level in [0, 1]")
+    p.add_argument("--saf-width", type=float, default=1.5, help="ring thickness in pixels (ring only)")
+    p.add_argument("--data-root", default=None, help="folder with <dataset>.npz (default: $DIFFAUDIT_DATA, "
+                                                      "../shared/data/medmnist, ~/.medmnist)")
+    p.add_argument("--download", action="store_true", help="download the file if missing (needs internet)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", formatter_class=Formatter, help="train the score model on the prepared set",
+                       description="Train a diffusers U-Net score model by denoising score matching (Eq. 4, "
+                                   "lambda(t) = sigma_t^2) on the training set of manifest.json. Writes "
+                                   "<run>/train/ with checkpoints (safetensors + JSON), loss.csv and the EMA model.",
+                       epilog=_example("""
+                            diffaudit train --run-dir runs/b32 --preset cpu --steps 3000
+                            diffaudit train --run-dir runs/b32 --preset cpu --steps 6000 --resume   # continue / extend"""))
+    common(p)
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="model size and training schedule")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sde", default="subvp", help="subvp (paper), vp or ve")
+    p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
+    p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
+    p.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's class labels")
+    dp_options(p)
+    device_and_data(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", formatter_class=Formatter, help="generate images from the trained model",
+                       description="Generate N images into uint8 npz shards under <run>/samples/<name>/; image i "
+                                   "depends only on (seed, i). A killed run resumes at its first missing shard; "
+                                   "a larger --n keeps the shards already made.",
+                       epilog=_example("diffaudit sample --run-dir runs/b32 --n 1000 --sampler em --steps 500"))
+    common(p)
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
+                   help="number of images (default 64); spell it --n-samples after torchrun, which takes --n as its own")
+    p.add_argument("--sampler", default=None, help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
+                                                   "ode (probability flow, Heun)")
+    p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--shard-size", type=int, default=None)
+    p.add_argument("--name", default=None, help="sub-folder under samples/ (default: <sampler><steps>-seed<seed>)")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-classifiers", formatter_class=Formatter, help="train the adversary c_p and c_id",
+                       description="Train the fingerprint detector c_p and the identity classifier c_id (ResNets "
+                                   "from scratch with AugMix; c_id with SAF-shaped masks and noise) for the prepared "
+                                   "run, then measure their accuracies and error rates on held-out real images and "
+                                   "on jittered, noisy copies of x_p. Writes <run>/classifiers/.",
+                       epilog=_example("diffaudit train-classifiers --run-dir runs/b32 --preset cpu"))
+    common(p)
+    p.add_argument("--preset", default="cpu", choices=sorted(CLASSIFIER_PRESETS),
+                   help="cpu: ResNet10, a few minutes on 2 cores; paper: ResNet50, patience 20")
+    p.add_argument("--arch", default=None, choices=["resnet10", "resnet18", "resnet34", "resnet50"])
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping")
+    p.add_argument("--epoch-size", type=int, default=None, help="training draws per epoch")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    device_and_data(p)
+    p.set_defaults(func=cmd_train_classifiers)
+
+    p = sub.add_parser("count", formatter_class=Formatter, help="count reproductions of x_p in the samples (Table 1)",
+                       description="Classify the generated images with c_p and c_id (or the reference "
+                                   "nearest-neighbour detector), count |c_p+|, |c_id+| and |q|, test H0: p = 1/N_D "
+                                   "against p < 1/N_D, and write the 'reproduction' section of <run>/results.json "
+                                   "with grids of the positives under <run>/count/.",
+                       epilog=_example("""
+                            diffaudit count --run-dir runs/b32
+                            diffaudit count --run-dir runs/b32 --control-samples runs/b32-control/samples/em500-seed0"""))
+    common(p)
+    p.add_argument("--samples", default=None, help="folder under <run>/samples/ or a path (default: the only one)")
+    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"],
+                   help="classifiers: q = c_p+ and c_id+; nn: the reference nearest-neighbour detector alone")
+    p.add_argument("--control-samples", default=None,
+                   help="samples of a control model (prepare --no-fingerprint): false-positive rates on generated images")
+    device_and_data(p)
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("tprime", formatter_class=Formatter, help="t', t'_alpha and the q(p) bound (Algorithm 1)",
+                       description="Perturb x_p to time t, run the reverse sampler M times from there, and find the "
+                                   "largest t at which the detectors still see x_p (t', Algorithm 1), the largest t at "
+                                   "which that happens significantly above chance (t'_alpha), and the upper Darboux "
+                                   "bound of Eq. 9. With --images, compute t' of chosen training images with the "
+                                   "reference nearest-neighbour detector instead (post-hoc audit, no fingerprint).",
+                       epilog=_example("""
+                            diffaudit tprime --run-dir runs/b32 --M 16 --search fast
+                            diffaudit tprime --run-dir runs/b32 --search both        # compare with the exhaustive grid
+                            diffaudit tprime --run-dir runs/b32 --images 0,5,9      # post-hoc: any training images"""))
+    common(p)
+    p.add_argument("--M", type=int, default=16, help="reverse runs per time t")
+    p.add_argument("--resolution", type=float, default=0.01, help="grid step in t (the paper: 0.01)")
+    p.add_argument("--t-max", type=float, default=1.0, help="largest t on the grid")
+    p.add_argument("--search", default="fast", choices=["fast", "exhaustive", "both"])
+    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"])
+    p.add_argument("--alpha", type=float, default=0.05, help="level of t'_alpha (Bonferroni over the grid)")
+    p.add_argument("--chance", default="full", help="chance level p_0 for t'_alpha: full (1/N_D), measured (the "
+                                                    "count's 95%% upper bound) or a number")
+    p.add_argument("--steps", type=int, default=500, help="sampler steps over the whole [eps, T]; a run from t uses t/T of them")
+    p.add_argument("--sampler", default="em", choices=["em", "pc", "ode"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
+    device_and_data(p)
+    p.set_defaults(func=cmd_tprime)
+
+    def audit_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default=None, choices=list(AUDIT_PRESETS),
+                       help=f"{DEFAULT_AUDIT_PRESET} (the default): about seven minutes on 2 CPU cores; cpu: about an "
+                            "hour; paper: the paper's settings (GPU)")
+        p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of "
+                                                      "--preset; the flags below override its settings")
+        p.add_argument("--seed", type=int, default=None, help="the prepare stage's seed (choice of images, x_i, SAF)")
+        p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the preset's)")
+        p.add_argument("--n-samples", type=int, default=None, help="N, generated images to count (default: the preset's)")
+        p.add_argument("--M", type=int, default=None, help="reverse runs per t in the t' search (default: the preset's)")
+        p.add_argument("--fid-extractor", default=None, choices=["auto", "inception", "domain"],
+                       help="auto: Inception when its weights are found, else the domain extractor")
+        p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
+        device_and_data(p)
+        p.add_argument("--download", action="store_true",
+                       help="download the dataset with medmnist's downloader (MD5 checked) when no local copy is found")
+
+    p = sub.add_parser("audit", formatter_class=Formatter, help="the whole audit in one run directory, with a report",
+                       description="Run every stage (prepare, train, classifiers, sample, count, tprime, nll, fid, "
+                                   "utility, report) into one run directory. Finished stages are kept: rerun the same command "
+                                   "after an interruption to continue. Writes results.json, report.html, report.md and "
+                                   "audit/audit.log.",
+                       epilog=_example("""
+                            diffaudit audit --run-dir runs/demo                          # cpu-demo preset
+                            diffaudit audit --run-dir runs/b64 --preset cpu --n-train 64 --dry-run
+                            diffaudit audit --run-dir runs/paper --preset paper --dataset pneumoniamnist"""))
+    common(p)
+    audit_options(p)
+    p.add_argument("--dataset", default=None, help="MedMNIST flag (default: the preset's, breastmnist)")
+    p.add_argument("--n-train", type=int, default=None, help="N_D (default: the preset's)")
+    p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
+    p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
+    p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="condition the model on the dataset's labels; adds the utility test (train on synthetic, test on real)")
+    dp_options(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("sweep", formatter_class=Formatter, help="audits over datasets and N_D with a combined report",
+                       description="One audit per (dataset, N_D) cell under --out, then report.html/report.md and "
+                                   "sweep.json with Table 1 (reproductions against N_D), Table 2 (NLL, FID, SAF %, "
+                                   "ID % per dataset) and the q_M(t) curves overlaid. Rerun to continue a killed sweep.",
+                       epilog=_example("""
+                            diffaudit sweep --out runs/table1 --datasets breastmnist --n-train 16,32,64
+                            diffaudit sweep --out runs/table2 --preset paper --n-train all \\
+                                --datasets breastmnist,retinamnist,pneumoniamnist
+                            diffaudit sweep --out runs/eps --n-train 16 --dp-epsilons 1,10,inf --pretrain both \\
+                                --public-dataset pneumoniamnist --public-split train --class-conditional"""))
+    p.add_argument("--out", required=True, help="the sweep folder (created if missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--datasets", default="breastmnist", help="comma-separated MedMNIST flags")
+    p.add_argument("--n-train", dest="n_trains", default="16,32", help="comma-separated N_D values, or 'all'")
+    p.add_argument("--class-conditional", action="store_true", help="condition on the labels; adds the utility test")
+    g = p.add_argument_group("privacy sweep (epsilon x pretraining on one dataset and N_D)")
+    g.add_argument("--dp-epsilons", default=None, help="comma-separated epsilon targets, 'inf' for non-private, e.g. 1,10,inf")
+    g.add_argument("--pretrain", default="both", choices=["yes", "no", "both"], help="public pretraining before training")
+    g.add_argument("--public-dataset", default=None, help="the public pretraining dataset (default: the audited one)")
+    g.add_argument("--public-split", default="val", choices=["train", "val", "test"],
+                   help="its split (must differ from the private set)")
+    audit_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", formatter_class=Formatter, help="(re)write report.html and report.md of a run",
+                       description="Write report.html (self-contained) and report.md from a run's results.json.",
+                       epilog=_example("diffaudit report --run-dir runs/demo"))
+    p.add_argument("--run-dir", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bound", formatter_class=Formatter, help="upper bounds on reconstruction success under DP",
+                       description="Upper bounds 1 - f(kappa) on the success probability of a reconstruction attack "
+                                   "whose baseline success (without the target in the training set) is kappa, for a "
+                                   "mechanism with trade-off function f: mu-GDP, (epsilon, delta)-DP, or DP-SGD with "
+                                   "Poisson sampling rate q, noise multiplier sigma and T steps (numerically, from "
+                                   "Opacus' PRV accountant). No training needed.",
+                       epilog=_example("""
+                            diffaudit bound --kappa 0.01 --mu 1
+                            diffaudit bound --kappa 0.01 --epsilon 10 --delta 1e-5
+                            diffaudit bound --kappa 0.01 --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000"""))
+    p.add_argument("--kappa", type=float, required=True, help="baseline success probability in (0, 1)")
+    p.add_argument("--mu", type=float, default=None, help="mu of mu-GDP")
+    p.add_argument("--epsilon", type=float, default=None)
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--sample-rate", type=float, default=None, help="DP-SGD: Poisson sampling rate q")
+    p.add_argument("--noise-multiplier", type=float, default=None, help="DP-SGD: sigma")
+    p.add_argument("--steps", type=int, default=None, help="DP-SGD: number of noisy steps T")
+    p.set_defaults(func=cmd_bound)
+    return parser
+
+
+#: The folder each writing command works in, which it holds locked while it runs (see :mod:`diffaudit.runlock`).
+_LOCKED = {"prepare": "run_dir", "train": "run_dir", "sample": "run_dir", "train-classifiers": "run_dir",
+           "count": "run_dir", "tprime": "run_dir", "audit": "run_dir", "sweep": "out"}
+
+
+def _run(args: argparse.Namespace) -> None:
+    dest = _LOCKED.get(args.command)
+    if dest is None:
+        args.func(args)
+        return
+    option = "--" + dest.replace("_", "-")
+    if getattr(args, "dry_run", False):  # reads only
+        check_run_dir(getattr(args, dest), option)
+        args.func(args)
+        return
+    with run_lock(getattr(args, dest), option=option):
+        args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except DiffauditError as err:
+        shutdown_processes(wait=False)
+        print(f"diffaudit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        shutdown_processes(wait=False)
+        print(f"diffaudit {args.command}: interrupted; finished work is kept, rerun the same command "
+              "(train: add --resume) to continue", file=sys.stderr)
+        return 130
+    shutdown_processes()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

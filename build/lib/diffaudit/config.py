@@ -1,0 +1,569 @@
+"""Frozen configs for every stage, their JSON round trip, and the named presets.
+
+A config is written next to every artefact it produced (``config.json``), and a stage whose artefact exists
+with the same config is recognised as done. Unknown keys in a config file are an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+from .errors import DiffauditError
+
+C = TypeVar("C")
+
+#: The smallest training set an audit can use: x_p and at least one other image, against which the identity
+#: classifier and the reference detector's threshold are calibrated.
+MIN_N_TRAIN = 2
+
+
+# ---- checked construction ------------------------------------------------------------------------------
+# Every config checks itself when it is built, so the command-line flags (through ``replace``) and a config file
+# (through ``from_dict``) pass the same checks, and bad input is refused before any stage runs: first the types
+# (a JSON "0.002" is not a number), then each class's ranges in ``_check``. Names that a registry resolves
+# (samplers, SDEs, architectures) are checked where the registries live, by ``audit.pipeline.check_audit_config``.
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an integer is a fine float; a bool is neither
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(args[0])}"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+class Checked:
+    """Base of the frozen configs: types, then ranges, checked on every construction."""
+
+    def __post_init__(self) -> None:
+        label = type(self).__name__
+        for name, hint in _hints(type(self)).items():
+            value = getattr(self, name)
+            if not _matches(value, hint):
+                raise DiffauditError(f"{label}.{name} must be {_type_name(hint)}, got {value!r} "
+                                     f"({type(value).__name__}); fix the option or the config file")
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def _require(self, name: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise DiffauditError(f"{type(self).__name__}.{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def _at_least(self, minimum: float, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                self._require(name, math.isfinite(value) and value >= minimum, f">= {minimum:g}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                self._require(name, math.isfinite(value) and value > 0, "a positive finite number")
+
+    def _fraction(self, *names: str, closed: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            self._require(name, 0 <= value <= 1 if closed else 0 <= value < 1, "in [0, 1]" if closed else "in [0, 1)")
+
+    def _one_of(self, name: str, choices: tuple[str, ...]) -> None:
+        self._require(name, getattr(self, name) in choices, f"one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig(Checked):
+    """Which images form the training set D_p, and the synthetic anatomical fingerprint (SAF) put on x_p."""
+
+    dataset: str = "breastmnist"
+    split: str = "train"
+    n_train: int | None = None  # N_D; None takes the whole split
+    channels: int = 1  # 1 keeps grey images grey; 3 repeats them to RGB as the paper did
+    seed: int = 0
+    fingerprint: bool = True  # False builds the control set without SAF (for false-positive rates)
+    saf_shape: str = "disc"
+    saf_radius: float = 3.0  # pixels
+    saf_intensity: float = 0.5  # grey level in [0, 1] of the pixel range
+    saf_width: float = 1.5  # ring only: thickness in pixels
+
+    def _check(self) -> None:
+        self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
+        self._one_of("split", ("train", "val", "test"))
+        if self.n_train is not None:
+            self._require("n_train", self.n_train >= MIN_N_TRAIN,
+                          f">= {MIN_N_TRAIN} (x_p and at least one other image; --n-train)")
+        self._require("channels", self.channels in (1, 3), "1 or 3")
+        self._positive("saf_radius", "saf_width")
+        self._fraction("saf_intensity", closed=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Checked):
+    """diffusers UNet2DModel shape. At 28x28 three levels (28, 14, 7) is the most the grid allows (App. A)."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    layers_per_block: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    mid_attention: bool = False
+    norm_num_groups: int = 8
+    num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
+
+    def _check(self) -> None:
+        self._require("block_out_channels", len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
+                      "a non-empty list of positive channel counts")
+        self._require("attention_levels", len(self.attention_levels) == len(self.block_out_channels),
+                      f"one entry per level ({len(self.block_out_channels)})")
+        self._at_least(1, "layers_per_block", "norm_num_groups")
+        self._require("norm_num_groups", all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+                      "a divisor of every channel count")
+        self._at_least(0, "num_classes")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Checked):
+    """Denoising score matching with AdamW, EMA and gradient clipping (Song et al. 2021 defaults for paper)."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    eps: float = 1e-5  # smallest training time (Song et al.: 1e-5)
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def _check(self) -> None:
+        self._at_least(1, "steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        self._at_least(0, "warmup_steps", "weight_decay", "seed")
+        self._positive("lr", "grad_clip")
+        self._fraction("ema_decay")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DPConfig(Checked):
+    """DP-SGD training of the score model (Opacus): a target (epsilon, delta), or a noise multiplier.
+
+    The training config's ``batch_size`` is the expected logical batch (Poisson rate q = batch_size / N_D);
+    ``physical_batch_size`` bounds the memory of one forward pass. ``noise_multiplicity`` K averages K noise
+    draws (t, z) inside each example's loss before clipping. ``finetune='attention'`` trains the attention layers
+    only; ``pretrained`` names the train/ folder of a (public) model to start from."""
+
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    noise_multiplicity: int = 1
+    physical_batch_size: int = 64
+    accountant: str = "prv"  # prv, rdp or gdp: the one that calibrates sigma to epsilon; all three are reported
+    finetune: str = "all"  # all or attention
+    pretrained: str | None = None
+
+    def _check(self) -> None:
+        self._positive("epsilon", "noise_multiplier", "max_grad_norm")
+        self._require("delta", 0 < self.delta < 1, "in (0, 1)")
+        self._at_least(1, "noise_multiplicity", "physical_batch_size")
+        self._one_of("accountant", ("prv", "rdp", "gdp"))
+        self._one_of("finetune", ("all", "attention"))
+
+
+@dataclass(frozen=True)
+class SampleConfig(Checked):
+    n: int = 64
+    sampler: str = "em"
+    steps: int = 500
+    eps: float = 1e-3  # last time of the grid (Song et al.: 1e-3 for VP and sub-VP)
+    seed: int = 0
+    batch_size: int = 64
+    shard_size: int = 1000
+    snr: float = 0.16  # predictor-corrector only
+    corrector_steps: int = 1  # predictor-corrector only
+
+    def _check(self) -> None:
+        self._at_least(1, "n", "steps", "batch_size", "shard_size", "corrector_steps")
+        self._at_least(0, "seed")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+        self._positive("snr")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(Checked):
+    """One adversary classifier (c_p or c_id): a torchvision ResNet trained from scratch (Sec. 5.2, App. A).
+
+    Training examples are drawn afresh every step from the training images, so an "epoch" is ``epoch_size``
+    draws; training stops when the validation loss has not improved for ``patience`` epochs (or after
+    ``max_epochs``) and keeps the weights of the best epoch.
+    """
+
+    arch: str = "resnet18"  # resnet10 (BasicBlock [1,1,1,1]), resnet18, resnet34 or resnet50
+    small_input: bool = True  # 3x3 stride-1 first convolution for 28x28 inputs (the max-pool is kept)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epoch_size: int = 2048
+    max_epochs: int = 30
+    patience: int = 5
+    val_size: int = 512
+    positive_share: float = 0.5  # share of positives among the training draws
+    val_positive_share: float = 0.1  # and among the validation set
+    augmix: bool = True
+    augmix_severity: int = 3
+    lr_schedule: str = "constant"  # constant, or cosine: decays to 0 over max_epochs (steadier near the end)
+    mask_prob: float = 0.0  # probability of a random patch of the SAF's shape and a random grey (c_id)
+    noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id)
+    threshold: float = 0.5  # positive when sigmoid(logit) > threshold
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "batch_size", "epoch_size", "max_epochs", "patience", "val_size")
+        self._at_least(0, "weight_decay", "noise_std", "seed")
+        self._positive("lr")
+        for name in ("positive_share", "val_positive_share", "threshold"):
+            self._require(name, 0 < getattr(self, name) < 1, "in (0, 1)")
+        self._require("augmix_severity", 1 <= self.augmix_severity <= 10, "in 1..10 (torchvision's AugMix)")
+        self._one_of("lr_schedule", ("constant", "cosine"))
+        self._fraction("mask_prob", closed=True)
+
+
+def _c_p(**kw: Any) -> ClassifierConfig:
+    # App. A: SAFs on 50% of the training draws, 10% of the validation set. The paper adds noise for c_id only;
+    # without it c_p found 57 of 200 copies of x_p with noise of std 0.05 and 4 of 200 at 0.1 (BreastMNIST,
+    # N_D = 32), while the generated copies differ from x_p by a mean absolute error of 0.014-0.065, so c_p gets it too.
+    return ClassifierConfig(positive_share=0.5, val_positive_share=0.1, noise_std=0.1, **kw)
+
+
+def _c_id(**kw: Any) -> ClassifierConfig:
+    # App. A: the identity in 10% of the training draws and 50% of the validation set; random SAF-shaped masks
+    # and Gaussian noise (Sec. 5.2)
+    return ClassifierConfig(positive_share=0.1, val_positive_share=0.5, mask_prob=0.5, noise_std=0.1, **kw)
+
+
+#: Classifier presets: the pair (c_p, c_id) for each name.
+CLASSIFIER_PRESETS: dict[str, dict[str, ClassifierConfig]] = {
+    # A few minutes on 2 CPU cores (resnet10: 4.9 M parameters, 111 MFLOP per image; see benchmarks/). c_p's
+    # validation loss jumps between epochs, so it gets more patience.
+    "cpu": {"c_p": _c_p(arch="resnet10", max_epochs=30, patience=8, epoch_size=1024),
+            "c_id": _c_id(arch="resnet10", max_epochs=25, patience=5, epoch_size=1024)},
+    # The paper: ResNet50 from scratch, until convergence with a patience of 20 epochs (Sec. 5.2).
+    "paper": {"c_p": _c_p(arch="resnet50", max_epochs=200, patience=20, epoch_size=8192, batch_size=128),
+              "c_id": _c_id(arch="resnet50", max_epochs=200, patience=20, epoch_size=8192, batch_size=128)},
+}
+
+
+def get_classifier_preset(name: str) -> dict[str, ClassifierConfig]:
+    try:
+        return CLASSIFIER_PRESETS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown classifier preset '{name}'; choose one of {', '.join(CLASSIFIER_PRESETS)}") from None
+
+
+#: torch-fidelity's port of the TF Inception-v3 weights, the standard FID's feature extractor
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+@dataclass(frozen=True)
+class ExtractorConfig(Checked):
+    """FID's feature extractor where no Inception weights exist: a ResNet10 classifier of the dataset's labels
+    whose small bottleneck before the classification head is the feature."""
+
+    features: int = 64
+    steps: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    shift: int = 2  # random translations of up to this many pixels
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "features", "steps", "batch_size")
+        self._at_least(0, "weight_decay", "shift", "seed")
+        self._positive("lr")
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    # Fits 2 CPU cores: 0.26 M parameters, three levels without attention (about 130 training images/s and
+    # 390 images/s per network evaluation on 2 cores; see benchmarks/).
+    "cpu": Preset(
+        model=ModelConfig(),
+        train=TrainConfig(),
+        sample=SampleConfig(steps=500),
+    ),
+    # The paper's setting: three down/up levels at 28x28 (App. A), attention at 14x14, 30 000 steps (Sec. 5.3),
+    # optimiser and EMA as in Song et al.'s sub-VP configs.
+    "paper": Preset(
+        model=ModelConfig(
+            block_out_channels=(128, 256, 256),
+            layers_per_block=2,
+            attention_levels=(False, True, False),
+            mid_attention=True,
+            norm_num_groups=32,
+        ),
+        train=TrainConfig(
+            steps=30_000, batch_size=128, lr=2e-4, warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999,
+            checkpoint_every=2500, log_every=50,
+        ),
+        sample=SampleConfig(steps=1000, batch_size=500, shard_size=5000),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _nested_class(hint: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if found else None
+    return None
+
+
+def from_dict(cls: type[C], d: dict[str, Any], *, where: str = "") -> C:
+    """Build ``cls`` (and the configs nested in it) from a dict, refusing unknown keys and wrong types, and
+    turning lists back into tuples."""
+    where = where or cls.__name__
+    if not isinstance(d, dict):
+        raise DiffauditError(f"{where} must be a JSON object of settings, got {d!r}")
+    hints = _hints(cls)
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise DiffauditError(f"{where} has no field(s) {sorted(unknown)}; known: {sorted(hints)}")
+    kwargs = {}
+    for key, value in d.items():
+        nested = _nested_class(hints[key])
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, where=f"{where}.{key}")
+        elif nested is not None and value is not None:
+            raise DiffauditError(f"{where}.{key} must be a JSON object of settings, got {value!r}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """``dataclasses.replace`` that ignores None values (unset command-line options)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
+
+# ---- the audit's own stages ------------------------------------------------------------------------------
+DETECTORS = ("classifiers", "nn")  # q = c_p+ and c_id+, or the reference nearest-neighbour detector alone
+T_SEARCHES = ("fast", "exhaustive", "both")
+FID_EXTRACTORS = ("auto", "inception", "domain")
+
+
+@dataclass(frozen=True)
+class TPrimeConfig(Checked):
+    """The t' search (Algorithm 1): M reverse runs per time on a grid of step ``resolution`` up to ``t_max``."""
+
+    M: int = 16
+    resolution: float = 0.01
+    t_max: float = 1.0
+    steps: int = 500
+    sampler: str = "em"
+    search: str = "fast"
+    alpha: float = 0.05
+    chance: str = "full"  # p_0 of t'_alpha: full (1/N_D), measured (the count's 95% upper bound) or a number
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(1, "M", "steps")
+        self._at_least(0, "seed")
+        self._require("t_max", 0 < self.t_max <= 1, "in (0, 1] (the SDE's time T is 1)")
+        self._require("resolution", 0 < self.resolution <= self.t_max, f"in (0, t_max = {self.t_max}]")
+        self._one_of("search", T_SEARCHES)
+        self._require("alpha", 0 < self.alpha < 1, "in (0, 1)")
+        if self.chance not in ("full", "measured"):
+            try:
+                level = float(self.chance)
+            except ValueError:
+                level = math.nan
+            self._require("chance", 0 < level < 1, "full, measured or a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class NLLConfig(Checked):
+    """Exact NLL (Eq. 5) of x_p (``x_p_repeats`` dequantisation/Hutchinson draws), of training images other than
+    x_p and of test images."""
+
+    n_train: int = 64
+    n_test: int = 64
+    x_p_repeats: int = 8
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    eps: float = 1e-5
+    batch_size: int = 64
+    seed: int = 0
+
+    def _check(self) -> None:
+        self._at_least(0, "n_train", "n_test", "seed")
+        self._at_least(1, "x_p_repeats", "batch_size")
+        self._positive("rtol", "atol")
+        self._require("eps", 0 < self.eps < 1, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class FIDConfig(Checked):
+    extractor: str = "auto"  # auto (Inception when its weights are found, else domain), inception or domain
+    inception_weights: str | None = None
+    domain: ExtractorConfig = field(default_factory=ExtractorConfig)
+    seed: int = 0  # the draw of test images as large as the training set
+
+    def _check(self) -> None:
+        self._one_of("extractor", FID_EXTRACTORS)
+        self._at_least(0, "seed")
+
+
+@dataclass(frozen=True)
+class AuditConfig(Checked):
+    """Every stage's settings of one audit (written to ``<run>/audit.json``)."""
+
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sde: str = "subvp"
+    c_p: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_p"])
+    c_id: ClassifierConfig = field(default_factory=lambda: CLASSIFIER_PRESETS["cpu"]["c_id"])
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    detector: str = "classifiers"
+    tprime: TPrimeConfig = field(default_factory=TPrimeConfig)
+    nll: NLLConfig = field(default_factory=NLLConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
+    pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
+
+    def _check(self) -> None:
+        self._one_of("detector", DETECTORS)
+        if self.dp is not None:
+            if (self.dp.epsilon is None) == (self.dp.noise_multiplier is None):
+                raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise "
+                                     "multiplier (--dp-noise-multiplier)")
+            n = self.prepare.n_train
+            if n is not None and self.train.batch_size > n:
+                raise DiffauditError(f"DP-SGD samples each image with rate batch size / N_D; the batch size "
+                                     f"{self.train.batch_size} exceeds N_D = {n}: lower train.batch_size or raise --n-train")
+
+
+#: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.pipeline`` knows what each depends on).
+STAGES = ("prepare", "train", "classifiers", "sample", "count", "tprime", "nll", "fid", "utility", "report")
+
+
+def _cpu_demo() -> AuditConfig:
+    # About seven minutes on 2 CPU cores (the README's benchmark): 16 BreastMNIST images, a short training that
+    # already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t' grid, few NLL images.
+    cpu = PRESETS["cpu"]
+    return AuditConfig(
+        prepare=PrepareConfig(dataset="breastmnist", n_train=16, seed=0),
+        model=cpu.model,
+        train=dataclasses.replace(cpu.train, steps=1250, checkpoint_every=250),
+        # c_p with AugMix severity 1 and a cosine learning rate: with severity 3 and a constant rate, 10 such epochs
+        # found 0 of 200 copies of x_p; this finds 200/200 at noise std 0-0.05 with 0 false positives on the 156 test
+        # images (README: the cpu-demo benchmark)
+        c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], max_epochs=20, patience=20, epoch_size=512,
+                                val_size=256, augmix_severity=1, lr_schedule="cosine"),
+        c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], max_epochs=6, patience=3, epoch_size=512,
+                                 val_size=256),
+        sample=SampleConfig(n=256, steps=100, batch_size=128),
+        tprime=TPrimeConfig(M=8, resolution=0.05, steps=100),
+        nll=NLLConfig(n_train=8, n_test=8, x_p_repeats=4, rtol=1e-4, atol=1e-4),
+        fid=FIDConfig(domain=ExtractorConfig(steps=60)),
+    )
+
+
+def _cpu() -> AuditConfig:
+    # The README's BreastMNIST N_D = 32 audit: about an hour on 2 CPU cores.
+    cpu = PRESETS["cpu"]
+    return AuditConfig(prepare=PrepareConfig(dataset="breastmnist", n_train=32, seed=0), model=cpu.model,
+                       train=cpu.train, sample=SampleConfig(n=512, steps=250),
+                       tprime=TPrimeConfig(M=16, steps=250), nll=NLLConfig(n_train=32, n_test=32),
+                       fid=FIDConfig(domain=ExtractorConfig(steps=300)))
+
+
+def _paper() -> AuditConfig:
+    # Sec. 5.3 and App. A: 30 000 steps, 150 000 samples, M = 16, ResNet50 classifiers; for a GPU.
+    paper = PRESETS["paper"]
+    return AuditConfig(prepare=PrepareConfig(dataset="breastmnist", n_train=None, channels=3, seed=0),
+                       model=paper.model, train=paper.train, c_p=CLASSIFIER_PRESETS["paper"]["c_p"],
+                       c_id=CLASSIFIER_PRESETS["paper"]["c_id"],
+                       sample=dataclasses.replace(paper.sample, n=150_000),
+                       tprime=TPrimeConfig(M=16, steps=1000), nll=NLLConfig(n_train=1000, n_test=1000, batch_size=250),
+                       fid=FIDConfig(domain=ExtractorConfig(steps=3000, batch_size=128)))
+
+
+#: Audit presets by name (``diffaudit audit --preset``); the first is the default.
+AUDIT_PRESETS: dict[str, AuditConfig] = {"cpu-demo": _cpu_demo(), "cpu": _cpu(), "paper": _paper()}
+
+
+def get_audit_preset(name: str, **overrides: dict[str, Any] | None) -> AuditConfig:
+    """A preset with section overrides, e.g. ``prepare={"n_train": 64}`` or ``sample={"n": 1000}``."""
+    try:
+        cfg = AUDIT_PRESETS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown audit preset '{name}'; choose one of {', '.join(AUDIT_PRESETS)}") from None
+    return apply_overrides(cfg, **overrides)
+
+
+def apply_overrides(cfg: AuditConfig, **overrides: dict[str, Any] | None) -> AuditConfig:
+    """``cfg`` with the non-None settings of each section replaced, e.g. ``sample={"n": 1000, "seed": None}``."""
+    for section, changes in overrides.items():
+        changes = {k: v for k, v in (changes or {}).items() if v is not None}
+        if changes:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    return cfg
+
+
+def audit_from_dict(d: dict[str, Any]) -> AuditConfig:
+    """An :class:`AuditConfig` from its JSON form (a run's ``audit.json``); unknown keys and wrong types are errors."""
+    return from_dict(AuditConfig, d, where="the audit config")

@@ -1,0 +1,1 @@
+"""MedMNIST images, the synthetic anatomical fingerprint, and the training-set manifest."""

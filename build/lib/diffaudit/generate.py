@@ -1,0 +1,156 @@
+"""The ``sample`` stage: N images in uint8 shards, resumable, each image reproducible from (seed, index).
+
+``<out>/config.json`` records the sampling config; shard k, ``shard_00000.npz``, holds ``images`` uint8
+[n_k, C, H, W] and ``indices`` for images k*S ... (k+1)*S - 1 (S = shard size). A shard is written atomically,
+so a killed run restarts at the first missing shard. Raising N (or changing the batch size) later keeps the
+finished shards: image i does not depend on N or on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import SampleConfig, to_dict
+from .diffusion.samplers import NFE_PER_STEP, get_sampler, sample
+from .diffusion.score import conditioned
+from .diffusion.sde import SDE
+from .errors import DiffauditError
+from .images import save_grid, to_uint8
+from .io import check_name, config_hash, read_json, save_npz, write_json
+from .parallel import processes
+from .training.loop import load_score_model
+
+
+def _shard_path(out: Path, k: int) -> Path:
+    return out / f"shard_{k:05d}.npz"
+
+
+def _check_config(cfg: SampleConfig) -> None:
+    get_sampler(cfg.sampler)
+    for name in ("n", "steps", "batch_size", "shard_size"):
+        if getattr(cfg, name) < 1:
+            raise DiffauditError(f"sampling needs {name} >= 1, got {getattr(cfg, name)}")
+
+
+def generate_shards(
+    out_dir: str | Path,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    cfg: SampleConfig,
+    *,
+    shape: tuple[int, int, int],
+    device: torch.device | str = "cpu",
+    model_id: str = "",
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    num_classes: int = 0,
+) -> Path:
+    """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``.
+
+    With ``world`` > 1 processes (``accelerate launch``), process ``rank`` makes the shards k with
+    k % world == rank: no two processes write the same shard, and every image is the one a single process would
+    have made, since it depends only on (seed, index). The caller then waits for all processes and calls
+    :func:`finish_shards` once.
+
+    A class-conditional model (``num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still a
+    function of i alone); its shards also hold ``labels``."""
+    _check_config(cfg)
+    if not 0 <= rank < world:
+        raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
+    out = Path(out_dir)
+    record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
+        {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id,
+         **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
+    if (out / "config.json").exists():
+        previous = read_json(out / "config.json")
+        # N and the batch size change no image, so they may differ between runs into the same folder
+        strip = lambda r: {**r, "sample": {k: v for k, v in r["sample"].items() if k not in ("n", "batch_size")}}  # noqa: E731
+        if strip(previous) != strip(record):
+            raise DiffauditError(f"{out} holds samples of another config or model; choose another --name")
+    if rank == 0:
+        write_json(out / "config.json", record)
+    options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
+
+    n_shards = -(-cfg.n // cfg.shard_size)
+    todo = []
+    for k in range(rank, n_shards, world):
+        expected = np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, cfg.n))
+        path = _shard_path(out, k)
+        if path.exists():
+            with np.load(path) as f:
+                if np.array_equal(f["indices"], expected):
+                    continue
+        todo.append((k, expected))
+    nfe = NFE_PER_STEP[cfg.sampler] * cfg.steps
+    bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
+               desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
+    for k, expected in todo:
+        chunks = []
+        for lo in range(0, len(expected), cfg.batch_size):
+            idx = expected[lo:lo + cfg.batch_size].tolist()
+            y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
+            x = sample(conditioned(score_fn, y), sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
+                       steps=cfg.steps, eps=cfg.eps, device=device, **options)
+            chunks.append(to_uint8(x))
+            bar.update(len(idx))
+        labels = {"labels": expected % num_classes} if num_classes else {}
+        save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
+    bar.close()
+    if world == 1:
+        finish_shards(out, cfg)
+    return out
+
+
+def finish_shards(out: Path, cfg: SampleConfig) -> None:
+    """After every shard is written: drop shards beyond a lowered N and draw the grid of the first images."""
+    n_shards = -(-cfg.n // cfg.shard_size)
+    for stale in sorted(Path(out).glob("shard_*.npz"))[n_shards:]:
+        stale.unlink()  # shards beyond a lowered N
+    first = next(iter_shards(out))[1][:64]
+    save_grid(Path(out) / "grid.png", first)
+
+
+def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images) shard by shard, in index order: constant memory for any N."""
+    out = Path(out_dir)
+    shards = sorted(out.glob("shard_*.npz"))
+    if not shards:
+        raise DiffauditError(f"{out} holds no sample shards; run 'diffaudit sample' first")
+    for path in shards:
+        with np.load(path) as f:
+            yield f["indices"], f["images"]
+
+
+def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True) -> Path:
+    """Sample from ``<run>/train``'s model into ``<run>/samples/<name>/``, across all processes when launched
+    with several (see :mod:`diffaudit.parallel`)."""
+    check_name(name)
+    procs = processes(device)
+    model, meta = load_score_model(Path(run) / "train", device=str(procs.device))
+    out = Path(run) / "samples" / name
+    generate_shards(out, model, model.sde, cfg, shape=tuple(meta["image_shape"]), device=procs.device,
+                    model_id=config_hash(meta), progress=progress and procs.main, rank=procs.rank, world=procs.world,
+                    num_classes=meta["model"].get("num_classes", 0))
+    if procs.world > 1:
+        procs.barrier()
+        if procs.main:
+            finish_shards(out, cfg)
+        procs.barrier()
+    return out
+
+
+def iter_labelled_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images, class labels) of a class-conditional model's shards."""
+    out = Path(out_dir)
+    for path in sorted(out.glob("shard_*.npz")):
+        with np.load(path) as f:
+            if "labels" not in f:
+                raise DiffauditError(f"{path} holds no class labels: the model was not class-conditional")
+            yield f["indices"], f["images"], f["labels"]

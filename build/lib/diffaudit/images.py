@@ -1,0 +1,45 @@
+"""Image helpers: uint8 <-> model space [-1, 1], and grids as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .io import atomic_path
+
+
+def grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile uint8 images [N, C, H, W] into one uint8 image [H', W'] (grey) or [H', W', 3]."""
+    n, c, h, w = images.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    out = np.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=np.uint8)
+    for k in range(n):
+        r, col = divmod(k, ncol)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        out[:, y:y + h, x:x + w] = images[k]
+    return out[0] if c == 1 else out.transpose(1, 2, 0)
+
+
+def save_grid(path: str | Path, images: np.ndarray, *, ncol: int | None = None, scale: int = 3) -> Path:
+    """Write a PNG grid of uint8 images [N, C, H, W], enlarged ``scale`` times (nearest neighbour)."""
+    tile = grid(images, ncol=ncol)
+    img = Image.fromarray(tile)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def to_model_space(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x) -> np.ndarray:
+    """Model space [-1, 1] (tensor or array) -> uint8, clipped and rounded."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,162 @@
+"""Atomic writes: an artefact is either absent or complete, never half-written.
+
+Every file is written to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX and
+Windows), so a run killed mid-write leaves the previous state intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DiffauditError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts are meant to be shared
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a directory: fill the yielded folder, then it replaces ``path`` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """``name`` as the name of an artefact folder inside a run directory: one path component of letters, digits,
+    '.', '_' and '-' (no '/', no '..'), so that nothing is ever written outside the run directory."""
+    if not _NAME.fullmatch(name or "") or set(name) == {"."}:
+        raise DiffauditError(f"{what} '{name}' must be one folder name of letters, digits, '.', '_' and '-' "
+                             "(no '/' or '..'); it names a folder inside the run directory")
+    return name
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, indent=2) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(canonical_json(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DiffauditError(f"{path} does not exist; run the stage that writes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DiffauditError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that writes it") from None
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of a JSON-serialisable config (sorted keys), used to recognise finished stages."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors (no pickled code), atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike, *, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; refuse one with NaN or Inf weights, which only a diverged run writes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffauditError(f"checkpoint {path} does not exist; train first or point to the right run directory")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise DiffauditError(f"checkpoint {path} is not a readable safetensors file ({err}); it is corrupt or truncated") from None
+    if check_finite:
+        for name, value in tensors.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise DiffauditError(
+                    f"checkpoint {path} has NaN/Inf values in '{name}'; it comes from a diverged run, "
+                    "retrain (lower --lr) or use an earlier checkpoint"
+                )
+    return tensors
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights that do not match the model's parameter names and shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))[:3]
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
+        raise DiffauditError(
+            f"{source} does not fit the model in its config (missing {missing}, wrong shapes {wrong}); "
+            "the weights and model.json come from different runs"
+        )
+
+
+def run_relative(run: Path, path: Path) -> str:
+    """``path`` relative to the run directory when inside it (results.json then does not depend on the working
+    directory), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run).resolve()))
+    except ValueError:
+        return str(path)

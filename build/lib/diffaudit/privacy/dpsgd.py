@@ -1,0 +1,231 @@
+"""DP-SGD training of the score model through Opacus (Abadi et al. 2016; Dockhorn et al. 2023 for diffusion).
+
+* **Sampling.** Opacus' Poisson data loader: each step takes every training image independently with rate
+  q = batch_size / N_D, the sampling the accountants assume. ``BatchMemoryManager`` splits a logical batch into
+  physical ones of at most ``physical_batch_size`` images; only logical steps add noise and count as steps.
+* **Clipping and noise.** Opacus' per-example gradients are clipped to ``max_grad_norm`` and Gaussian noise of
+  std sigma * max_grad_norm is added to their sum, which is divided by the expected batch size.
+* **Noise multiplicity** (Dockhorn et al.'s K noise draws per image). Repeating an image K times in the batch would
+  make Opacus clip K "examples" that are one person, and the guarantee would no longer hold (Opacus issue #461).
+  Here the K rows of an image are drawn together, Opacus computes one gradient per row, and the K row gradients of
+  each image are averaged *before* clipping: the clipped per-example gradient is the gradient of that image's
+  loss averaged over its K draws, so each image still contributes one clipped gradient, and q, sigma and the
+  number of steps, hence epsilon, do not depend on K.
+* **Models.** Opacus needs per-example gradients, so the model must have no BatchNorm (the U-Net uses GroupNorm);
+  ``ModuleValidator`` checks it. ``finetune='attention'`` trains only the attention layers of a pretrained model.
+* **Accounting.** sigma is calibrated to the target (epsilon, delta) by the chosen accountant for the run's q and
+  step count; after training, epsilon at delta for the run actually performed (sigma, q, steps) is computed by the
+  PRV, RDP and GDP accountants and stored in model.json.
+
+A DP run is not resumable: the privacy engine's accountant and the noise generator's state are not checkpointed,
+so a killed run starts again. The noise comes from a seeded torch generator, so a run is reproducible; Opacus'
+``secure_mode`` (cryptographically secure noise, not reproducible) is not offered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..config import DPConfig, ModelConfig, TrainConfig, to_dict
+from ..device import resolve_device
+from ..diffusion.losses import dsm_loss
+from ..diffusion.rng import derive_seed
+from ..diffusion.score import ScoreModel, conditioned
+from ..diffusion.sde import SDE
+from ..diffusion.unet import build_unet
+from ..errors import DiffauditError
+from ..extras import require
+from ..images import to_model_space
+from ..io import read_json, save_tensors, write_json
+from ..parallel import launched_world
+from ..training.loop import check_labels, load_weights
+
+ACCOUNTANTS = ("prv", "rdp", "gdp")
+_INIT, _LOADER, _NOISE, _DRAWS = 31, 32, 33, 34  # purposes for derive_seed
+
+
+def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
+    """Validate ``dp`` for a training set of ``n_train`` images; returns the Poisson rate q."""
+    if (dp.epsilon is None) == (dp.noise_multiplier is None):
+        raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise multiplier "
+                             "(--dp-noise-multiplier)")
+    if dp.epsilon is not None and not dp.epsilon > 0:
+        raise DiffauditError(f"epsilon must be positive, got {dp.epsilon}")
+    if not 0 < dp.delta < 1:
+        raise DiffauditError(f"delta must be in (0, 1), got {dp.delta}")
+    if dp.noise_multiplier is not None and not dp.noise_multiplier > 0:
+        raise DiffauditError(f"the noise multiplier must be positive, got {dp.noise_multiplier}")
+    if not dp.max_grad_norm > 0:
+        raise DiffauditError(f"the clipping norm must be positive, got {dp.max_grad_norm}")
+    if dp.noise_multiplicity < 1 or dp.physical_batch_size < 1:
+        raise DiffauditError("noise multiplicity and physical batch size must be >= 1")
+    if dp.accountant not in ACCOUNTANTS:
+        raise DiffauditError(f"unknown accountant '{dp.accountant}'; choose one of {', '.join(ACCOUNTANTS)}")
+    if dp.finetune not in ("all", "attention"):
+        raise DiffauditError(f"--dp-finetune must be all or attention, got '{dp.finetune}'")
+    if not 1 <= batch_size <= n_train:
+        raise DiffauditError(f"the expected batch size {batch_size} must be between 1 and N_D = {n_train} (q = batch / N_D); "
+                             "lower --batch-size (audit: train.batch_size in --config) or raise --n-train")
+    return batch_size / n_train
+
+
+def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
+    """epsilon at delta of ``steps`` Poisson-subsampled Gaussian steps, by each of Opacus' accountants."""
+    require("opacus", "DP accounting")
+    from opacus.accountants import create_accountant
+
+    out = {}
+    for name in ACCOUNTANTS:
+        with warnings.catch_warnings():  # GDP's "experimental" notice: it is reported beside PRV and RDP, not alone
+            warnings.filterwarnings("ignore", message="GDP accounting is experimental")
+            acc = create_accountant(name)
+            acc.history = [(noise_multiplier, sample_rate, int(steps))]
+            out[name] = float(acc.get_epsilon(delta))
+    return out
+
+
+def average_draws(module: torch.nn.Module, b: int, k: int) -> None:
+    """Turn Opacus' per-row gradients of b images x k adjacent draws into per-image gradients of the loss
+    averaged over the image's draws (grad of the mean is the mean of the grads), before the optimizer clips them."""
+    for p in module.parameters():
+        if p.requires_grad and getattr(p, "grad_sample", None) is not None:
+            if p.grad_sample.shape[0] != b * k:
+                raise DiffauditError(f"expected {b * k} per-row gradients, got {p.grad_sample.shape[0]}")
+            p.grad_sample = p.grad_sample.reshape(b, k, *p.grad_sample.shape[1:]).mean(1)
+
+
+def _attention_only(net: torch.nn.Module) -> int:
+    """Freeze everything but the attention layers; returns the number of trainable parameters."""
+    trainable = 0
+    for name, p in net.named_parameters():
+        keep = ".attentions." in f".{name}" or "attn" in name
+        p.requires_grad_(keep)
+        trainable += p.numel() if keep else 0
+    if trainable == 0:
+        raise DiffauditError("--dp-finetune attention needs a model with attention layers (e.g. the paper preset)")
+    return trainable
+
+
+def _check_opacus_compatible(net: torch.nn.Module) -> None:
+    require("opacus", "DP-SGD training")
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(net, strict=False)
+    if errors:
+        raise DiffauditError(f"the model cannot be trained with DP-SGD: {errors[0]} (use GroupNorm, not BatchNorm)")
+
+
+def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfig, train_cfg: TrainConfig,
+             dp: DPConfig, sde: SDE, data_id: str = "", device: str | None = "auto", progress: bool = True,
+             labels: np.ndarray | None = None) -> Path:
+    """Train a score model with DP-SGD on uint8 ``images``; ``train_cfg.steps`` logical steps of expected batch
+    ``train_cfg.batch_size``. Writes the same files as :func:`diffaudit.training.loop.train` (model.json gains
+    a ``dp`` record) and returns the path of model.safetensors."""
+    require("opacus", "DP-SGD training")
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    train_dir = Path(train_dir)
+    if launched_world() > 1:
+        raise DiffauditError("DP-SGD training runs in one process: its Poisson sampling, noise and accountant are "
+                             "not split across data-parallel ranks; start it without accelerate launch/torchrun")
+    n, c, h, w = images.shape
+    q = check_dp_config(dp, n, train_cfg.batch_size)
+    y_all = check_labels(labels, n, model_cfg.num_classes)
+    record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
+                                    "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp)}))
+    final = train_dir / "model.safetensors"
+    if (train_dir / "model.json").exists():
+        previous = read_json(train_dir / "model.json")
+        if {k: previous.get(k) for k in record} == record:
+            return final
+        raise DiffauditError(f"{train_dir} holds a model of another config; use another --run-dir")
+    dev = resolve_device(device)
+    sigma = dp.noise_multiplier or get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=q,
+                                                        steps=train_cfg.steps, accountant=dp.accountant)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(train_cfg.seed, _INIT))
+        net = build_unet(model_cfg, channels=c, size=h)
+    if dp.pretrained:
+        load_weights(net, Path(dp.pretrained))
+    _check_opacus_compatible(net)
+    trainable = _attention_only(net) if dp.finetune == "attention" else sum(p.numel() for p in net.parameters())
+    net = net.to(dev)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=train_cfg.lr,
+                            weight_decay=train_cfg.weight_decay)
+    data = torch.from_numpy(to_model_space(images))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)), batch_size=train_cfg.batch_size,
+                                         generator=torch.Generator().manual_seed(derive_seed(train_cfg.seed, _LOADER)))
+    with warnings.catch_warnings():  # seeded noise on purpose (reproducible runs); the module docstring says so
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+    private, opt, loader = engine.make_private(
+        module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True, noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, _NOISE)))
+    model = ScoreModel(private, sde)
+    k = dp.noise_multiplicity
+    draws = torch.Generator().manual_seed(derive_seed(train_cfg.seed, _DRAWS))
+    train_dir.mkdir(parents=True, exist_ok=True)
+    write_json(train_dir / "config.json", record)
+    bar = tqdm(total=train_cfg.steps, disable=not progress, desc=f"DP-SGD (sigma {sigma:.3g}, q {q:.3g})", unit="step",
+               dynamic_ncols=True)
+    step, t0, losses = 0, time.perf_counter(), []
+    private.train()
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches, \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus' hook on the input layer
+        while step < train_cfg.steps:
+            for (idx,) in batches:
+                lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                b = len(idx)
+                if b:
+                    x0 = data[idx].repeat_interleave(k, 0).to(dev)  # the K rows of an image are adjacent
+                    t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(b * k, generator=draws)
+                    z = torch.randn(x0.shape, generator=draws)
+                    y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
+                    loss = dsm_loss(conditioned(model, y), sde, x0, t.to(dev), z.to(dev)).mean()
+                    loss.backward()
+                    average_draws(private, b, k)
+                    losses.append(loss.item())
+                else:  # an empty Poisson batch still takes a noisy step
+                    for p in private.parameters():
+                        if p.requires_grad:
+                            p.grad_sample = torch.zeros(0, *p.shape, device=dev)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if not opt._is_last_step_skipped:  # a logical step was taken: noise added, accountant stepped
+                    ema.update_parameters(net)
+                    step += 1
+                    bar.update(1)
+                    if losses:
+                        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                    if step >= train_cfg.steps:
+                        break
+    bar.close()
+    performed = sum(h[2] for h in engine.accountant.history)  # noisy steps the engine's accountant counted
+    eps = epsilons(sigma, q, step, dp.delta)
+    dp_record = {"noise_multiplier": sigma, "sample_rate": q, "steps": step, "delta": dp.delta, "epsilon": eps,
+                 "epsilon_engine": float(engine.get_epsilon(dp.delta)), "accountant": dp.accountant,
+                 "accountant_steps": performed, "max_grad_norm": dp.max_grad_norm, "noise_multiplicity": k,
+                 "physical_batch_size": dp.physical_batch_size, "finetune": dp.finetune, "trainable_params": trainable,
+                 "pretrained": dp.pretrained, "seconds": round(time.perf_counter() - t0, 2),
+                 "mean_loss_last_20": float(np.mean(losses[-20:])) if losses else None}
+    save_tensors(final, ema.module.state_dict(), metadata={"step": str(step)})
+    write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": sum(p.numel() for p in net.parameters()),
+                                          "dp": dp_record})
+    if not math.isfinite(eps[dp.accountant]):
+        raise DiffauditError(f"epsilon is not finite ({eps}); raise the noise multiplier")
+    return final

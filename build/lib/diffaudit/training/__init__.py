@@ -1,0 +1,1 @@
+"""Training the score model: the loop with EMA, checkpoints and exact resume."""

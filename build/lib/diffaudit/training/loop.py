@@ -1,0 +1,280 @@
+"""The ``train`` stage: denoising score matching of a diffusers U-Net on D_p.
+
+Reproducibility: the batch order (a fresh permutation of D_p every epoch) and the noise of step k (times t and
+Gaussian z) are drawn from generators seeded by (seed, epoch) and (seed, k), on the CPU, so they do not depend
+on the device or on where a run was interrupted. A run resumed from a checkpoint therefore ends with the same
+weights as an uninterrupted one. The learning rate warms up linearly and then stays constant, so extending a
+finished run (``--resume`` with more ``steps``) continues exactly as a longer run would have.
+
+Layout of ``<run>/train/``: ``config.json``, ``loss.csv``, ``checkpoints/step_*/``, and when done
+``model.safetensors`` (EMA weights, used for sampling) with ``model.json`` (everything needed to rebuild it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict
+from ..device import resolve_device
+from ..diffusion.losses import dsm_loss
+from ..diffusion.rng import derive_seed
+from ..diffusion.score import ScoreModel, conditioned
+from ..diffusion.sde import SDE, sde_from_dict
+from ..diffusion.unet import build_unet
+from ..errors import DiffauditError
+from ..extras import require
+from ..images import to_model_space
+from ..io import atomic_path, check_state_dict, load_tensors, read_json, save_tensors, write_json
+from ..parallel import processes
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+_NOISE, _ORDER, _INIT = 1, 2, 3  # purposes for derive_seed
+LOG_FIELDS = ("step", "loss", "grad_norm", "lr", "seconds")
+
+
+class EpochOrder:
+    """Batch indices: a new seeded permutation of range(n) every epoch, consumed in order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _ORDER))
+            self._cache[epoch] = torch.randperm(self.n, generator=g)
+        return self._cache[epoch]
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        out, pos, end = [], step * batch_size, (step + 1) * batch_size
+        while pos < end:
+            epoch, offset = divmod(pos, self.n)
+            take = min(end - pos, self.n - offset)
+            out.append(self._perm(epoch)[offset:offset + take])
+            pos += take
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _train_record(model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, image_shape: tuple[int, ...],
+                  data_id: str) -> dict:
+    record = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
+              "image_shape": list(image_shape), "data": data_id}
+    return json.loads(json.dumps(record))  # tuples -> lists, as read back from config.json
+
+
+def _same_except_steps(a: dict, b: dict) -> bool:
+    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k != "steps"}}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def train(
+    train_dir: str | Path,
+    images: np.ndarray,
+    *,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    sde: SDE,
+    data_id: str = "",
+    resume: bool = False,
+    device: str | None = "auto",
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    labels: np.ndarray | None = None,
+    init_from: str | Path | None = None,
+) -> Path:
+    """Train a score model on uint8 ``images`` [N, C, H, W]; returns the path of ``model.safetensors``.
+
+    ``data_id`` names the training set (the manifest's hash) so a run cannot silently continue on other data.
+    An existing finished run with the same config is returned as is; a different config is refused; an
+    unfinished run is continued only with ``resume``. ``callback(step, loss)`` runs after every step. A
+    class-conditional model (``model_cfg.num_classes`` > 0) needs the images' ``labels`` (int [N]). ``init_from``
+    (a train/ folder) starts from that model's weights, e.g. one pretrained on public data."""
+    train_dir = Path(train_dir)
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
+        raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W], got {images.dtype} {images.shape}")
+    if train_cfg.steps < 1 or train_cfg.batch_size < 1:
+        raise DiffauditError(f"need steps >= 1 and batch size >= 1, got {train_cfg.steps}, {train_cfg.batch_size}")
+    if not train_cfg.lr > 0:
+        raise DiffauditError(f"the learning rate must be positive, got {train_cfg.lr}")
+    n, c, h, w = images.shape
+    y_all = check_labels(labels, n, model_cfg.num_classes)
+    record = _train_record(model_cfg, train_cfg, sde, (c, h, w), data_id)
+    if init_from is not None:
+        record["init_from"] = str(init_from)
+    ckpt_dir = train_dir / "checkpoints"
+    final = train_dir / "model.safetensors"
+
+    if (train_dir / "config.json").exists():
+        previous = read_json(train_dir / "config.json")
+        if previous == record and (train_dir / "model.json").exists():
+            return final
+        if not _same_except_steps(previous, record):
+            raise DiffauditError(
+                f"{train_dir} holds a run with a different config; use another --run-dir, or repeat that run's options"
+            )
+        if not resume:
+            raise DiffauditError(
+                f"{train_dir} holds an {'earlier' if final.exists() else 'unfinished'} run of this config; "
+                "pass --resume to continue it"
+            )
+    checkpoints = list_checkpoints(ckpt_dir)
+    procs = processes(device)
+    dev = procs.device
+    if train_cfg.batch_size % procs.world:
+        raise DiffauditError(f"the batch size {train_cfg.batch_size} must be a multiple of the {procs.world} processes")
+
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
+        torch.manual_seed(derive_seed(train_cfg.seed, 0, _INIT))
+        net = build_unet(model_cfg, channels=c, size=h)
+    if init_from is not None:
+        load_weights(net, Path(init_from))
+    net = net.to(dev)
+    model = ScoreModel(net, sde)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
+    opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    start = 0
+    if checkpoints and resume:
+        state = load_checkpoint(checkpoints[-1], model=net, ema=ema, opt=opt)
+        start = state["step"]
+        if start > train_cfg.steps:
+            raise DiffauditError(f"the last checkpoint is at step {start}, beyond --steps {train_cfg.steps}")
+    elif checkpoints:
+        raise DiffauditError(f"{ckpt_dir} already has checkpoints; pass --resume to continue, or use another --run-dir")
+    procs.barrier()  # every process has read the old state before the main one changes it
+    if procs.main:
+        write_json(train_dir / "config.json", record)
+        (train_dir / "model.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
+        _truncate_log(train_dir / "loss.csv", start)
+    accelerator = None
+    if procs.world > 1:  # DistributedDataParallel through accelerate; each process takes a slice of the batch
+        require("accelerate", "data-parallel training")
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=dev.type == "cpu")
+        model = ScoreModel(accelerator.prepare(net), sde)
+    local = slice(procs.rank * train_cfg.batch_size // procs.world, (procs.rank + 1) * train_cfg.batch_size // procs.world)
+
+    data = torch.from_numpy(to_model_space(images)).to(dev)
+    order = EpochOrder(n, train_cfg.seed)
+    bs = train_cfg.batch_size
+    n_params = sum(p.numel() for p in net.parameters())
+    bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress or not procs.main,
+               desc=f"train ({n_params / 1e6:.2f}M params)",
+               unit="step", dynamic_ncols=True)
+    log_rows: list[dict] = []
+    t_wall = time.perf_counter()
+    net.train()
+    for step in range(start, train_cfg.steps):
+        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, _NOISE))
+        t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(bs, generator=g, dtype=torch.float64)
+        z = torch.randn((bs, c, h, w), generator=g)
+        rows = order.batch(step, bs)[local]
+        x0 = data[rows.to(dev)]
+        score_fn = conditioned(model, None if y_all is None else y_all[rows].to(dev))
+        loss = dsm_loss(score_fn, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
+        if not torch.isfinite(loss):
+            last = checkpoints[-1].name if (checkpoints := list_checkpoints(ckpt_dir)) else "none"
+            raise DiffauditError(f"the loss became {loss.item()} at step {step}; lower --lr (last good checkpoint: {last})")
+        lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        if accelerator is not None:
+            accelerator.backward(loss)  # gradients averaged over the processes: those of the global batch
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
+        opt.step()
+        ema.update_parameters(net)
+
+        done = step + 1
+        value = (accelerator.reduce(loss.detach(), "mean") if accelerator is not None else loss).item()
+        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+            log_rows.append({"step": done, "loss": f"{value:.6f}", "grad_norm": f"{float(grad_norm):.4f}",
+                             "lr": f"{lr:.3g}", "seconds": f"{time.perf_counter() - t_wall:.2f}"})
+            bar.set_postfix(loss=f"{value:.4f}")
+        if procs.main and (done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps):
+            _append_log(train_dir / "loss.csv", log_rows)
+            log_rows = []
+            save_checkpoint(ckpt_dir, step=done, model=net, ema=ema, opt=opt, keep=train_cfg.keep_checkpoints,
+                            state={"loss": value})
+        bar.update(1)
+        if callback is not None:
+            callback(done, value)
+    bar.close()
+
+    if procs.main:
+        save_tensors(final, ema.module.state_dict(), metadata={"step": str(train_cfg.steps)})
+        write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params})
+    procs.barrier()
+    return final
+
+
+def check_labels(labels: np.ndarray | None, n: int, num_classes: int) -> torch.Tensor | None:
+    """The class labels of a conditional model's training images as int64 [n]; None for an unconditional one."""
+    if num_classes == 0:
+        return None
+    if labels is None:
+        raise DiffauditError("a class-conditional model needs the training images' labels")
+    y = np.asarray(labels).reshape(-1)
+    if len(y) != n or y.min() < 0 or y.max() >= num_classes:
+        raise DiffauditError(f"need {n} class labels in [0, {num_classes}), got {len(y)} in [{y.min()}, {y.max()}]")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (those of the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_log(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_weights(net: torch.nn.Module, train_dir: Path) -> None:
+    """Load the finished model of ``train_dir`` (EMA weights) into ``net``, checking names and shapes."""
+    path = Path(train_dir) / "model.safetensors"
+    if not path.is_file():
+        raise DiffauditError(f"{train_dir} holds no finished model to start from; train it first")
+    weights = load_tensors(path)
+    check_state_dict(net, weights, path)
+    net.load_state_dict(weights)
+
+
+def load_score_model(train_dir: str | Path, *, device: str | None = "auto") -> tuple[ScoreModel, dict]:
+    """The trained score model s_theta (EMA weights) of ``train_dir`` in eval mode, with its ``model.json``."""
+    train_dir = Path(train_dir)
+    meta = read_json(train_dir / "model.json")
+    if "model" not in meta:
+        raise DiffauditError(f"{train_dir / 'model.json'} is incomplete; the training run did not finish, resume it")
+    c, h, _ = meta["image_shape"]
+    net = build_unet(from_dict(ModelConfig, meta["model"]), channels=c, size=h)
+    weights = load_tensors(train_dir / "model.safetensors")
+    check_state_dict(net, weights, train_dir / "model.safetensors")
+    net.load_state_dict(weights)
+    model = ScoreModel(net, sde_from_dict(meta["sde"])).to(resolve_device(device)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, meta

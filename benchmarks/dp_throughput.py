@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffaudit.config import DPConfig, PrepareConfig, get_preset, replace
+from diffaudit.config import DPConfig, PrepareConfig, get_preset, override
 from diffaudit.data.medmnist import open_dataset
 from diffaudit.data.prepare import build_training_set, make_manifest
 from diffaudit.diffusion.sde import SubVPSDE
@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     preset = get_preset("cpu")
     images = build_training_set(make_manifest(PrepareConfig(n_train=args.n_train), open_dataset("breastmnist")))
-    cfg = replace(preset.train, steps=args.steps, batch_size=args.batch_size, checkpoint_every=10**9)
+    cfg = override(preset.train, steps=args.steps, batch_size=args.batch_size, checkpoint_every=10**9)
     work = Path(tempfile.mkdtemp(prefix="dp-throughput-"))
     print(f"torch threads {torch.get_num_threads()}, device {args.device}, N_D {args.n_train}, batch {args.batch_size}, "
           f"{args.steps} steps")

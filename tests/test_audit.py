@@ -15,18 +15,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 
 from diffaudit.audit.pipeline import run_audit
 from diffaudit.audit.plan import format_plan, plan
 from diffaudit.audit.stages import Context
 from diffaudit.audit.sweep import run_sweep
 from diffaudit.cli import main
-from diffaudit.config import (CLASSIFIER_PRESETS, STAGES, AuditConfig, ExtractorConfig, FIDConfig, NLLConfig, PrepareConfig,
-                              SampleConfig, TPrimeConfig, TrainConfig, audit_from_dict, to_dict)
+from diffaudit.config import (
+    CLASSIFIER_PRESETS,
+    STAGES,
+    AuditConfig,
+    ExtractorConfig,
+    FIDConfig,
+    NLLConfig,
+    PrepareConfig,
+    SampleConfig,
+    TPrimeConfig,
+    TrainConfig,
+    audit_from_dict,
+    to_dict,
+)
 from diffaudit.errors import DiffauditError
 from diffaudit.io import read_json
-
-from conftest import TINY_MODEL
 
 _tiny_clf = dict(arch="resnet10", max_epochs=1, patience=1, epoch_size=64, val_size=64, batch_size=32)
 TINY = AuditConfig(

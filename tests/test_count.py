@@ -6,20 +6,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_adversary import smooth_images
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
 from diffaudit.audit.reproduction import count_reproductions
 from diffaudit.audit.stats import reproduction_test
 from diffaudit.cli import main
 from diffaudit.config import SampleConfig
-from diffaudit.images import to_model_space
 from diffaudit.data.prepare import build_training_set
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
 from diffaudit.errors import DiffauditError
 from diffaudit.generate import generate_shards, iter_shards
+from diffaudit.images import to_model_space
 from diffaudit.io import read_json
-
-from test_adversary import smooth_images
 
 SAMPLING = SampleConfig(n=400, steps=100, batch_size=200, shard_size=150)
 

@@ -9,9 +9,9 @@ import pytest
 from diffaudit.config import PrepareConfig
 from diffaudit.data.fingerprint import Fingerprint
 from diffaudit.data.medmnist import MedMNISTFile, open_dataset, resolve_root
-from diffaudit.images import to_model_space
 from diffaudit.data.prepare import build_training_set, clean_original, make_manifest
 from diffaudit.errors import DiffauditError
+from diffaudit.images import to_model_space
 
 
 def test_official_file_loads(real_data_root):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC, TINY_MODEL, write_synthetic_medmnist
 
 from diffaudit.audit.sweep import sweep_cells
 from diffaudit.audit.tprime import Evaluation, search
@@ -24,8 +25,6 @@ from diffaudit.config import AuditConfig, TrainConfig, audit_from_dict, to_dict
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.errors import DiffauditError
 from diffaudit.runlock import run_lock
-
-from conftest import SYNTHETIC, TINY_MODEL, write_synthetic_medmnist
 
 
 def run(capsys, *argv):

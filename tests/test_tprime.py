@@ -5,16 +5,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_adversary import smooth_images
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
 from diffaudit.audit.tprime import QM, Evaluation, darboux_bound, make_grid, sde_sigma, search
 from diffaudit.cli import main
-from diffaudit.images import to_model_space
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
 from diffaudit.errors import DiffauditError
+from diffaudit.images import to_model_space
 from diffaudit.io import read_json
-
-from test_adversary import smooth_images
 
 M = 16
 

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from diffaudit.config import TrainConfig
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.errors import DiffauditError
 from diffaudit.io import load_tensors, save_tensors
 from diffaudit.training.loop import EpochOrder, load_score_model, train
-
-from conftest import TINY_MODEL
 
 
 def _images(n=8, seed=0):

@@ -12,20 +12,29 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
+from .adversary.classifiers import ARCHS
 from .config import (
+    ACCOUNTANTS,
     AUDIT_PRESETS,
     CLASSIFIER_PRESETS,
+    DETECTORS,
+    DP_FINETUNE,
+    FID_EXTRACTORS,
     INCEPTION_FILE,
     PRESETS,
     STAGES,
+    T_SEARCHES,
     PrepareConfig,
     SampleConfig,
     apply_overrides,
     get_audit_preset,
     get_preset,
-    replace,
+    override,
 )
-from .data.medmnist import open_dataset
+from .data.fingerprint import SHAPES
+from .data.medmnist import SPLITS, open_dataset
+from .diffusion.samplers import SAMPLERS
+from .diffusion.sde import SDES
 from .errors import DiffauditError
 from .io import config_hash, read_json
 from .parallel import shutdown_processes
@@ -65,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     run = Path(args.run_dir)
     preset = get_preset(args.preset)
-    train_cfg = replace(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    train_cfg = override(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
     sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
     sde = make_sde(args.sde, **sde_params)
@@ -76,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.class_conditional:
         from .data.prepare import number_of_classes, training_labels
 
-        model_cfg = replace(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
+        model_cfg = override(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
         labels = training_labels(manifest, data_root=args.data_root)
     if dp is not None:
         from .privacy.dpsgd import train_dp
@@ -100,7 +109,7 @@ def _dp_config(args: argparse.Namespace):
         if args.dp_pretrained or args.dp_noise_multiplicity != 1 or args.dp_finetune != "all":
             raise DiffauditError("DP options need --dp-epsilon or --dp-noise-multiplier")
         return None
-    return replace(DPConfig(), epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise_multiplier, delta=args.dp_delta,
+    return override(DPConfig(), epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise_multiplier, delta=args.dp_delta,
                    max_grad_norm=args.dp_max_grad_norm, noise_multiplicity=args.dp_noise_multiplicity,
                    physical_batch_size=args.dp_physical_batch_size, accountant=args.dp_accountant,
                    finetune=args.dp_finetune, pretrained=args.dp_pretrained)
@@ -112,7 +121,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     run = Path(args.run_dir)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
-    cfg = replace(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+    cfg = override(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                   shard_size=args.shard_size)
     name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
     out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet)
@@ -127,7 +136,7 @@ def cmd_train_classifiers(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     _load_manifest(run)
     preset = get_classifier_preset(args.preset)
-    configs = {name: replace(cfg, arch=args.arch, max_epochs=args.max_epochs, patience=args.patience,
+    configs = {name: override(cfg, arch=args.arch, max_epochs=args.max_epochs, patience=args.patience,
                              epoch_size=args.epoch_size, batch_size=args.batch_size, seed=args.seed)
                for name, cfg in preset.items()}
     m = train_classifiers(run, configs, data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
@@ -211,7 +220,7 @@ def _class_conditional(cfg, dataset: str, data_root: str | None):
     """``cfg`` with its model conditioned on ``dataset``'s classes."""
     from .data.prepare import number_of_classes
 
-    return replace(cfg, model=replace(cfg.model, num_classes=number_of_classes(dataset, data_root=data_root)))
+    return override(cfg, model=override(cfg.model, num_classes=number_of_classes(dataset, data_root=data_root)))
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -222,10 +231,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
     cfg = _audit_config(args)
     if args.detector:
-        cfg = replace(cfg, detector=args.detector)
+        cfg = override(cfg, detector=args.detector)
     dp = _dp_config(args)
     if dp is not None:
-        cfg = replace(cfg, dp=dp)
+        cfg = override(cfg, dp=dp)
     if args.download and not args.dry_run:
         open_dataset(cfg.prepare.dataset, data_root=args.data_root, download_missing=True, log=_say)
     if args.class_conditional:
@@ -284,7 +293,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         open_dataset(datasets[0], data_root=args.data_root, download_missing=args.download, log=_say)
         if args.class_conditional:
             cfg = _class_conditional(cfg, datasets[0], args.data_root)
-        cfg = replace(cfg, prepare=replace(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
+        cfg = override(cfg, prepare=override(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
         pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
         summary = run_privacy_sweep(Path(args.out), cfg, epsilons=_epsilons(args.dp_epsilons), pretrain=pretrain,
                                     public_dataset=args.public_dataset or datasets[0], public_split=args.public_split,
@@ -334,12 +343,25 @@ def cmd_bound(args: argparse.Namespace) -> None:
 
 
 # ---- parser --------------------------------------------------------------------------------------------
+class _UsageError(Exception):
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one ``error:`` line (and exit code 2) for a bad option, as for every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self.prog, f"{message} (see '{self.prog} --help')")
+
+
 def _example(text: str) -> str:
     return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffaudit",
         description="Audit a score-based diffusion model for reproduction of an identifiable training image.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -351,8 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """Shows an option's default only where it has one (not "(default: None)" on required or optional ones)."""
+
+        def _get_help_string(self, action: argparse.Action) -> str:
+            text = action.help or ""
+            if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
+                    and action.option_strings:
+                text += " (default: %(default)s)"
+            return text
 
     def device_and_data(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -367,9 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--dp-noise-multiplicity", type=int, default=1,
                        help="K noise draws averaged inside each example's loss before clipping")
         g.add_argument("--dp-physical-batch-size", type=int, default=64, help="largest forward pass")
-        g.add_argument("--dp-accountant", default="prv", choices=["prv", "rdp", "gdp"],
+        g.add_argument("--dp-accountant", default="prv", choices=ACCOUNTANTS,
                        help="the accountant that calibrates sigma (all three are reported)")
-        g.add_argument("--dp-finetune", default="all", choices=["all", "attention"],
+        g.add_argument("--dp-finetune", default="all", choices=DP_FINETUNE,
                        help="train all layers, or the attention layers only (with --dp-pretrained)")
         g.add_argument("--dp-pretrained", default=None, help="the train/ folder of a model to start from (public pretraining)")
 
@@ -385,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--dataset", default="breastmnist", help="MedMNIST flag (file <flag>.npz in the data root)")
     p.add_argument("--n-train", type=int, default=None, help="N_D, the training-set size (default: the whole split)")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="3 repeats grey images to RGB (as the paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of images, of x_i and of the SAF location")
     p.add_argument("--no-fingerprint", action="store_true", help="the control set for false-positive rates: the same draw (same --seed and --n-train) with x_i replaced by another image and no SAF")
-    p.add_argument("--saf-shape", default="disc", choices=["disc", "ring"])
+    p.add_argument("--saf-shape", default="disc", choices=list(SHAPES))
     p.add_argument("--saf-radius", type=float, default=3.0, help="pixels")
     p.add_argument("--saf-intensity", type=float, default=0.5, help="grey level in [0, 1]")
     p.add_argument("--saf-width", type=float, default=1.5, help="ring thickness in pixels (ring only)")
@@ -413,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--sde", default="subvp", help="subvp (paper), vp or ve")
+    p.add_argument("--sde", default="subvp", choices=list(SDES), help="subvp (the paper's), vp or ve")
     p.add_argument("--beta-min", type=float, default=None, help="VP/sub-VP beta_min (default 0.1)")
     p.add_argument("--beta-max", type=float, default=None, help="VP/sub-VP beta_max (default 20)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or shorter run from its last checkpoint")
@@ -430,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
                    help="number of images (default 64); spell it --n-samples after torchrun, which takes --n as its own")
-    p.add_argument("--sampler", default=None, help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                   help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
                                                    "ode (probability flow, Heun)")
     p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=None)
@@ -450,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--preset", default="cpu", choices=sorted(CLASSIFIER_PRESETS),
                    help="cpu: ResNet10, a few minutes on 2 cores; paper: ResNet50, patience 20")
-    p.add_argument("--arch", default=None, choices=["resnet10", "resnet18", "resnet34", "resnet50"])
+    p.add_argument("--arch", default=None, choices=list(ARCHS), help="(default: the preset's)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--patience", type=int, default=None, help="epochs without a better validation loss before stopping")
     p.add_argument("--epoch-size", type=int, default=None, help="training draws per epoch")
@@ -469,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                             diffaudit count --run-dir runs/b32 --control-samples runs/b32-control/samples/em500-seed0"""))
     common(p)
     p.add_argument("--samples", default=None, help="folder under <run>/samples/ or a path (default: the only one)")
-    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"],
+    p.add_argument("--detector", default="classifiers", choices=DETECTORS,
                    help="classifiers: q = c_p+ and c_id+; nn: the reference nearest-neighbour detector alone")
     p.add_argument("--control-samples", default=None,
                    help="samples of a control model (prepare --no-fingerprint): false-positive rates on generated images")
@@ -490,13 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", type=int, default=16, help="reverse runs per time t")
     p.add_argument("--resolution", type=float, default=0.01, help="grid step in t (the paper: 0.01)")
     p.add_argument("--t-max", type=float, default=1.0, help="largest t on the grid")
-    p.add_argument("--search", default="fast", choices=["fast", "exhaustive", "both"])
-    p.add_argument("--detector", default="classifiers", choices=["classifiers", "nn"])
+    p.add_argument("--search", default="fast", choices=T_SEARCHES)
+    p.add_argument("--detector", default="classifiers", choices=DETECTORS)
     p.add_argument("--alpha", type=float, default=0.05, help="level of t'_alpha (Bonferroni over the grid)")
     p.add_argument("--chance", default="full", help="chance level p_0 for t'_alpha: full (1/N_D), measured (the "
                                                     "count's 95%% upper bound) or a number")
     p.add_argument("--steps", type=int, default=500, help="sampler steps over the whole [eps, T]; a run from t uses t/T of them")
-    p.add_argument("--sampler", default="em", choices=["em", "pc", "ode"])
+    p.add_argument("--sampler", default="em", choices=list(SAMPLERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
     device_and_data(p)
@@ -512,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the preset's)")
         p.add_argument("--n-samples", type=int, default=None, help="N, generated images to count (default: the preset's)")
         p.add_argument("--M", type=int, default=None, help="reverse runs per t in the t' search (default: the preset's)")
-        p.add_argument("--fid-extractor", default=None, choices=["auto", "inception", "domain"],
+        p.add_argument("--fid-extractor", default=None, choices=FID_EXTRACTORS,
                        help="auto: Inception when its weights are found, else the domain extractor")
         p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
         device_and_data(p)
@@ -532,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_options(p)
     p.add_argument("--dataset", default=None, help="MedMNIST flag (default: the preset's, breastmnist)")
     p.add_argument("--n-train", type=int, default=None, help="N_D (default: the preset's)")
-    p.add_argument("--detector", default=None, choices=["classifiers", "nn"])
+    p.add_argument("--detector", default=None, choices=DETECTORS, help="(default: the preset's, classifiers)")
     p.add_argument("--dry-run", action="store_true", help="print the stages, their state, time and disk estimates; run nothing")
     p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
     p.add_argument("--class-conditional", action="store_true",
@@ -612,7 +642,11 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return 2
     try:
         _run(args)
     except DiffauditError as err:

@@ -177,6 +177,10 @@ class TrainConfig(Checked):
         self._require("eps", 0 < self.eps < 1, "in (0, 1)")
 
 
+ACCOUNTANTS = ("prv", "rdp", "gdp")  # Opacus' accountants by name
+DP_FINETUNE = ("all", "attention")  # which layers DP-SGD trains
+
+
 @dataclass(frozen=True)
 class DPConfig(Checked):
     """DP-SGD training of the score model (Opacus): a target (epsilon, delta), or a noise multiplier.
@@ -200,8 +204,8 @@ class DPConfig(Checked):
         self._positive("epsilon", "noise_multiplier", "max_grad_norm")
         self._require("delta", 0 < self.delta < 1, "in (0, 1)")
         self._at_least(1, "noise_multiplicity", "physical_batch_size")
-        self._one_of("accountant", ("prv", "rdp", "gdp"))
-        self._one_of("finetune", ("all", "attention"))
+        self._one_of("accountant", ACCOUNTANTS)
+        self._one_of("finetune", DP_FINETUNE)
 
 
 @dataclass(frozen=True)
@@ -393,9 +397,10 @@ def from_dict(cls: type[C], d: dict[str, Any], *, where: str = "") -> C:
     return cls(**kwargs)
 
 
-def replace(cfg: C, **changes: Any) -> C:
-    """``dataclasses.replace`` that ignores None values (unset command-line options)."""
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+def override(cfg: C, **options: Any) -> C:
+    """``cfg`` with the options that were given: like ``dataclasses.replace``, except that a None value means "not
+    given" (an unset command-line flag) and keeps the config's own value."""
+    return dataclasses.replace(cfg, **{k: v for k, v in options.items() if v is not None})  # type: ignore[type-var]
 
 
 # ---- the audit's own stages ------------------------------------------------------------------------------

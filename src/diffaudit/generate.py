@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig, to_dict
-from .diffusion.samplers import NFE_PER_STEP, get_sampler, sample
-from .diffusion.score import conditioned
+from .diffusion.samplers import get_sampler, nfe_per_step, sample
+from .diffusion.score import with_labels
 from .diffusion.sde import SDE
 from .errors import DiffauditError
 from .images import save_grid, to_uint8
@@ -85,7 +85,7 @@ def generate_shards(
                 if np.array_equal(f["indices"], expected):
                     continue
         todo.append((k, expected))
-    nfe = NFE_PER_STEP[cfg.sampler] * cfg.steps
+    nfe = nfe_per_step(cfg.sampler, corrector_steps=cfg.corrector_steps) * cfg.steps
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
     for k, expected in todo:
@@ -93,7 +93,7 @@ def generate_shards(
         for lo in range(0, len(expected), cfg.batch_size):
             idx = expected[lo:lo + cfg.batch_size].tolist()
             y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
-            x = sample(conditioned(score_fn, y), sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
+            x = sample(with_labels(score_fn, y), sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
                        steps=cfg.steps, eps=cfg.eps, device=device, **options)
             chunks.append(to_uint8(x))
             bar.update(len(idx))

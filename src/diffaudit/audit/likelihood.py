@@ -43,7 +43,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import conditioned
+from ..diffusion.score import with_labels
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 
@@ -167,7 +167,7 @@ def bits_per_dim(
         idx = indices[lo:lo + batch_size]
         z = dequantise(images[lo:lo + batch_size], idx, seed).to(device)
         probe = None if exact_divergence else rademacher(images.shape[1:], idx, seed).to(device)
-        fn = score_fn if labels is None else conditioned(score_fn, torch.as_tensor(
+        fn = score_fn if labels is None else with_labels(score_fn, torch.as_tensor(
             np.asarray(labels[lo:lo + batch_size], dtype=np.int64), device=z.device))
         logp, n = log_likelihood(fn, sde, z, probe=probe, **solver)
         out.append(-logp / (d * math.log(2)) + DEQUANTISATION_BITS)

@@ -14,6 +14,7 @@ import torch
 from ..adversary.classifiers import build_classifier
 from ..config import STAGES, AuditConfig
 from ..device import resolve_device
+from ..diffusion.samplers import nfe_per_step
 from ..diffusion.unet import build_unet
 from .pipeline import check_audit_config, check_run_dir, stage_done, stage_keys_of
 from .stages import Context
@@ -57,7 +58,7 @@ def plan(ctx: Context) -> list[dict]:
     n_train = cfg.prepare.n_train or 1000
     pixels = channels * 28 * 28
     params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=28).parameters())
-    nfe_step = {"em": 1, "ode": 2, "pc": 1 + cfg.sample.corrector_steps}.get(cfg.sample.sampler, 1)
+    nfe_step = nfe_per_step(cfg.sample.sampler, corrector_steps=cfg.sample.corrector_steps)
     grid = int(round(cfg.tprime.t_max / cfg.tprime.resolution))
     evaluations = grid if cfg.tprime.search == "exhaustive" else min(grid, 2 * math.ceil(math.log2(grid + 1)) + 2)
     est = {

@@ -73,7 +73,7 @@ def excess_warning(results: dict) -> str | None:
             "rate is not controlled; measure it on a control model's samples (count --control-samples).")
 
 
-def _rate(d: dict | None) -> str:
+def _rate_text(d: dict | None) -> str:
     return "–" if not d else f"{d['positives']}/{d['n']} ({fmt(d['rate'])})"
 
 
@@ -155,15 +155,15 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     if metrics:
         out.append(("h", 2, "Detector error rates"))
         fpr = metrics.get("false_positive_rate", {})
-        rows = [["false positives, held-out real test images", _rate(fpr.get("heldout_real", {}).get("c_p")),
-                 _rate(fpr.get("heldout_real", {}).get("c_id")), _rate(fpr.get("heldout_real", {}).get("both"))]]
+        rows = [["false positives, held-out real test images", _rate_text(fpr.get("heldout_real", {}).get("c_p")),
+                 _rate_text(fpr.get("heldout_real", {}).get("c_id")), _rate_text(fpr.get("heldout_real", {}).get("both"))]]
         control = (rep or {}).get("false_positive_rate", {}).get("control_samples")
         if control:
-            rows.append(["false positives, samples of the control model", _rate(control.get("c_p")),
-                         _rate(control.get("c_id")), _rate(control.get("both"))])
+            rows.append(["false positives, samples of the control model", _rate_text(control.get("c_p")),
+                         _rate_text(control.get("c_id")), _rate_text(control.get("both"))])
         for noise, d in metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).items():
-            rows.append([f"detected copies of x_p (±1 px, noise std {noise})", _rate(d.get("c_p")), _rate(d.get("c_id")),
-                         _rate(d.get("both"))])
+            rows.append([f"detected copies of x_p (±1 px, noise std {noise})", _rate_text(d.get("c_p")), _rate_text(d.get("c_id")),
+                         _rate_text(d.get("both"))])
         out.append(("table", ["", "c_p", "c_id", "both (q)"], rows))
 
     if tp and tp.get("figure"):

@@ -36,7 +36,7 @@ from scipy.stats import binom
 
 from ..adversary.detectors import Detector, call_detector
 from ..diffusion.rng import derive_seed
-from ..diffusion.samplers import NFE_PER_STEP, get_sampler, sample
+from ..diffusion.samplers import get_sampler, nfe_per_step, sample
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..images import to_model_space, to_uint8
@@ -125,7 +125,7 @@ class QM:
             images = to_uint8(x)
             flags = np.logical_and.reduce([call_detector(d, images, name) for name, d in self.detectors.items()])
             positives += int(flags.sum())
-        ev = Evaluation(t, positives, self.m, self.m * self.steps_at(t) * NFE_PER_STEP[self.sampler])
+        ev = Evaluation(t, positives, self.m, self.m * self.steps_at(t) * nfe_per_step(self.sampler))
         self.cache[t] = ev
         return ev
 

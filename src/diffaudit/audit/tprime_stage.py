@@ -15,7 +15,7 @@ from ..adversary.detectors import NearestNeighbourDetector
 from ..adversary.stage import AuditData, make_detectors
 from ..data.prepare import build_training_set, load_manifest, training_labels
 from ..device import resolve_device
-from ..diffusion.score import of_class
+from ..diffusion.score import with_labels
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..io import read_json, write_json
@@ -88,7 +88,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     detectors = make_detectors(run, audit, detector, device=device)
     p0 = chance_level(run, manifest, chance)
     label = x_p_label(manifest, meta, data_root)  # a class-conditional model runs back as x_p's class
-    q_m = QM(of_class(model, label), model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler,
+    q_m = QM(with_labels(model, label), model.sde, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler,
              device=dev)
     methods = ["exhaustive", "fast"] if method == "both" else [method]
     results = {}

@@ -118,8 +118,14 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ode": probability_flow,
 }
 
-#: Score evaluations per step of each sampler (with its default options).
-NFE_PER_STEP = {"em": 1, "pc": 2, "ode": 2}
+def nfe_per_step(sampler: str, *, corrector_steps: int = 1) -> int:
+    """Score evaluations per step: Euler-Maruyama 1, Heun 2, predictor-corrector 1 + its corrector steps.
+
+    >>> nfe_per_step("em"), nfe_per_step("ode"), nfe_per_step("pc"), nfe_per_step("pc", corrector_steps=3)
+    (1, 2, 2, 4)
+    """
+    get_sampler(sampler)
+    return 1 + corrector_steps if sampler == "pc" else {"em": 1, "ode": 2}[sampler]
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

@@ -26,7 +26,7 @@ TIME_SCALE = 999.0
 
 class ScoreModel(nn.Module):
     """s_theta(x, t) = -net(x, t * 999) / sigma_t for a noise-predicting network (e.g. diffusers UNet2DModel);
-    a class-conditional network also takes ``class_labels`` [B] (see :func:`conditioned`)."""
+    a class-conditional network also takes ``class_labels`` [B] (see :func:`with_labels`)."""
 
     def __init__(self, net: nn.Module, sde: SDE) -> None:
         super().__init__()
@@ -43,18 +43,14 @@ class ScoreModel(nn.Module):
         return -eps / _expand(sigma_t, x)
 
 
-def conditioned(model: "ScoreModel", class_labels: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``model`` as a plain score function s(x, t) for a batch whose class labels are fixed (or unconditional)."""
-    if class_labels is None:
+def with_labels(model: "ScoreModel", labels: torch.Tensor | int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model`` as a plain score function s(x, t) of a class-conditional model: ``labels`` is one label per image
+    of a batch (a tensor), or one class for batches of any size (an int); None leaves the model unconditional."""
+    if labels is None:
         return model
-    return lambda x, t: model(x, t, class_labels=class_labels)
-
-
-def of_class(model: "ScoreModel", label: int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``model`` as a score function of one class for batches of any size (unconditional when ``label`` is None)."""
-    if label is None:
-        return model
-    return lambda x, t: model(x, t, class_labels=torch.full((len(x),), int(label), device=x.device, dtype=torch.long))
+    if isinstance(labels, torch.Tensor):
+        return lambda x, t: model(x, t, class_labels=labels)
+    return lambda x, t: model(x, t, class_labels=torch.full((len(x),), int(labels), device=x.device, dtype=torch.long))
 
 
 def gaussian_score(sde: SDE, mean: torch.Tensor | float, std: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -35,11 +35,11 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..config import DPConfig, ModelConfig, TrainConfig, to_dict
+from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfig, to_dict
 from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import ScoreModel, conditioned
+from ..diffusion.score import ScoreModel, with_labels
 from ..diffusion.sde import SDE
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
@@ -49,7 +49,6 @@ from ..io import existing_artefact, save_tensors, write_json
 from ..parallel import launched_world
 from ..training.loop import check_labels, load_weights
 
-ACCOUNTANTS = ("prv", "rdp", "gdp")
 _INIT, _LOADER, _NOISE, _DRAWS = 31, 32, 33, 34  # purposes for derive_seed
 
 
@@ -70,7 +69,7 @@ def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
         raise DiffauditError("noise multiplicity and physical batch size must be >= 1")
     if dp.accountant not in ACCOUNTANTS:
         raise DiffauditError(f"unknown accountant '{dp.accountant}'; choose one of {', '.join(ACCOUNTANTS)}")
-    if dp.finetune not in ("all", "attention"):
+    if dp.finetune not in DP_FINETUNE:
         raise DiffauditError(f"--dp-finetune must be all or attention, got '{dp.finetune}'")
     if not 1 <= batch_size <= n_train:
         raise DiffauditError(f"the expected batch size {batch_size} must be between 1 and N_D = {n_train} (q = batch / N_D); "
@@ -193,7 +192,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
                     t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(b * k, generator=draws)
                     z = torch.randn(x0.shape, generator=draws)
                     y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
-                    loss = dsm_loss(conditioned(model, y), sde, x0, t.to(dev), z.to(dev)).mean()
+                    loss = dsm_loss(with_labels(model, y), sde, x0, t.to(dev), z.to(dev)).mean()
                     loss.backward()
                     average_draws(private, b, k)
                     losses.append(loss.item())

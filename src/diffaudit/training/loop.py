@@ -27,7 +27,7 @@ from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import ScoreModel, conditioned
+from ..diffusion.score import ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
@@ -173,7 +173,7 @@ def train(
         z = torch.randn((bs, c, h, w), generator=g)
         rows = order.batch(step, bs)[local]
         x0 = data[rows.to(dev)]
-        score_fn = conditioned(model, None if y_all is None else y_all[rows].to(dev))
+        score_fn = with_labels(model, None if y_all is None else y_all[rows].to(dev))
         loss = dsm_loss(score_fn, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
         if not torch.isfinite(loss):
             last = checkpoints[-1].name if (checkpoints := list_checkpoints(ckpt_dir)) else "none"

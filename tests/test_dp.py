@@ -144,3 +144,21 @@ def test_attention_only_fine_tuning_changes_only_attention_weights(tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".attentions." in f".{k}" for k in changed)
     assert read_json(tmp_path / "private" / "model.json")["dp"]["trainable_params"] < sum(v.numel() for v in before.values())
+
+
+def test_dp_and_non_private_training_share_one_path(tmp_path):
+    """Same seed, same initial weights; the DP run writes loss.csv and says which settings do not apply to it."""
+    from diffaudit.io import load_tensors
+    from diffaudit.training.loop import train
+
+    still = TrainConfig(steps=1, batch_size=8, lr=1e-12, warmup_steps=1, log_every=1)  # one step that moves nothing
+    train(tmp_path / "plain", IMAGES, model_cfg=TINY_MODEL, train_cfg=still, sde=SubVPSDE(), device="cpu",
+          progress=False)
+    _train(tmp_path / "dp", DPConfig(noise_multiplier=1.0, physical_batch_size=4), still)
+    plain, dp = (load_tensors(tmp_path / d / "model.safetensors") for d in ("plain", "dp"))
+    assert plain.keys() == dp.keys()
+    assert max(float((plain[k] - dp[k]).abs().max()) for k in plain) < 1e-6
+    rows = (tmp_path / "dp" / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,grad_norm,lr,seconds" and rows[1].startswith("1,")
+    record = read_json(tmp_path / "dp" / "model.json")
+    assert set(record["dp_not_applied"]) == {"train.grad_clip", "train.checkpoint_every", "train.keep_checkpoints"}

@@ -36,7 +36,7 @@ from .data.medmnist import SPLITS, open_dataset
 from .diffusion.samplers import SAMPLERS
 from .diffusion.sde import SDES
 from .errors import DiffauditError
-from .io import config_hash, read_json
+from .io import read_json
 from .parallel import shutdown_processes
 from .runlock import check_run_dir, run_lock
 
@@ -68,36 +68,28 @@ def _load_manifest(run: Path) -> dict:
 
 # ---- train ---------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data.prepare import build_training_set
+    from .audit.stages import train_run
+    from .data.prepare import number_of_classes
     from .diffusion.sde import make_sde
-    from .training.loop import train
 
     run = Path(args.run_dir)
     preset = get_preset(args.preset)
     train_cfg = override(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
-    sde_params = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
-    sde = make_sde(args.sde, **sde_params)
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
+    sde = make_sde(args.sde, **{k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None})
     dp = _dp_config(args)
     manifest = _load_manifest(run)
-    images = build_training_set(manifest, data_root=args.data_root)
-    model_cfg, labels = preset.model, None
+    model_cfg = preset.model
     if args.class_conditional:
-        from .data.prepare import number_of_classes, training_labels
-
         model_cfg = override(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
-        labels = training_labels(manifest, data_root=args.data_root)
+    summary = train_run(run, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, dp=dp, resume=args.resume,
+                        data_root=args.data_root, device=args.device, progress=not args.quiet)
+    path = run / "train" / "model.safetensors"
     if dp is not None:
-        from .privacy.dpsgd import train_dp
-
-        path = train_dp(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, dp=dp, sde=sde,
-                        data_id=config_hash(manifest), device=args.device, progress=not args.quiet, labels=labels)
-        eps = read_json(run / "train" / "model.json")["dp"]["epsilon"]
         _say(f"DP model ({args.preset} preset, {train_cfg.steps} steps): epsilon at delta = {dp.delta:g}: "
-             + ", ".join(f"{k} {v:.3g}" for k, v in eps.items()) + f" -> {path}")
+             + ", ".join(f"{k[len('epsilon_'):]} {v:.3g}" for k, v in summary.items() if k.startswith("epsilon_"))
+             + f" -> {path}")
         return
-    path = train(run / "train", images, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, labels=labels,
-                 data_id=config_hash(manifest), resume=args.resume, device=args.device, progress=not args.quiet)
     _say(f"model ({args.preset} preset, {train_cfg.steps} steps, {sde.name} SDE) -> {path}")
 
 

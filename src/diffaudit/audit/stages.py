@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..adversary.stage import train_classifiers
-from ..config import AuditConfig
+from ..config import AuditConfig, DPConfig, ModelConfig, TrainConfig
 from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
-from ..diffusion.sde import make_sde
+from ..diffusion.sde import SDE, make_sde
 from ..generate import sample_run
 from ..io import config_hash, read_json
 from ..privacy.dpsgd import train_dp
@@ -62,21 +64,39 @@ def _prepare(ctx: Context) -> dict:
     return {"n_train": m["n_train"]}
 
 
+def fit_score_model(train_dir: Path, images: np.ndarray, *, labels: np.ndarray | None, model_cfg: ModelConfig,
+                    train_cfg: TrainConfig, sde: SDE, dp: DPConfig | None = None, pretrained: str | None = None,
+                    data_id: str = "", resume: bool = True, device: str = "auto", progress: bool = True) -> dict:
+    """Train a score model on ``images`` into ``train_dir``: with DP-SGD when ``dp`` is given, else non-privately;
+    from the finished model in ``pretrained`` when given. Returns the stage summary (steps, and epsilon under DP)."""
+    if dp is not None:
+        dp = dataclasses.replace(dp, pretrained=pretrained or dp.pretrained)
+        train_dp(train_dir, images, model_cfg=model_cfg, train_cfg=train_cfg, dp=dp, sde=sde, data_id=data_id,
+                 device=device, progress=progress, labels=labels)
+        eps = read_json(train_dir / "model.json")["dp"]["epsilon"]
+        return {"steps": train_cfg.steps, **{f"epsilon_{k}": v for k, v in eps.items()}}
+    train(train_dir, images, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, data_id=data_id, resume=resume,
+          device=device, progress=progress, labels=labels, init_from=pretrained)
+    return {"steps": train_cfg.steps}
+
+
+def train_run(run: Path, *, model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, dp: DPConfig | None = None,
+              pretrained: str | None = None, resume: bool = True, data_root: str | None = None, device: str = "auto",
+              progress: bool = True) -> dict:
+    """Train the score model of ``run`` on its prepared set (class-conditional when ``model_cfg.num_classes``):
+    the one way every command trains a run's model."""
+    manifest = load_manifest(run)
+    images = build_training_set(manifest, data_root=data_root)
+    labels = training_labels(manifest, data_root=data_root) if model_cfg.num_classes else None
+    return fit_score_model(run / "train", images, labels=labels, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde,
+                           dp=dp, pretrained=pretrained, data_id=config_hash(manifest), resume=resume, device=device,
+                           progress=progress)
+
+
 def _train(ctx: Context) -> dict:
-    manifest = load_manifest(ctx.run)
-    images = build_training_set(manifest, data_root=ctx.data_root)
-    labels = training_labels(manifest, data_root=ctx.data_root) if ctx.cfg.model.num_classes else None
-    if ctx.cfg.dp is not None:
-        dp = dataclasses.replace(ctx.cfg.dp, pretrained=ctx.cfg.pretrained or ctx.cfg.dp.pretrained)
-        train_dp(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, dp=dp,
-                 sde=make_sde(ctx.cfg.sde), data_id=config_hash(manifest), device=ctx.device, progress=ctx.progress,
-                 labels=labels)
-        eps = read_json(ctx.run / "train" / "model.json")["dp"]["epsilon"]
-        return {"steps": ctx.cfg.train.steps, **{f"epsilon_{k}": v for k, v in eps.items()}}
-    train(ctx.run / "train", images, model_cfg=ctx.cfg.model, train_cfg=ctx.cfg.train, sde=make_sde(ctx.cfg.sde),
-          data_id=config_hash(manifest), resume=True, device=ctx.device, progress=ctx.progress, labels=labels,
-          init_from=ctx.cfg.pretrained)
-    return {"steps": ctx.cfg.train.steps}
+    c = ctx.cfg
+    return train_run(ctx.run, model_cfg=c.model, train_cfg=c.train, sde=make_sde(c.sde), dp=c.dp,
+                     pretrained=c.pretrained, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
 
 
 def _classifiers(ctx: Context) -> dict:

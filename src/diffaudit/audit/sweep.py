@@ -26,11 +26,10 @@ from ..data.prepare import number_of_classes
 from ..diffusion.sde import make_sde
 from ..errors import DiffauditError
 from ..io import read_json, write_json
-from ..training.loop import train
 from .pipeline import check_audit_config, run_audit
 from .plots import plot_q_m
 from .report import excess_warning, fmt, write_blocks
-from .stages import Context
+from .stages import Context, fit_score_model
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:
@@ -131,9 +130,9 @@ def pretrain_public(out: Path, base: AuditConfig, *, dataset: str, split: str, d
         images = np.repeat(images, 3, axis=1)
     labels = np.asarray(data.labels(split)).reshape(len(images), -1)[:, 0] if base.model.num_classes else None
     log(f"public pretraining on {len(images)} images of {dataset}/{split}")
-    train(out / "train", np.ascontiguousarray(images), model_cfg=base.model, train_cfg=base.train,
-          sde=make_sde(base.sde), data_id=f"public:{dataset}:{split}:{data.md5}", resume=True, device=device,
-          progress=progress, labels=labels)
+    fit_score_model(out / "train", np.ascontiguousarray(images), labels=labels, model_cfg=base.model,
+                    train_cfg=base.train, sde=make_sde(base.sde), data_id=f"public:{dataset}:{split}:{data.md5}",
+                    device=device, progress=progress)
     return out / "train"
 
 

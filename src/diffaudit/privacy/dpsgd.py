@@ -37,19 +37,26 @@ from tqdm.auto import tqdm
 
 from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfig, to_dict
 from ..device import resolve_device
-from ..diffusion.losses import dsm_loss
 from ..diffusion.rng import derive_seed
-from ..diffusion.score import ScoreModel, with_labels
+from ..diffusion.score import ScoreModel
 from ..diffusion.sde import SDE
-from ..diffusion.unet import build_unet
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import to_model_space
-from ..io import existing_artefact, save_tensors, write_json
+from ..io import existing_artefact, write_json
 from ..parallel import launched_world
-from ..training.loop import check_labels, load_weights
-
-_INIT, _LOADER, _NOISE, _DRAWS = 31, 32, 33, 34  # purposes for derive_seed
+from ..training.loop import (
+    Stream,
+    append_log,
+    check_images,
+    check_labels,
+    dsm_draws,
+    init_model,
+    log_row,
+    save_model,
+    step_loss,
+    warm_up,
+)
 
 
 def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
@@ -123,12 +130,22 @@ def _check_opacus_compatible(net: torch.nn.Module) -> None:
         raise DiffauditError(f"the model cannot be trained with DP-SGD: {errors[0]} (use GroupNorm, not BatchNorm)")
 
 
+#: Settings of the training config that DP-SGD does not use, recorded as such in config.json and model.json.
+NOT_APPLIED = {
+    "train.grad_clip": "per-example clipping at dp.max_grad_norm bounds every gradient instead",
+    "train.checkpoint_every": "a DP run is not resumable (the accountant and noise states are not checkpointed)",
+    "train.keep_checkpoints": "a DP run keeps no checkpoints",
+}
+
+
 def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfig, train_cfg: TrainConfig,
              dp: DPConfig, sde: SDE, data_id: str = "", device: str | None = "auto", progress: bool = True,
              labels: np.ndarray | None = None) -> Path:
     """Train a score model with DP-SGD on uint8 ``images``; ``train_cfg.steps`` logical steps of expected batch
-    ``train_cfg.batch_size``. Writes the same files as :func:`diffaudit.training.loop.train` (model.json gains
-    a ``dp`` record) and returns the path of model.safetensors."""
+    ``train_cfg.batch_size``. It shares the non-private trainer's initialisation, (t, z) draws, warm-up, loss,
+    EMA, ``loss.csv`` and final save (:mod:`diffaudit.training.loop`); only the gradient differs: per-example,
+    clipped, noised and accounted by Opacus. model.json gains a ``dp`` record; :data:`NOT_APPLIED` lists the
+    training settings that do not apply. Returns the path of model.safetensors."""
     require("opacus", "DP-SGD training")
     from opacus import PrivacyEngine
     from opacus.accountants.utils import get_noise_multiplier
@@ -138,22 +155,19 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     if launched_world() > 1:
         raise DiffauditError("DP-SGD training runs in one process: its Poisson sampling, noise and accountant are "
                              "not split across data-parallel ranks; start it without accelerate launch/torchrun")
-    n, c, h, w = images.shape
+    n, c, h, w = check_images(images)
     q = check_dp_config(dp, n, train_cfg.batch_size)
     y_all = check_labels(labels, n, model_cfg.num_classes)
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
-                                    "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp)}))
+                                    "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp),
+                                    "dp_not_applied": NOT_APPLIED}))
     final = train_dir / "model.safetensors"
     if existing_artefact(train_dir / "model.json", record, what="a DP model", fix="use another --run-dir") is not None:
         return final
     dev = resolve_device(device)
     sigma = dp.noise_multiplier or get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=q,
                                                         steps=train_cfg.steps, accountant=dp.accountant)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(train_cfg.seed, _INIT))
-        net = build_unet(model_cfg, channels=c, size=h)
-    if dp.pretrained:
-        load_weights(net, Path(dp.pretrained))
+    net = init_model(model_cfg, train_cfg, (c, h, w), dp.pretrained)
     _check_opacus_compatible(net)
     trainable = _attention_only(net) if dp.finetune == "attention" else sum(p.numel() for p in net.parameters())
     net = net.to(dev)
@@ -161,38 +175,38 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=train_cfg.lr,
                             weight_decay=train_cfg.weight_decay)
     data = torch.from_numpy(to_model_space(images))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)), batch_size=train_cfg.batch_size,
-                                         generator=torch.Generator().manual_seed(derive_seed(train_cfg.seed, _LOADER)))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(n)), batch_size=train_cfg.batch_size,
+        generator=torch.Generator().manual_seed(derive_seed(train_cfg.seed, Stream.DP_LOADER)))
     with warnings.catch_warnings():  # seeded noise on purpose (reproducible runs); the module docstring says so
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=dp.accountant)
     private, opt, loader = engine.make_private(
         module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True, noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, _NOISE)))
+        poisson_sampling=True,
+        noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, Stream.DP_NOISE)))
     model = ScoreModel(private, sde)
     k = dp.noise_multiplicity
-    draws = torch.Generator().manual_seed(derive_seed(train_cfg.seed, _DRAWS))
     train_dir.mkdir(parents=True, exist_ok=True)
     write_json(train_dir / "config.json", record)
+    (train_dir / "loss.csv").unlink(missing_ok=True)  # a DP run always starts from step 0
     bar = tqdm(total=train_cfg.steps, disable=not progress, desc=f"DP-SGD (sigma {sigma:.3g}, q {q:.3g})", unit="step",
                dynamic_ncols=True)
-    step, t0, losses = 0, time.perf_counter(), []
+    step, chunk, t_wall, losses, log_rows = 0, 0, time.perf_counter(), [], []
     private.train()
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches, \
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus' hook on the input layer
         while step < train_cfg.steps:
             for (idx,) in batches:
-                lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                lr = warm_up(opt, train_cfg, step)
                 b = len(idx)
                 if b:
+                    g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, chunk, Stream.NOISE))
                     x0 = data[idx].repeat_interleave(k, 0).to(dev)  # the K rows of an image are adjacent
-                    t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(b * k, generator=draws)
-                    z = torch.randn(x0.shape, generator=draws)
+                    t, z = dsm_draws(train_cfg, sde, g, tuple(x0.shape))
                     y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
-                    loss = dsm_loss(with_labels(model, y), sde, x0, t.to(dev), z.to(dev)).mean()
+                    loss = step_loss(model, sde, x0, t.float().to(dev), z.to(dev), y, step=step)
                     loss.backward()
                     average_draws(private, b, k)
                     losses.append(loss.item())
@@ -202,26 +216,29 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
                             p.grad_sample = torch.zeros(0, *p.shape, device=dev)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                if not opt._is_last_step_skipped:  # a logical step was taken: noise added, accountant stepped
-                    ema.update_parameters(net)
-                    step += 1
-                    bar.update(1)
-                    if losses:
-                        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                    if step >= train_cfg.steps:
-                        break
+                chunk += 1
+                if opt._is_last_step_skipped:  # a physical batch of a logical step that goes on
+                    continue
+                ema.update_parameters(net)  # a logical step was taken: noise added, accountant stepped
+                step, chunk = step + 1, 0
+                bar.update(1)
+                if losses:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if losses and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
+                    log_rows.append(log_row(step, float(np.mean(losses[-20:])), None, lr, t_wall))
+                if step >= train_cfg.steps:
+                    break
     bar.close()
+    append_log(train_dir / "loss.csv", log_rows)
     performed = sum(h[2] for h in engine.accountant.history)  # noisy steps the engine's accountant counted
     eps = epsilons(sigma, q, step, dp.delta)
     dp_record = {"noise_multiplier": sigma, "sample_rate": q, "steps": step, "delta": dp.delta, "epsilon": eps,
                  "epsilon_engine": float(engine.get_epsilon(dp.delta)), "accountant": dp.accountant,
                  "accountant_steps": performed, "max_grad_norm": dp.max_grad_norm, "noise_multiplicity": k,
                  "physical_batch_size": dp.physical_batch_size, "finetune": dp.finetune, "trainable_params": trainable,
-                 "pretrained": dp.pretrained, "seconds": round(time.perf_counter() - t0, 2),
+                 "pretrained": dp.pretrained, "seconds": round(time.perf_counter() - t_wall, 2),
                  "mean_loss_last_20": float(np.mean(losses[-20:])) if losses else None}
-    save_tensors(final, ema.module.state_dict(), metadata={"step": str(step)})
-    write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": sum(p.numel() for p in net.parameters()),
-                                          "dp": dp_record})
+    save_model(train_dir, ema, record, steps=step, dp=dp_record)
     if not math.isfinite(eps[dp.accountant]):
         raise DiffauditError(f"epsilon is not finite ({eps}); raise the noise multiplier")
     return final

@@ -13,6 +13,7 @@ Layout of ``<run>/train/``: ``config.json``, ``loss.csv``, ``checkpoints/step_*/
 from __future__ import annotations
 
 import csv
+import enum
 import json
 import time
 from pathlib import Path
@@ -37,7 +38,18 @@ from ..io import atomic_path, check_state_dict, existing_artefact, load_tensors,
 from ..parallel import processes
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
-_NOISE, _ORDER, _INIT = 1, 2, 3  # purposes for derive_seed
+
+class Stream(enum.IntEnum):
+    """What a training seed derived from ``train.seed`` is for (``derive_seed(seed, ..., Stream.X)``). The values are
+    part of every run's numbers, so they never change: a new stream takes a new value."""
+
+    NOISE = 1  # the (t, z) draws of a step (non-private: one batch; DP: one physical batch)
+    ORDER = 2  # the epoch permutations of the data order
+    INIT = 3  # the model's initial weights (DP and non-private alike)
+    DP_LOADER = 32  # Opacus' Poisson sampling
+    DP_NOISE = 33  # the Gaussian noise DP-SGD adds to the clipped gradients
+
+
 LOG_FIELDS = ("step", "loss", "grad_norm", "lr", "seconds")
 
 
@@ -51,7 +63,7 @@ class EpochOrder:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
-            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _ORDER))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, Stream.ORDER))
             self._cache[epoch] = torch.randperm(self.n, generator=g)
         return self._cache[epoch]
 
@@ -70,6 +82,66 @@ def _train_record(model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, imag
     record = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
               "image_shape": list(image_shape), "data": data_id}
     return json.loads(json.dumps(record))  # tuples -> lists, as read back from config.json
+
+
+# ---- what the private and the non-private trainer share -------------------------------------------------------
+def check_images(images: np.ndarray) -> tuple[int, int, int, int]:
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
+        raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W], got {images.dtype} {images.shape}")
+    return images.shape
+
+
+def init_model(model_cfg: ModelConfig, train_cfg: TrainConfig, image_shape: tuple[int, int, int],
+               init_from: str | Path | None = None) -> torch.nn.Module:
+    """The U-Net at its seeded initial weights, the same for a private and a non-private run of one seed, or the
+    weights of the finished model in the train/ folder ``init_from`` (public pretraining)."""
+    c, h, _ = image_shape
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
+        torch.manual_seed(derive_seed(train_cfg.seed, 0, Stream.INIT))
+        net = build_unet(model_cfg, channels=c, size=h)
+    if init_from is not None:
+        load_weights(net, Path(init_from))
+    return net
+
+
+def dsm_draws(train_cfg: TrainConfig, sde: SDE, g: torch.Generator, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training times t ~ U(eps, T) (float64) and the noise z for ``shape[0]`` rows, from generator ``g``."""
+    t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(shape[0], generator=g, dtype=torch.float64)
+    return t, torch.randn(shape, generator=g)
+
+
+def warm_up(opt: torch.optim.Optimizer, train_cfg: TrainConfig, step: int) -> float:
+    """Set the learning rate of ``step`` (linear warm-up to ``lr``); returns it."""
+    lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def step_loss(model: Callable, sde: SDE, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None,
+              *, step: int, checkpoints: Path | None = None) -> torch.Tensor:
+    """The mean denoising score-matching loss (Eq. 4) of one batch; a non-finite loss stops the run, naming the
+    last good checkpoint in ``checkpoints`` (when the run keeps them)."""
+    loss = dsm_loss(with_labels(model, y), sde, x0, t, z).mean()
+    if not torch.isfinite(loss):
+        kept = list_checkpoints(checkpoints) if checkpoints is not None else []
+        raise DiffauditError(f"the loss became {loss.item()} at step {step}; lower --lr (last good checkpoint: "
+                             f"{kept[-1].name if kept else 'none'})")
+    return loss
+
+
+def log_row(step: int, loss: float, grad_norm: float | None, lr: float, t_wall: float) -> dict:
+    return {"step": step, "loss": f"{loss:.6f}", "grad_norm": "" if grad_norm is None else f"{grad_norm:.4f}",
+            "lr": f"{lr:.3g}", "seconds": f"{time.perf_counter() - t_wall:.2f}"}
+
+
+def save_model(train_dir: Path, ema: AveragedModel, record: dict, *, steps: int, **extra) -> Path:
+    """The finished model: EMA weights, then ``model.json`` last (its presence marks a finished run)."""
+    final = train_dir / "model.safetensors"
+    save_tensors(final, ema.module.state_dict(), metadata={"step": str(steps)})
+    n_params = sum(p.numel() for p in ema.module.parameters())
+    write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params, **extra})
+    return final
 
 
 def train(
@@ -95,13 +167,7 @@ def train(
     class-conditional model (``model_cfg.num_classes`` > 0) needs the images' ``labels`` (int [N]). ``init_from``
     (a train/ folder) starts from that model's weights, e.g. one pretrained on public data."""
     train_dir = Path(train_dir)
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
-        raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W], got {images.dtype} {images.shape}")
-    if train_cfg.steps < 1 or train_cfg.batch_size < 1:
-        raise DiffauditError(f"need steps >= 1 and batch size >= 1, got {train_cfg.steps}, {train_cfg.batch_size}")
-    if not train_cfg.lr > 0:
-        raise DiffauditError(f"the learning rate must be positive, got {train_cfg.lr}")
-    n, c, h, w = images.shape
+    n, c, h, w = check_images(images)
     y_all = check_labels(labels, n, model_cfg.num_classes)
     record = _train_record(model_cfg, train_cfg, sde, (c, h, w), data_id)
     if init_from is not None:
@@ -126,12 +192,7 @@ def train(
     if train_cfg.batch_size % procs.world:
         raise DiffauditError(f"the batch size {train_cfg.batch_size} must be a multiple of the {procs.world} processes")
 
-    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
-        torch.manual_seed(derive_seed(train_cfg.seed, 0, _INIT))
-        net = build_unet(model_cfg, channels=c, size=h)
-    if init_from is not None:
-        load_weights(net, Path(init_from))
-    net = net.to(dev)
+    net = init_model(model_cfg, train_cfg, (c, h, w), init_from).to(dev)
     model = ScoreModel(net, sde)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
     opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -168,19 +229,13 @@ def train(
     t_wall = time.perf_counter()
     net.train()
     for step in range(start, train_cfg.steps):
-        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, _NOISE))
-        t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(bs, generator=g, dtype=torch.float64)
-        z = torch.randn((bs, c, h, w), generator=g)
+        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, Stream.NOISE))
+        t, z = dsm_draws(train_cfg, sde, g, (bs, c, h, w))
         rows = order.batch(step, bs)[local]
         x0 = data[rows.to(dev)]
-        score_fn = with_labels(model, None if y_all is None else y_all[rows].to(dev))
-        loss = dsm_loss(score_fn, sde, x0, t[local].float().to(dev), z[local].to(dev)).mean()
-        if not torch.isfinite(loss):
-            last = checkpoints[-1].name if (checkpoints := list_checkpoints(ckpt_dir)) else "none"
-            raise DiffauditError(f"the loss became {loss.item()} at step {step}; lower --lr (last good checkpoint: {last})")
-        lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        loss = step_loss(model, sde, x0, t[local].float().to(dev), z[local].to(dev),
+                         None if y_all is None else y_all[rows].to(dev), step=step, checkpoints=ckpt_dir)
+        lr = warm_up(opt, train_cfg, step)
         opt.zero_grad(set_to_none=True)
         if accelerator is not None:
             accelerator.backward(loss)  # gradients averaged over the processes: those of the global batch
@@ -193,11 +248,10 @@ def train(
         done = step + 1
         value = (accelerator.reduce(loss.detach(), "mean") if accelerator is not None else loss).item()
         if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            log_rows.append({"step": done, "loss": f"{value:.6f}", "grad_norm": f"{float(grad_norm):.4f}",
-                             "lr": f"{lr:.3g}", "seconds": f"{time.perf_counter() - t_wall:.2f}"})
+            log_rows.append(log_row(done, value, float(grad_norm), lr, t_wall))
             bar.set_postfix(loss=f"{value:.4f}")
         if procs.main and (done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps):
-            _append_log(train_dir / "loss.csv", log_rows)
+            append_log(train_dir / "loss.csv", log_rows)
             log_rows = []
             save_checkpoint(ckpt_dir, step=done, model=net, ema=ema, opt=opt, keep=train_cfg.keep_checkpoints,
                             state={"loss": value})
@@ -207,8 +261,7 @@ def train(
     bar.close()
 
     if procs.main:
-        save_tensors(final, ema.module.state_dict(), metadata={"step": str(train_cfg.steps)})
-        write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params})
+        save_model(train_dir, ema, record, steps=train_cfg.steps)
     procs.barrier()
     return final
 
@@ -237,7 +290,7 @@ def _truncate_log(path: Path, step: int) -> None:
         writer.writerows(rows)
 
 
-def _append_log(path: Path, rows: list[dict]) -> None:
+def append_log(path: Path, rows: list[dict]) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from conftest import TINY_MODEL
 from diffaudit.audit.pipeline import run_audit
 from diffaudit.audit.plan import format_plan, plan
 from diffaudit.audit.stages import Context
-from diffaudit.audit.sweep import run_sweep
+from diffaudit.audit.sweep import run_sweep, write_sweep_report
 from diffaudit.cli import main
 from diffaudit.config import (
     CLASSIFIER_PRESETS,
@@ -142,6 +143,14 @@ def test_dry_run_lists_every_stage_with_estimates(finished, data_root, capsys):
     rows = plan(ctx)
     assert [r["stage"] for r in rows] == list(STAGES) and all(r["done"] for r in rows)
     assert all(r["seconds"] >= 0 and r["bytes"] > 0 for r in rows)
+    # the estimates follow the config: twice the training steps and samples, about twice the time and disk
+    bigger = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, steps=60),
+                                 sample=dataclasses.replace(TINY.sample, n=48))
+    more = {r["stage"]: r for r in plan(Context(run=finished.parent / "new", cfg=bigger, device="cpu"))}
+    for stage, row in ((r["stage"], r) for r in rows if r["stage"] in ("train", "sample")):
+        assert more[stage]["seconds"] / row["seconds"] == pytest.approx(2, rel=0.6), stage  # a speed probe each time
+    assert more["sample"]["bytes"] == 2 * next(r["bytes"] for r in rows if r["stage"] == "sample")
+    assert not any(r["done"] for r in more.values())
     text = format_plan(rows, ctx)
     assert "total to run" in text and "free disk" in text
 
@@ -164,25 +173,40 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "missing.json" in err[0]
     assert main(["report", "--run-dir", str(tmp_path / "nothing")]) == 2
     assert "has no results.json" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["audit", "--run-dir", str(tmp_path / "r"), "--preset", "huge"])
+    assert main(["audit", "--run-dir", str(tmp_path / "r"), "--preset", "huge"]) == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
-def test_a_sweep_writes_both_tables_and_shares_the_fid_extractor(finished, data_root, tmp_path):
+def test_a_sweep_tabulates_its_cells(finished, tmp_path):
+    """The combined tables from fabricated cells: the finished audit's results with other N_D, counts and FIDs."""
+    out, cells = tmp_path / "sweep", []
+    for n_train, q, fid in ((8, 3, 11.0), (16, 1, 22.0), (32, 0, 33.0)):
+        cell = out / f"breastmnist-n{n_train}"
+        shutil.copytree(finished, cell)
+        r = read_json(cell / "results.json")
+        r["n_train"], r["reproduction"]["q"], r["fid"]["train"] = n_train, q, fid
+        (cell / "results.json").write_text(json.dumps(r))
+        cells.append(cell)
+    summary = write_sweep_report(out, cells)
+    assert summary["cells"] == ["breastmnist-n8", "breastmnist-n16", "breastmnist-n32"]
+    assert [row[1] for row in summary["table1"]] == [8, 16, 32] and [row[5] for row in summary["table1"]] == [3, 1, 0]
+    assert [row[5] for row in summary["table2"]] == ["11", "22", "33"]
+    md = (out / "report.md").read_text()
+    assert "Table 1" in md and "Table 2" in md and (out / "q_M.png").exists()
+    assert read_json(out / "sweep.json")["table1"] == json.loads(json.dumps(summary["table1"]))
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_cells_and_shares_the_fid_extractor(finished, data_root, tmp_path):
     out = tmp_path / "sweep"
     # the cell with N_D = 8 is the finished audit: copy it in, so the sweep resumes it and runs one new cell
-    import shutil
-
     shutil.copytree(finished, out / "breastmnist-n8")
     summary = run_sweep(out, TINY, datasets=["breastmnist"], n_trains=[8, 6], device="cpu", data_root=str(data_root),
                         progress=False, log=lambda m: None)
     assert summary["cells"] == ["breastmnist-n8", "breastmnist-n6"]
-    assert [row[1] for row in summary["table1"]] == [8, 6] and len(summary["table2"]) == 2
     assert (out / "extractors" / "breastmnist" / "model.json").exists()
     for name in summary["cells"]:  # the copied cell's FID was redone with the shared extractor
         assert read_json(out / name / "results.json")["fid"]["extractor"]["folder"].endswith("extractors/breastmnist")
-    md = (out / "report.md").read_text()
-    assert "Table 1" in md and "Table 2" in md and (out / "q_M.png").exists()
 
 
 def test_the_verdict_states_the_count_the_expectation_and_the_interval():

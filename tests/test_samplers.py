@@ -45,11 +45,12 @@ def test_memoriser_reproduces_its_images_uniformly(sampler):
     assert stats.chisquare(counts).pvalue > 1e-3, counts  # each image with frequency near 1/K
 
 
-def test_partial_diffusion_from_a_training_image_returns_it():
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_partial_diffusion_from_a_training_image_returns_it(sampler):
     sde = SubVPSDE()
     images = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(4)) * 2 - 1
     x = sample(memoriser_score(sde, images), sde, shape=SHAPE, indices=range(50), seed=0, t_start=0.05,
-               x_start=images[2], steps=50)
+               x_start=images[2], steps=50, sampler=sampler)
     assert (x - images[2]).abs().max() < 0.02
 
 

@@ -157,3 +157,19 @@ def test_tprime_cli(tmp_path, capsys, data_root):
     assert code == 2 and "outside the training set" in err
     code, err = run(capsys, "tprime", "--run-dir", rd, "--M", 0, "--detector", "nn", "--data-root", data_root)
     assert code == 2 and "M, the number" in err
+
+
+def test_posthoc_ranks_the_memorised_image_first():
+    """A model that memorised image 0 alone returns image 0 from any start: image 0 has the largest t' and t'_alpha,
+    and the images it does not return have t' = 0, ranked after it by position."""
+    from diffaudit.audit.tprime_stage import posthoc
+
+    images = np.random.default_rng(5).integers(0, 256, size=(4, 1, 6, 6), dtype=np.uint8)
+    sde = SubVPSDE()
+    score = memoriser_score(sde, torch.from_numpy(to_model_space(images[:1])))
+    rows = posthoc(score, sde, images, [2, 0, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)
+    assert [r["position"] for r in rows] == [0, 1, 2]
+    assert rows[0]["t_prime"] == 0.5 and rows[0]["t_prime_alpha"] == 0.5
+    assert all(r["t_prime"] == 0.0 and r["t_prime_alpha"] == 0.0 for r in rows[1:])
+    with pytest.raises(DiffauditError, match="must not repeat"):
+        posthoc(score, sde, images, [1, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)

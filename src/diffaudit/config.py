@@ -251,7 +251,7 @@ class ClassifierConfig(Checked):
     augmix_severity: int = 3
     lr_schedule: str = "constant"  # constant, or cosine: decays to 0 over max_epochs (steadier near the end)
     mask_prob: float = 0.0  # probability of a random patch of the SAF's shape and a random grey (c_id)
-    noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id)
+    noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id and c_p)
     threshold: float = 0.5  # positive when sigmoid(logit) > threshold
     seed: int = 0
 
@@ -330,7 +330,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Fits 2 CPU cores: 0.26 M parameters, three levels without attention (about 130 training images/s and
-    # 390 images/s per network evaluation on 2 cores; see benchmarks/).
+    # 438 images/s per network evaluation on 2 cores at batch 128; see benchmarks/).
     "cpu": Preset(
         model=ModelConfig(),
         train=TrainConfig(),

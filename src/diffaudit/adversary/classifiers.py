@@ -12,6 +12,7 @@ image shape, training history and the data it was trained for); no pickled code.
 from __future__ import annotations
 
 import copy
+import enum
 import math
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,16 @@ ARCHS: dict[str, Callable[[], ResNet]] = {
     "resnet34": lambda: resnet34(weights=None, num_classes=1),
     "resnet50": lambda: resnet50(weights=None, num_classes=1),
 }
-_INIT, _STEP, _VAL = 11, 12, 13  # purposes for derive_seed
+
+
+class Stream(enum.IntEnum):
+    """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
+    of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
+    from its own seed."""
+
+    INIT = 11  # initial weights
+    STEP = 12  # a training step's examples and augmentation
+    VAL = 13  # the validation set
 
 
 def build_classifier(cfg: ClassifierConfig, channels: int) -> ResNet:
@@ -44,7 +54,7 @@ def build_classifier(cfg: ClassifierConfig, channels: int) -> ResNet:
     if cfg.arch not in ARCHS:
         raise DiffauditError(f"unknown classifier architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
     with torch.random.fork_rng(devices=[]):  # torchvision initialises from the global RNG
-        torch.manual_seed(derive_seed(cfg.seed, _INIT))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
         net = ARCHS[cfg.arch]()
         if cfg.small_input:
             net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -82,9 +92,9 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
     check_config(cfg)
     net = build_classifier(cfg, channels).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(derive_seed(cfg.seed, _VAL))
+    rng = np.random.default_rng(derive_seed(cfg.seed, Stream.VAL))
     val_images, val_labels = val_task.draw(cfg.val_size, cfg.val_positive_share, rng, exact=True)
-    x_val = augment(val_images, cfg, like, derive_seed(cfg.seed, _VAL, 1)).to(device)
+    x_val = augment(val_images, cfg, like, derive_seed(cfg.seed, Stream.VAL, 1)).to(device)
     y_val = torch.from_numpy(val_labels).float().to(device)
     steps = max(1, math.ceil(cfg.epoch_size / cfg.batch_size))
     total = cfg.max_epochs * steps
@@ -97,7 +107,7 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
         net.train()
         running = 0.0
         for step in range(steps):
-            seed = derive_seed(cfg.seed, epoch, step, _STEP)
+            seed = derive_seed(cfg.seed, epoch, step, Stream.STEP)
             images, labels = task.draw(cfg.batch_size, cfg.positive_share, np.random.default_rng(seed))
             x = augment(images, cfg, like, seed).to(device)
             y = torch.from_numpy(labels).float().to(device)

@@ -21,6 +21,7 @@ Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json) and ``
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,15 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
     return metrics
 
 
+class Stream(enum.IntEnum):
+    """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
+    of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
+    from its own seed."""
+
+    TEST_DRAW = 21  # which test images carry the SAF when c_p's accuracy is measured
+    COPIES = 22  # the jittered, noisy copies of x_p
+
+
 def _positives(flags: np.ndarray) -> dict:
     return {"positives": int(flags.sum()), "n": int(len(flags)), "rate": float(flags.mean()) if len(flags) else None}
 
@@ -117,7 +127,7 @@ def _positives(flags: np.ndarray) -> dict:
 def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed: int = 0) -> dict:
     """Accuracies and error rates of c_p, c_id and both together (see the module docstring)."""
     c_p, c_id = detectors["c_p"], detectors["c_id"]
-    rng = np.random.default_rng(derive_seed(seed, 21))
+    rng = np.random.default_rng(derive_seed(seed, Stream.TEST_DRAW))
     test_images, test_labels = Task(audit.test, stamp=audit.fingerprint).draw(len(audit.test), 0.5, rng, exact=True)
     id_images = np.concatenate([audit.others, audit.x_i[None], audit.x_p[None]])
     id_labels = np.r_[np.zeros(len(audit.others), dtype=bool), True, True]
@@ -127,7 +137,7 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
     copies = {}
     for std in COPY_NOISE:
-        x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, 22, int(std * 1000))))
+        x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, Stream.COPIES, int(std * 1000))))
         fp, fid = c_p(x), c_id(x)
         copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "both": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}

@@ -20,6 +20,7 @@ the test split, so the two reference sets have the same size and the same small-
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 import os
@@ -41,7 +42,14 @@ from ..errors import DiffauditError
 from ..extras import require
 from ..io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 
-_INIT, _AUG = 21, 23  # purposes for derive_seed
+
+class Stream(enum.IntEnum):
+    """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
+    of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
+    from its own seed."""
+
+    INIT = 21  # the extractor's initial weights
+    AUG = 23  # its batches and random shifts
 
 
 class DomainFeatures(nn.Module):
@@ -89,13 +97,13 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
                          fix="remove it or use another folder") is not None:
         return load_extractor(folder, device=device)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, _INIT))
+        torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
         net = DomainFeatures(images.shape[1], n_classes, cfg.features)
     net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x_all = torch.from_numpy(images)
     y_all = torch.from_numpy(labels)
-    g = torch.Generator().manual_seed(derive_seed(cfg.seed, _AUG))
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.AUG))
     perm, pos = torch.randperm(len(x_all), generator=g), 0
     net.train()
     for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"FID extractor ({name})", unit="step", dynamic_ncols=True):

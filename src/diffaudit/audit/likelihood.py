@@ -35,6 +35,7 @@ Each image's dequantisation noise u and Hutchinson vector e are drawn from its o
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Callable, Sequence
 
@@ -51,7 +52,15 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: log2 of the inverse cell width 2/255 of the model space [-1, 1] (see the module docstring)
 DEQUANTISATION_BITS = math.log2(127.5)
-_DEQUANT, _PROBE = 11, 12  # purposes for derive_seed
+
+
+class Stream(enum.IntEnum):
+    """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
+    of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
+    from its own seed."""
+
+    DEQUANT = 11  # image i's uniform dequantisation noise
+    PROBE = 12  # image i's Hutchinson probe
 
 
 def _divergence(drift: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -127,14 +136,14 @@ def log_likelihood(
 def dequantise(images: np.ndarray, indices: Sequence[int], seed: int) -> torch.Tensor:
     """Uniform dequantisation of uint8 ``images`` into their cells of the model space, z = (k + u - 1/2)/127.5 - 1,
     with u of image i drawn from the stream (seed, index_i)."""
-    u = torch.stack([torch.rand(images.shape[1:], generator=torch.Generator().manual_seed(derive_seed(seed, i, _DEQUANT)),
+    u = torch.stack([torch.rand(images.shape[1:], generator=torch.Generator().manual_seed(derive_seed(seed, i, Stream.DEQUANT)),
                                 dtype=torch.float64) for i in indices])
     return ((torch.from_numpy(images.astype(np.float64)) + u - 0.5) / 127.5 - 1.0).float()
 
 
 def rademacher(shape: Sequence[int], indices: Sequence[int], seed: int) -> torch.Tensor:
     """Hutchinson probes in {-1, +1}, one per image, drawn from the stream (seed, index_i)."""
-    return torch.stack([torch.randint(0, 2, tuple(shape), generator=torch.Generator().manual_seed(derive_seed(seed, i, _PROBE)))
+    return torch.stack([torch.randint(0, 2, tuple(shape), generator=torch.Generator().manual_seed(derive_seed(seed, i, Stream.PROBE)))
                         for i in indices]).float() * 2 - 1
 
 

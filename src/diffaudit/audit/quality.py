@@ -8,6 +8,7 @@ against as many test images (see :mod:`diffaudit.audit.fid`), with the extractor
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,15 @@ from .fid import Frechet, find_inception_weights, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
 from .results import update_results
 
-_TRAIN, _TEST, _XP = 1, 2, 3  # purposes for derive_seed
+
+class Stream(enum.IntEnum):
+    """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
+    of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
+    from its own seed."""
+
+    TRAIN = 1  # the NLL's training images and their draws; FID's training reference
+    TEST = 2  # the NLL's test images and their draws; FID's test reference
+    XP = 3  # the NLL's draws of x_p
 
 
 def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
@@ -43,14 +52,14 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     fp = manifest.get("fingerprint")
     position = fp["position"] if fp else None
     others = np.delete(np.arange(len(d_p)), position) if position is not None else np.arange(len(d_p))
-    train_pos = others[_choose(len(others), cfg.n_train, cfg.seed, _TRAIN)]
+    train_pos = others[_choose(len(others), cfg.n_train, cfg.seed, Stream.TRAIN)]
     test = split_images(manifest, heldout_split(manifest, "test"), data_root=data_root)
-    test_idx = _choose(len(test), cfg.n_test, cfg.seed, _TEST)
-    sets = {"train": (d_p[train_pos], train_pos, derive_seed(cfg.seed, _TRAIN)),
-            "test": (test[test_idx], test_idx, derive_seed(cfg.seed, _TEST))}
+    test_idx = _choose(len(test), cfg.n_test, cfg.seed, Stream.TEST)
+    sets = {"train": (d_p[train_pos], train_pos, derive_seed(cfg.seed, Stream.TRAIN)),
+            "test": (test[test_idx], test_idx, derive_seed(cfg.seed, Stream.TEST))}
     if position is not None:
         sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
-                       derive_seed(cfg.seed, _XP))
+                       derive_seed(cfg.seed, Stream.XP))
     labels = {}
     if meta["model"].get("num_classes"):  # class-conditional: -log p(x | y) with each image's label
         y_train = training_labels(manifest, data_root=data_root)
@@ -116,8 +125,8 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     train = build_training_set(manifest, data_root=data_root)
     test = split_images(manifest, heldout_split(manifest, "test"), data_root=data_root)
     n_ref = min(len(train), len(test))
-    train_ref = train[_choose(len(train), n_ref, cfg.seed, _TRAIN)]
-    test_ref = test[_choose(len(test), n_ref, cfg.seed, _TEST)]
+    train_ref = train[_choose(len(train), n_ref, cfg.seed, Stream.TRAIN)]
+    test_ref = test[_choose(len(test), n_ref, cfg.seed, Stream.TEST)]
     metric = Frechet(extractor, weights=find_inception_weights(cfg.inception_weights) if extractor == "inception" else None,
                      device=dev)
     batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc="FID", unit="shard"))

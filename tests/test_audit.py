@@ -219,7 +219,7 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
     assert "expected 16 under full memorisation" in text and "p = 0.041" in text and "[0.00807, 0.0331]" in text
     none = verdict({"n_train": 32, "reproduction": {"q": 0, "n_samples": 512, **reproduction_test(0, 512, 32)}})
     assert none.startswith("No reproduction of x_p was found in 512 samples") and "below 0.00583" in none
-    copies = lambda both: {"true_positive_rate": {"copies_of_x_p": {"0": {"both": {"positives": both, "n": 200,  # noqa: E731
+    copies = lambda both: {"true_positive_rate": {"copies_of_x_p": {"0": {"q": {"positives": both, "n": 200,  # noqa: E731
                                                                                   "rate": both / 200}}}}}
     assert detector_warning({}, copies(200)) is None
     assert "only 0 of 200 copies" in detector_warning({}, copies(0))

@@ -100,7 +100,7 @@ def test_count_cli_writes_results(tmp_path, capsys, data_root):
     code, err = run(capsys, "train-classifiers", "--run-dir", rd, *tiny)
     assert code == 0, err
     metrics = read_json(rd / "classifiers" / "metrics.json")
-    assert metrics["false_positive_rate"]["heldout_real"]["both"]["n"] == 156
+    assert metrics["false_positive_rate"]["heldout_real"]["q"]["n"] == 156
     code, err = run(capsys, "train-classifiers", "--run-dir", rd, *tiny)
     assert code == 0 and "kept" in err
     code, err = run(capsys, "count", "--run-dir", rd, "--quiet", "--data-root", data_root,
@@ -110,7 +110,7 @@ def test_count_cli_writes_results(tmp_path, capsys, data_root):
     assert set(rep) >= {"n_samples", "c_p", "c_id", "q", "expected_q", "p_value", "rate_ci95", "false_positive_rate"}
     assert rep["q"] <= min(rep["c_p"], rep["c_id"])
     assert set(rep["false_positive_rate"]) == {"heldout_real", "control_samples"}
-    assert rep["false_positive_rate"]["control_samples"]["both"]["n"] == 64
+    assert rep["false_positive_rate"]["control_samples"]["q"]["n"] == 64
     assert json.loads((rd / "results.json").read_text())["reproduction"]["detectors"]["c_p"]["kind"] == "classifier"
 
 

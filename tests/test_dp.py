@@ -117,7 +117,7 @@ def test_the_audit_section_sets_the_formal_bound_beside_the_measured_rate():
     from diffaudit.audit.privacy import privacy_section
     from diffaudit.audit.stats import reproduction_test
 
-    fpr = {"heldout_real": {"both": {"positives": 0, "n": 156, "rate": 0.0}}}
+    fpr = {"heldout_real": {"q": {"positives": 0, "n": 156, "rate": 0.0}}}
     rep = {**reproduction_test(3, 256, 16), "false_positive_rate": fpr}
     dp = {"epsilon": epsilons(1.0, 0.5, 6, 1e-5), "delta": 1e-5, "noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 6}
     s = privacy_section(dp, rep)

@@ -135,9 +135,9 @@ def cmd_train_classifiers(args: argparse.Namespace) -> None:
     real = m["false_positive_rate"]["heldout_real"]
     clean = m["true_positive_rate"]["copies_of_x_p"]["0"]
     _say(f"c_p test accuracy {m['c_p']['test_accuracy']:.3f}; c_id training accuracy {m['c_id']['train_accuracy']:.3f}; "
-         f"false positives on {real['both']['n']} held-out real images: c_p {real['c_p']['positives']}, "
-         f"c_id {real['c_id']['positives']}, both {real['both']['positives']}; copies of x_p detected by both: "
-         f"{clean['both']['positives']}/{clean['both']['n']} -> {run / 'classifiers' / 'metrics.json'}")
+         f"false positives on {real['q']['n']} held-out real images: c_p {real['c_p']['positives']}, "
+         f"c_id {real['c_id']['positives']}, q {real['q']['positives']}; copies of x_p detected by both: "
+         f"{clean['q']['positives']}/{clean['q']['n']} -> {run / 'classifiers' / 'metrics.json'}")
 
 
 # ---- count ---------------------------------------------------------------------------------------------

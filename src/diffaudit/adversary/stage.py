@@ -139,7 +139,7 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     for std in COPY_NOISE:
         x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, Stream.COPIES, int(std * 1000))))
         fp, fid = c_p(x), c_id(x)
-        copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "both": _positives(fp & fid),
+        copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "q": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}
     return {
         "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
@@ -148,7 +148,7 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
                  "detects_x_i": bool(id_flags[-2]), "detects_x_p": bool(id_flags[-1]),
                  "false_positives_in_training_set": int(id_flags[:-2].sum()),
                  "best_epoch": c_id.meta.get("best_epoch"), "arch": c_id.meta["config"]["arch"]},
-        "false_positive_rate": {"heldout_real": {"c_p": _positives(p_real), "c_id": _positives(id_real), "both": _positives(p_real & id_real)}},
+        "false_positive_rate": {"heldout_real": {"c_p": _positives(p_real), "c_id": _positives(id_real), "q": _positives(p_real & id_real)}},
         "true_positive_rate": {"copies_of_x_p": copies, "n_copies": N_COPIES, "shift_px": 1},
         "nearest_neighbour": nn.describe() if nn else None,
         "device": str(next(c_p.net.parameters()).device),

@@ -75,7 +75,7 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
         control = _with_shards(find_samples(run, control_samples))
         _check_control(control, manifest, log)
         c = count_reproductions(iter_shards(control), detectors, keep=0, progress=progress, total=_total(control))
-        counts = {("both" if name == "q" and len(detectors) > 1 else name): k for name, k in c.counts().items()}
+        counts = c.counts()  # each detector's positives, and q: the images every detector flagged
         rates.setdefault("false_positive_rate", {})["control_samples"] = {
             **{name: {"positives": k, "n": c.n, "rate": k / c.n} for name, k in counts.items()},
             "samples": run_relative(run, control)}

@@ -16,7 +16,7 @@ def privacy_section(dp: dict, reproduction: dict) -> dict:
     counted), taking the upper 95% Clopper–Pearson limit, so the bound errs on the safe side. Each generated image
     is post-processing of the DP model, so P(flagged | x_p trained on) <= 1 - f(κ) for the model's trade-off f."""
     fpr = reproduction.get("false_positive_rate", {})
-    sources = {name: fpr[name].get("both") or fpr[name].get("q") for name in ("heldout_real", "control_samples")
+    sources = {name: fpr[name].get("q") for name in ("heldout_real", "control_samples")
                if isinstance(fpr.get(name), dict)}
     sources = {k: v for k, v in sources.items() if v}
     if not sources:

@@ -50,10 +50,10 @@ def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str
     """A warning when the detectors together found fewer than ``least`` of the clean copies of x_p: then a
     small count says more about the detectors than about the model."""
     copies = metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).get("0", {})
-    both = copies.get("both")
-    if not both or both["rate"] is None or both["rate"] >= least:
+    q = copies.get("q")
+    if not q or q["rate"] is None or q["rate"] >= least:
         return None
-    return (f"Caution: the detectors together recognised only {both['positives']} of {both['n']} copies of x_p "
+    return (f"Caution: the detectors together recognised only {q['positives']} of {q['n']} copies of x_p "
             f"(c_p {copies.get('c_p', {}).get('positives')}, c_id {copies.get('c_id', {}).get('positives')}), so the count "
             "above can miss reproductions; train the classifiers longer (train-classifiers --max-epochs, --patience) or "
             "count with the reference detector (--detector nn) before relying on it.")
@@ -156,15 +156,15 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
         out.append(("h", 2, "Detector error rates"))
         fpr = metrics.get("false_positive_rate", {})
         rows = [["false positives, held-out real test images", _rate_text(fpr.get("heldout_real", {}).get("c_p")),
-                 _rate_text(fpr.get("heldout_real", {}).get("c_id")), _rate_text(fpr.get("heldout_real", {}).get("both"))]]
+                 _rate_text(fpr.get("heldout_real", {}).get("c_id")), _rate_text(fpr.get("heldout_real", {}).get("q"))]]
         control = (rep or {}).get("false_positive_rate", {}).get("control_samples")
         if control:
             rows.append(["false positives, samples of the control model", _rate_text(control.get("c_p")),
-                         _rate_text(control.get("c_id")), _rate_text(control.get("both"))])
+                         _rate_text(control.get("c_id")), _rate_text(control.get("q"))])
         for noise, d in metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).items():
             rows.append([f"detected copies of x_p (±1 px, noise std {noise})", _rate_text(d.get("c_p")), _rate_text(d.get("c_id")),
-                         _rate_text(d.get("both"))])
-        out.append(("table", ["", "c_p", "c_id", "both (q)"], rows))
+                         _rate_text(d.get("q"))])
+        out.append(("table", ["", "c_p", "c_id", "q (both)"], rows))
 
     if tp and tp.get("figure"):
         out.append(("h", 2, "q_M(t) (Algorithm 1, Fig. 6)"))

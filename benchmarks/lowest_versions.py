@@ -1,5 +1,6 @@
 """The package as a user installs it, without the Makefile: build the wheel, install it into a fresh venv on the
 lowest torch and torchvision that pyproject.toml claims, run the entry point, and run the quick tests against it.
+It builds what is committed (``git archive HEAD``).
 
     python benchmarks/lowest_versions.py                      # torch 2.13.0, torchvision 0.28.0
     python benchmarks/lowest_versions.py --torch-wheel torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl
@@ -48,8 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="diffaudit-lowest-") as tmp:
         tmp = Path(tmp)
-        step("pip wheel . (no dependencies)", [args.python, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"),
-                                               str(ROOT)])
+        # the committed state, as a clone has it; building in a copy leaves no build/ folder in the checkout
+        step("git archive HEAD", ["bash", "-c", f"mkdir -p {tmp / 'src'} && git -C {ROOT} archive HEAD | tar -x -C {tmp / 'src'}"])
+        step("pip wheel (no dependencies)", [args.python, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"),
+                                             str(tmp / "src")])
         wheel = next((tmp / "dist").glob("diffaudit-*.whl"))
         step("fresh venv", [args.python, "-m", "venv", str(tmp / "venv")])
         py = str(tmp / "venv" / "bin" / "python")

@@ -1,1 +1,0 @@
-"""MedMNIST images, the synthetic anatomical fingerprint, and the training-set manifest."""

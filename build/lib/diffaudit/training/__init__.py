@@ -1,1 +1,0 @@
-"""Training the score model: the loop with EMA, checkpoints and exact resume."""

@@ -120,6 +120,7 @@ def test_rerunning_a_finished_audit_skips_every_stage(finished, data_root):
     assert before == {s: (finished / "audit" / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
 
 
+@pytest.mark.slow
 def test_an_audit_killed_mid_run_resumes_to_the_same_results(finished, data_root, tmp_path):
     run = tmp_path / "killed"
     config = tmp_path / "tiny.json"
@@ -230,6 +231,7 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
     assert "significantly more than full memorisation" in excess_warning({"n_train": 16, "reproduction": excess})
 
 
+@pytest.mark.slow
 def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(tmp_path, data_root):
     from diffaudit.config import DPConfig
     from diffaudit.generate import iter_labelled_shards
@@ -267,6 +269,7 @@ def test_a_class_conditional_model_needs_valid_labels(tmp_path):
                   labels=labels, progress=False)
 
 
+@pytest.mark.slow
 def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_root):
     from diffaudit.audit.sweep import run_privacy_sweep
 

@@ -193,7 +193,7 @@ def cmd_tprime(args: argparse.Namespace) -> None:
 # ---- audit, sweep, report -------------------------------------------------------------------------------
 def _audit_config(args: argparse.Namespace):
     """The audit config of --preset or --config, with every override flag applied on top of it."""
-    from .audit.pipeline import load_config
+    from .audit.stages import load_config
 
     if args.config and args.preset:
         raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")

@@ -1,4 +1,4 @@
-"""``diffaudit audit``: every stage of the audit into one run directory, resumable, with a dry run.
+"""The engine of ``diffaudit audit``: every stage of the audit into one run directory, resumable.
 
 Stages, in order: prepare, train, classifiers, sample, count, tprime, nll, fid, utility (class-conditional
 models only), report. The whole audit's config
@@ -9,6 +9,9 @@ matches is skipped, so a killed audit continues at the stage it was in. Training
 checkpoint and sampling from its first missing shard; the other stages restart. Every stage is seeded, so
 results.json of a resumed audit equals that of an uninterrupted one (wall times live in the stage records and
 in ``<run>/audit/audit.log``, never in results.json).
+
+This module is the engine alone: stage keys, dependencies, records and resume. What each stage runs is the table in
+:mod:`diffaudit.audit.stages`; the dry run is :mod:`diffaudit.audit.plan`.
 """
 
 from __future__ import annotations
@@ -20,47 +23,17 @@ import os
 import time
 from pathlib import Path
 
-from ..adversary.classifiers import ARCHS
-from ..config import STAGES, AuditConfig, audit_from_dict, to_dict
-from ..data.fingerprint import SHAPES
-from ..diffusion.samplers import get_sampler
-from ..diffusion.sde import make_sde
+from ..config import STAGES, AuditConfig, to_dict
 from ..errors import DiffauditError
-from ..extras import require
 from ..io import config_differences, config_hash, read_json, write_json
 from ..parallel import processes
-from .fid import find_inception_weights
-from .stages import RUNNERS, Context
+from .stages import RUNNERS, Context, check_audit_config
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
            "count": ("sample", "classifiers"), "tprime": ("train", "classifiers", "count"),
            "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
            "report": ("count", "tprime", "nll", "fid", "utility")}
-
-
-def check_audit_config(cfg: AuditConfig) -> None:
-    """Refuse a config whose names or paths cannot work, before any stage runs (``--dry-run`` included). Types and
-    ranges were checked when the config was built (:class:`~diffaudit.config.Checked`); this checks what the
-    registries, the installed extras and the file system decide: samplers, the SDE, classifier architectures, the
-    SAF shape, the Inception weights and a pretrained model."""
-    make_sde(cfg.sde)
-    get_sampler(cfg.sample.sampler)
-    get_sampler(cfg.tprime.sampler)
-    for name in ("c_p", "c_id"):
-        if getattr(cfg, name).arch not in ARCHS:
-            raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
-    if cfg.prepare.saf_shape not in SHAPES:
-        raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SHAPES)}")
-    weights = find_inception_weights(cfg.fid.inception_weights) if cfg.fid.extractor != "domain" else None
-    if cfg.fid.extractor == "inception" or weights is not None:
-        require("torch_fidelity", "the Inception FID (or set --fid-extractor domain)")
-    if cfg.dp is not None:
-        require("opacus", "DP-SGD training")
-    for pretrained in {cfg.pretrained, cfg.dp.pretrained if cfg.dp else None} - {None}:
-        if not (Path(pretrained) / "model.safetensors").is_file():
-            raise DiffauditError(f"no finished model to start from in {pretrained}; give the train/ folder of a "
-                                 "finished run")
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -178,13 +151,3 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
 
 def _brief(summary: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
-
-
-def load_config(path: str | Path) -> AuditConfig:
-    """The audit config in the JSON file ``path`` (a run's ``audit.json`` is one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffauditError(f"no audit config at {path}; give the path of an audit config JSON (a run's audit.json "
-                             "is one), or leave --config out to use --preset")
-    return audit_from_dict(read_json(path))
-

@@ -16,8 +16,8 @@ from ..config import STAGES, AuditConfig
 from ..device import resolve_device
 from ..diffusion.samplers import nfe_per_step
 from ..diffusion.unet import build_unet
-from .pipeline import check_audit_config, check_run_dir, stage_done, stage_keys_of
-from .stages import Context
+from .pipeline import check_run_dir, stage_done, stage_keys_of
+from .stages import Context, check_audit_config
 
 
 def _images_per_second(call: Callable[[], object], batch: int, dev) -> float:

@@ -27,20 +27,59 @@ from typing import Callable
 
 import numpy as np
 
+from ..adversary.classifiers import ARCHS
 from ..adversary.stage import train_classifiers
-from ..config import AuditConfig, DPConfig, ModelConfig, TrainConfig
+from ..config import AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
+from ..data.fingerprint import SHAPES
 from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
+from ..diffusion.samplers import get_sampler
 from ..diffusion.sde import SDE, make_sde
+from ..errors import DiffauditError
+from ..extras import require
 from ..generate import sample_run
 from ..io import config_hash, read_json
 from ..privacy.dpsgd import train_dp
 from ..training.loop import train
 from .count import run_count
+from .fid import find_inception_weights
 from .quality import run_fid, run_nll
 from .report import write_report
 from .tprime import make_grid
 from .tprime_stage import run_tprime
 from .utility import run_utility
+
+
+def check_audit_config(cfg: AuditConfig) -> None:
+    """Refuse a config whose names or paths cannot work, before any stage runs (``--dry-run`` included). Types and
+    ranges were checked when the config was built (:class:`~diffaudit.config.Checked`); this checks what the
+    registries, the installed extras and the file system decide: samplers, the SDE, classifier architectures, the
+    SAF shape, the Inception weights and a pretrained model."""
+    make_sde(cfg.sde)
+    get_sampler(cfg.sample.sampler)
+    get_sampler(cfg.tprime.sampler)
+    for name in ("c_p", "c_id"):
+        if getattr(cfg, name).arch not in ARCHS:
+            raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
+    if cfg.prepare.saf_shape not in SHAPES:
+        raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SHAPES)}")
+    weights = find_inception_weights(cfg.fid.inception_weights) if cfg.fid.extractor != "domain" else None
+    if cfg.fid.extractor == "inception" or weights is not None:
+        require("torch_fidelity", "the Inception FID (or set --fid-extractor domain)")
+    if cfg.dp is not None:
+        require("opacus", "DP-SGD training")
+    for pretrained in {cfg.pretrained, cfg.dp.pretrained if cfg.dp else None} - {None}:
+        if not (Path(pretrained) / "model.safetensors").is_file():
+            raise DiffauditError(f"no finished model to start from in {pretrained}; give the train/ folder of a "
+                                 "finished run")
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """The audit config in the JSON file ``path`` (a run's ``audit.json`` is one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffauditError(f"no audit config at {path}; give the path of an audit config JSON (a run's audit.json "
+                             "is one), or leave --config out to use --preset")
+    return audit_from_dict(read_json(path))
 
 
 @dataclass

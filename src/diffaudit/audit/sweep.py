@@ -26,10 +26,10 @@ from ..data.prepare import number_of_classes
 from ..diffusion.sde import make_sde
 from ..errors import DiffauditError
 from ..io import read_json, write_json
-from .pipeline import check_audit_config, run_audit
+from .pipeline import run_audit
 from .plots import plot_q_m
 from .report import excess_warning, fmt, write_blocks
-from .stages import Context, fit_score_model
+from .stages import Context, check_audit_config, fit_score_model
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:

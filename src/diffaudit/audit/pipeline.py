@@ -26,7 +26,8 @@ from pathlib import Path
 from ..config import STAGES, AuditConfig, to_dict
 from ..errors import DiffauditError
 from ..io import config_differences, config_hash, read_json, write_json
-from ..parallel import processes
+from ..parallel import Processes, processes
+from ..runlock import run_lock
 from .stages import RUNNERS, Context, check_audit_config
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
@@ -115,9 +116,14 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
         raise DiffauditError("a DP-SGD audit runs in one process (its sampling, noise and accountant are not split "
                              "across ranks); start it without accelerate launch/torchrun")
     check_run_dir(run, cfg)
+    with run_lock(run):  # one process per run directory (re-entrant: the CLI may hold it already)
+        return _run_stages(ctx, procs, stop_after)
+
+
+def _run_stages(ctx: Context, procs: Processes, stop_after: str | None) -> dict:
+    run, cfg = ctx.run, ctx.cfg
     procs.barrier()
     if procs.main:
-        run.mkdir(parents=True, exist_ok=True)
         write_json(run / "audit.json", to_dict(cfg))
     logger = _file_logger(run) if procs.main else None
     say = ctx.log

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from ..config import ClassifierConfig, from_dict, to_dict
 from ..data.fingerprint import Fingerprint
-from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import check_state_dict, load_tensors, read_json, save_tensors, write_json
+from ..rng import derive_seed
 from .examples import Task, augment
 
 ARCHS: dict[str, Callable[[], ResNet]] = {

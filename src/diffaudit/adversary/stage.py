@@ -37,9 +37,9 @@ from ..data.prepare import (
     split_images,
 )
 from ..device import resolve_device
-from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..io import config_hash, existing_artefact, write_json
+from ..rng import derive_seed
 from .classifiers import ClassifierDetector, check_config, classifier_record, fit, load_classifier, save_classifier
 from .detectors import NearestNeighbourDetector
 from .examples import Task, jittered_copies

@@ -37,10 +37,10 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from tqdm.auto import tqdm
 
 from ..config import INCEPTION_FILE, ExtractorConfig, to_dict
-from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..extras import require
 from ..io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
+from ..rng import derive_seed
 
 
 class Stream(enum.IntEnum):

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from ..data.medmnist import open_dataset
 from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
 from ..device import resolve_device
-from ..diffusion.rng import derive_seed
 from ..errors import DiffauditError
 from ..generate import iter_shards
 from ..io import config_hash, read_json, run_relative, write_json
+from ..rng import derive_seed
 from ..training.loop import load_score_model
 from .fid import Frechet, find_inception_weights, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise

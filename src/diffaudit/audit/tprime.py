@@ -35,11 +35,11 @@ import torch
 from scipy.stats import binom
 
 from ..adversary.detectors import Detector, call_detector
-from ..diffusion.rng import derive_seed
 from ..diffusion.samplers import get_sampler, nfe_per_step, sample
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
 from ..images import to_model_space, to_uint8
+from ..rng import derive_seed
 from .stats import clopper_pearson
 
 

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
-
-def derive_seed(*words: int) -> int:
-    """A 63-bit seed hashed from non-negative integers (run seed, image index, step, purpose ...)."""
-    if any(int(w) < 0 for w in words):
-        raise ValueError(f"seed words must be non-negative, got {words}")
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0]
-    return int(state) & ((1 << 63) - 1)
+from ..rng import derive_seed
 
 
 def stream_seed(seed: int, index: int) -> int:

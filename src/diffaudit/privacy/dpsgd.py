@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfig, to_dict
 from ..device import resolve_device
-from ..diffusion.rng import derive_seed
 from ..diffusion.score import ScoreModel
 from ..diffusion.sde import SDE
 from ..errors import DiffauditError
@@ -45,6 +44,7 @@ from ..extras import require
 from ..images import to_model_space
 from ..io import existing_artefact, write_json
 from ..parallel import launched_world
+from ..rng import derive_seed
 from ..training.loop import (
     Stream,
     append_log,

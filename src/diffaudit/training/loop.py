@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
-from ..diffusion.rng import derive_seed
 from ..diffusion.score import ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet
@@ -36,6 +35,7 @@ from ..extras import require
 from ..images import to_model_space
 from ..io import atomic_path, check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 from ..parallel import processes
+from ..rng import derive_seed
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 

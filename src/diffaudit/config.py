@@ -21,13 +21,14 @@ C = TypeVar("C")
 #: The smallest training set an audit can use: x_p and at least one other image, against which the identity
 #: classifier and the reference detector's threshold are calibrated.
 MIN_N_TRAIN = 2
+SPLITS = ("train", "val", "test")  # the splits of a MedMNIST file
 
 
 # ---- checked construction ------------------------------------------------------------------------------
-# Every config checks itself when it is built, so the command-line flags (through ``replace``) and a config file
+# Every config checks itself when it is built, so the command-line flags (through ``override``) and a config file
 # (through ``from_dict``) pass the same checks, and bad input is refused before any stage runs: first the types
 # (a JSON "0.002" is not a number), then each class's ranges in ``_check``. Names that a registry resolves
-# (samplers, SDEs, architectures) are checked where the registries live, by ``audit.pipeline.check_audit_config``.
+# (samplers, SDEs, architectures) are checked above the registries, by ``audit.stages.check_audit_config``.
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -121,7 +122,7 @@ class PrepareConfig(Checked):
 
     def _check(self) -> None:
         self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
-        self._one_of("split", ("train", "val", "test"))
+        self._one_of("split", SPLITS)
         if self.n_train is not None:
             self._require("n_train", self.n_train >= MIN_N_TRAIN,
                           f">= {MIN_N_TRAIN} (x_p and at least one other image; --n-train)")

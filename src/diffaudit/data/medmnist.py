@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import SPLITS
 from ..errors import DiffauditError
 from ..io import file_md5
 
-SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 _SHARED = Path("..") / "shared" / "data" / "medmnist"
 

@@ -365,3 +365,17 @@ def test_the_package_declares_a_range_and_a_license():
     assert set(project["optional-dependencies"]) >= {"dp", "fid", "multi-gpu", "all"}
     assert "Apache License" in (root / "LICENSE").read_text()
     assert shutil.which("make") is None or "torch==2.14.1" in (root / "Makefile").read_text()
+
+
+def test_the_data_and_the_tprime_options_are_checked_before_any_work(tmp_path, capsys, data_root, prepared):
+    refused(capsys, "audit", "--run-dir", tmp_path / "r", "--dry-run", "--data-root", data_root, "--n-train", 600,
+            match="--n-train 600 does not fit breastmnist, whose train split has 546 images")
+    refused(capsys, "audit", "--run-dir", tmp_path / "r", "--dry-run", "--data-root", data_root, "--dataset", "nosuch",
+            match="'nosuch' is not a MedMNIST dataset")
+    refused(capsys, "prepare", "--run-dir", tmp_path / "r", "--seed", -1, "--data-root", data_root,
+            match="PrepareConfig.seed must be >= 0")
+    # the model does not exist yet: the options are refused first
+    refused(capsys, "tprime", "--run-dir", prepared, "--M", 0, match="TPrimeConfig.M must be >= 1")
+    refused(capsys, "tprime", "--run-dir", prepared, "--chance", 7, match="TPrimeConfig.chance must be full, measured")
+    refused(capsys, "sweep", "--out", tmp_path / "s", "--dp-epsilons", "-1", match="positive numbers or inf, got '-1'")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()

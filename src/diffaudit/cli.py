@@ -26,6 +26,7 @@ from .config import (
     T_SEARCHES,
     PrepareConfig,
     SampleConfig,
+    TPrimeConfig,
     apply_overrides,
     get_audit_preset,
     get_preset,
@@ -170,9 +171,11 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     from .audit.tprime_stage import run_posthoc, run_tprime
 
     run = Path(args.run_dir)
+    t = TPrimeConfig(M=args.M, resolution=args.resolution, t_max=args.t_max, steps=args.steps, sampler=args.sampler,
+                     search=args.search, alpha=args.alpha, chance=args.chance, seed=args.seed)  # checked up front
     _load_manifest(run)
-    grid = make_grid(args.resolution, args.t_max)
-    common_args = dict(grid=grid, m=args.M, seed=args.seed, steps=args.steps, sampler=args.sampler, alpha=args.alpha,
+    grid = make_grid(t.resolution, t.t_max)
+    common_args = dict(grid=grid, m=t.M, seed=t.seed, steps=t.steps, sampler=t.sampler, alpha=t.alpha,
                        data_root=args.data_root, device=args.device, progress=not args.quiet)
     if args.images is not None:
         rows = run_posthoc(run, _positions(args.images), **common_args)
@@ -227,8 +230,13 @@ def cmd_audit(args: argparse.Namespace) -> None:
     dp = _dp_config(args)
     if dp is not None:
         cfg = override(cfg, dp=dp)
-    if args.download and not args.dry_run:
-        open_dataset(cfg.prepare.dataset, data_root=args.data_root, download_missing=True, log=_say)
+    from .audit.stages import check_audit_data
+    from .data.medmnist import dataset_path, resolve_root
+
+    missing = not dataset_path(cfg.prepare.dataset, resolve_root(args.data_root)).is_file()
+    if not (args.dry_run and args.download and missing):  # a dry run downloads nothing
+        check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=args.data_root,
+                                           download_missing=args.download, log=_say))
     if args.class_conditional:
         cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
@@ -267,9 +275,12 @@ def _epsilons(text: str) -> list[float | None]:
     for v in text.split(","):
         v = v.strip().lower()
         try:
-            out.append(None if v in ("inf", "none") else float(v))
+            eps = None if v in ("inf", "none") else float(v)
         except ValueError:
-            raise DiffauditError(f"--dp-epsilons takes comma-separated numbers or inf, got '{v}'") from None
+            eps = -1.0
+        if eps is not None and not (0 < eps < float("inf")):
+            raise DiffauditError(f"--dp-epsilons takes comma-separated positive numbers or inf, got '{v}'")
+        out.append(eps)
     return out
 
 
@@ -279,7 +290,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     cfg = _audit_config(args)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     n_trains = _n_trains(args.n_trains)
-    if args.dp_epsilons:
+    epsilons = _epsilons(args.dp_epsilons) if args.dp_epsilons else None
+    if epsilons is not None:
         if len(datasets) != 1 or len(n_trains) != 1:
             raise DiffauditError("a privacy sweep (--dp-epsilons) runs on one dataset and one N_D")
         open_dataset(datasets[0], data_root=args.data_root, download_missing=args.download, log=_say)
@@ -287,7 +299,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             cfg = _class_conditional(cfg, datasets[0], args.data_root)
         cfg = override(cfg, prepare=override(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
         pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
-        summary = run_privacy_sweep(Path(args.out), cfg, epsilons=_epsilons(args.dp_epsilons), pretrain=pretrain,
+        summary = run_privacy_sweep(Path(args.out), cfg, epsilons=epsilons, pretrain=pretrain,
                                     public_dataset=args.public_dataset or datasets[0], public_split=args.public_split,
                                     device=args.device, data_root=args.data_root, progress=not args.quiet, log=_say)
         _say(f"{len(summary['cells'])} audits; report: {Path(args.out) / 'report.html'} (and privacy_sweep.json)")

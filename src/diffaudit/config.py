@@ -127,6 +127,7 @@ class PrepareConfig(Checked):
             self._require("n_train", self.n_train >= MIN_N_TRAIN,
                           f">= {MIN_N_TRAIN} (x_p and at least one other image; --n-train)")
         self._require("channels", self.channels in (1, 3), "1 or 3")
+        self._at_least(0, "seed")
         self._positive("saf_radius", "saf_width")
         self._fraction("saf_intensity", closed=True)
 

@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 from ..config import STAGES, AuditConfig, to_dict
+from ..data.medmnist import open_dataset
 from ..errors import DiffauditError
 from ..io import config_differences, config_hash, read_json, write_json
 from ..parallel import Processes, processes
 from ..runlock import run_lock
-from .stages import RUNNERS, Context, check_audit_config
+from .stages import RUNNERS, Context, check_audit_config, check_audit_data
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
@@ -111,6 +112,7 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
     if stop_after is not None and stop_after not in STAGES:
         raise DiffauditError(f"unknown stage '{stop_after}'; the stages are {', '.join(STAGES)}")
     check_audit_config(cfg)
+    check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=ctx.data_root))
     procs = processes(ctx.device)
     if cfg.dp is not None and procs.world > 1:
         raise DiffauditError("a DP-SGD audit runs in one process (its sampling, noise and accountant are not split "

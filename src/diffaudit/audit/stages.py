@@ -29,8 +29,9 @@ import numpy as np
 
 from ..adversary.classifiers import ARCHS
 from ..adversary.stage import train_classifiers
-from ..config import AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
+from ..config import MIN_N_TRAIN, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
 from ..data.fingerprint import SHAPES
+from ..data.medmnist import MedMNISTFile
 from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
 from ..diffusion.samplers import get_sampler
 from ..diffusion.sde import SDE, make_sde
@@ -71,6 +72,18 @@ def check_audit_config(cfg: AuditConfig) -> None:
         if not (Path(pretrained) / "model.safetensors").is_file():
             raise DiffauditError(f"no finished model to start from in {pretrained}; give the train/ folder of a "
                                  "finished run")
+
+
+def check_audit_data(cfg: AuditConfig, data: MedMNISTFile) -> None:
+    """Refuse an audit whose training set cannot be drawn from ``data``: N_D beyond the split, or grey channels
+    asked of an RGB dataset."""
+    p = cfg.prepare
+    images = data.images(p.split)
+    if p.n_train is not None and p.n_train > len(images):
+        raise DiffauditError(f"--n-train {p.n_train} does not fit {p.dataset}, whose {p.split} split has {len(images)} "
+                             f"images; use a value between {MIN_N_TRAIN} and {len(images)}, or the whole split")
+    if images.shape[1] == 3 and p.channels == 1:
+        raise DiffauditError(f"{p.dataset} is RGB; prepare.channels must be 3 for it")
 
 
 def load_config(path: str | Path) -> AuditConfig:

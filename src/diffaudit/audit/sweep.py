@@ -29,7 +29,7 @@ from ..io import read_json, write_json
 from .pipeline import run_audit
 from .plots import plot_q_m
 from .report import excess_warning, fmt, write_blocks
-from .stages import Context, check_audit_config, fit_score_model
+from .stages import Context, check_audit_config, check_audit_data, fit_score_model
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:
@@ -60,6 +60,7 @@ def sweep_cells(base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequenc
             cfg = dataclasses.replace(base, model=model,
                                       prepare=dataclasses.replace(base.prepare, dataset=dataset, n_train=n_train))
             check_audit_config(cfg)
+            check_audit_data(cfg, data)
             cells.append((cell_name(dataset, n_train), cfg))
     return cells
 

@@ -250,6 +250,12 @@ def test_checked_inception_weights_reach_torch_fidelity(tmp_path, monkeypatch):
     torch.save(state, good)
     net = inception_extractor(good)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    from diffaudit.audit.fid import Frechet
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (3, 1, 28, 28), dtype=np.uint8) for _ in range(2))
+    fid = Frechet("inception", weights=good).distance([a], b)  # grey images repeated to RGB, resized to 299
+    assert np.isfinite(fid["value"]) and fid["n_generated"] == fid["n_reference"] == 3
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(DiffauditError, match="not the Inception-v3 weights"):
         inception_extractor(tmp_path / "other.pth")

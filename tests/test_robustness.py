@@ -21,7 +21,7 @@ from diffaudit.audit.sweep import sweep_cells
 from diffaudit.audit.tprime import Evaluation, search
 from diffaudit.audit.tprime_stage import posthoc
 from diffaudit.cli import _audit_config, build_parser, main
-from diffaudit.config import AuditConfig, TrainConfig, audit_from_dict, to_dict
+from diffaudit.config import AuditConfig, PrepareConfig, TrainConfig, audit_from_dict, to_dict
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.errors import DiffauditError
 from diffaudit.runlock import run_lock
@@ -308,9 +308,13 @@ def test_the_lock_is_reentrant_and_removes_a_folder_it_made_for_nothing(tmp_path
 
 # ---- 11. known bugs -------------------------------------------------------------------------------------------
 def test_a_class_conditional_sweep_conditions_each_dataset_on_its_own_classes(data_root):
-    cells = sweep_cells(AuditConfig(model=TINY_MODEL), datasets=["breastmnist", "retinamnist"], n_trains=[8],
+    rgb = AuditConfig(model=TINY_MODEL, prepare=PrepareConfig(channels=3))  # grey images repeated to RGB, as the paper
+    cells = sweep_cells(rgb, datasets=["breastmnist", "retinamnist"], n_trains=[8],
                         class_conditional=True, data_root=str(data_root), log=lambda m: None)
     assert {name: cfg.model.num_classes for name, cfg in cells} == {"breastmnist-n8": 2, "retinamnist-n8": 5}
+    with pytest.raises(DiffauditError, match="retinamnist is RGB; prepare.channels must be 3"):
+        sweep_cells(AuditConfig(model=TINY_MODEL), datasets=["breastmnist", "retinamnist"], n_trains=[8],
+                    data_root=str(data_root), log=lambda m: None)
 
 
 @pytest.mark.parametrize("grid", [[0.5, 0.25, 0.75], [0.25, 0.25, 0.5], [], [0.0, 0.5], [0.5, 1.5]])

@@ -156,7 +156,7 @@ def test_tprime_cli(tmp_path, capsys, data_root):
     code, err = run(capsys, "tprime", "--run-dir", rd, "--images", "0,99", *fast)
     assert code == 2 and "outside the training set" in err
     code, err = run(capsys, "tprime", "--run-dir", rd, "--M", 0, "--detector", "nn", "--data-root", data_root)
-    assert code == 2 and "M, the number" in err
+    assert code == 2 and "TPrimeConfig.M must be >= 1" in err
 
 
 def test_posthoc_ranks_the_memorised_image_first():

@@ -230,9 +230,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     dp = _dp_config(args)
     if dp is not None:
         cfg = override(cfg, dp=dp)
-    from .audit.stages import check_audit_data
+    from .audit.stages import check_audit_config, check_audit_data
     from .data.medmnist import dataset_path, resolve_root
 
+    check_audit_config(cfg)  # names and extras first, then the data
     missing = not dataset_path(cfg.prepare.dataset, resolve_root(args.data_root)).is_file()
     if not (args.dry_run and args.download and missing):  # a dry run downloads nothing
         check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=args.data_root,

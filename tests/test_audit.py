@@ -273,8 +273,12 @@ def test_a_class_conditional_model_needs_valid_labels(tmp_path):
 def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_root):
     from diffaudit.audit.sweep import run_privacy_sweep
 
+    small = dict(epoch_size=32, val_size=32, batch_size=16)  # the wiring is tested here, not the figures
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, num_classes=2),
-                              tprime=dataclasses.replace(TINY.tprime, resolution=0.5),
+                              train=dataclasses.replace(TINY.train, steps=12),
+                              c_p=dataclasses.replace(TINY.c_p, **small), c_id=dataclasses.replace(TINY.c_id, **small),
+                              sample=dataclasses.replace(TINY.sample, n=16, steps=6),
+                              tprime=dataclasses.replace(TINY.tprime, resolution=1.0, M=2, steps=6),
                               nll=dataclasses.replace(TINY.nll, n_train=1, n_test=1, x_p_repeats=1))
     out = tmp_path / "eps"
     summary = run_privacy_sweep(out, cfg, epsilons=[50.0], pretrain=[False, True], public_dataset="breastmnist",

@@ -222,7 +222,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.pipeline import run_audit
     from .audit.plan import format_plan, plan
     from .audit.report import detector_warning, excess_warning, verdict
-    from .audit.stages import Context
+    from .audit.stages import Context, check_audit_config, check_audit_data
+    from .data.medmnist import dataset_path, resolve_root
 
     cfg = _audit_config(args)
     if args.detector:
@@ -230,14 +231,13 @@ def cmd_audit(args: argparse.Namespace) -> None:
     dp = _dp_config(args)
     if dp is not None:
         cfg = override(cfg, dp=dp)
-    from .audit.stages import check_audit_config, check_audit_data
-    from .data.medmnist import dataset_path, resolve_root
-
-    check_audit_config(cfg)  # names and extras first, then the data
-    missing = not dataset_path(cfg.prepare.dataset, resolve_root(args.data_root)).is_file()
-    if not (args.dry_run and args.download and missing):  # a dry run downloads nothing
-        check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=args.data_root,
-                                           download_missing=args.download, log=_say))
+    check_audit_config(cfg)  # names and extras first, then the data (run_audit checks it again before any stage)
+    if args.dry_run:
+        missing = not dataset_path(cfg.prepare.dataset, resolve_root(args.data_root)).is_file()
+        if not (args.download and missing):  # a dry run downloads nothing
+            check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=args.data_root))
+    elif args.download:
+        open_dataset(cfg.prepare.dataset, data_root=args.data_root, download_missing=True, log=_say)
     if args.class_conditional:
         cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,

@@ -83,10 +83,10 @@ def _broken(what: str) -> DiffauditError:
     return DiffauditError(f"manifest.json is damaged or was edited ({what}); prepare the run again in a new --run-dir")
 
 
-def check_manifest(manifest: dict, data: MedMNISTFile | None = None) -> dict:
+def check_manifest(manifest: dict) -> dict:
     """Refuse a manifest that is not what ``prepare`` wrote: a wrong format, an edit (its digest), indices that are
-    repeated or outside the split, a fingerprint whose image is not the one at its position; and, given the
-    data, a file of another MD5 or split size. Returns ``manifest``."""
+    repeated or outside the split, a fingerprint whose image is not the one at its position. Returns ``manifest``.
+    :func:`split_of` checks it against the data file."""
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise DiffauditError(f"not a diffaudit manifest (format {found!r}, expected {MANIFEST_FORMAT})")
@@ -118,14 +118,19 @@ def check_manifest(manifest: dict, data: MedMNISTFile | None = None) -> dict:
             Fingerprint.from_dict(fp).mask(*manifest["image_shape"][1:])  # the SAF's own checks, and that it fits
         except (KeyError, TypeError, ValueError, DiffauditError) as err:
             raise _broken(f"fingerprint: {err}") from None
-    if data is not None:
-        if data.md5 != manifest["md5"]:
-            raise DiffauditError(
-                f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
-                "point --data-root at the original file")
-        if len(data.images(manifest["split"])) != n_split:
-            raise _broken(f"the {manifest['split']} split has {len(data.images(manifest['split']))} images, not {n_split}")
     return manifest
+
+
+def split_of(manifest: dict, data: MedMNISTFile) -> np.ndarray:
+    """The manifest's split of ``data`` (uint8 [N, C, H, W]), refused when the file is not the one it was made from
+    (its MD5) or the split's size differs."""
+    if data.md5 != manifest["md5"]:
+        raise DiffauditError(f"{data.path} has MD5 {data.md5} but the manifest was made from MD5 {manifest['md5']}; "
+                             "point --data-root at the original file")
+    images = data.images(manifest["split"])
+    if len(images) != manifest["split_size"]:
+        raise _broken(f"the {manifest['split']} split has {len(images)} images, not {manifest['split_size']}")
+    return images
 
 
 def load_manifest(run: str | os.PathLike) -> dict:
@@ -154,8 +159,7 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     check_manifest(manifest)
     if data is None:
         data = open_dataset(manifest["dataset"], data_root=data_root)
-    check_manifest(manifest, data)
-    images = _as_channels(manifest, data.images(manifest["split"])[np.asarray(manifest["indices"], dtype=np.int64)])
+    images = _as_channels(manifest, split_of(manifest, data)[np.asarray(manifest["indices"], dtype=np.int64)])
     fp = fingerprint_of(manifest)
     if fp is not None:
         k = manifest["fingerprint"]["position"]

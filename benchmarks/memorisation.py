@@ -24,6 +24,7 @@ import torch
 from diffaudit.config import PrepareConfig, SampleConfig, get_preset
 from diffaudit.data.medmnist import open_dataset
 from diffaudit.data.prepare import build_training_set, make_manifest
+from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.generate import generate_shards, iter_shards
 from diffaudit.training.loop import load_score_model, train
@@ -77,8 +78,8 @@ def main() -> None:
         model, _ = load_score_model(work / "train", device=args.device)
         scfg = SampleConfig(n=args.n, steps=args.sample_steps, batch_size=args.n)
         t0 = time.perf_counter()
-        out = generate_shards(work / f"samples_{steps}", model, sde, scfg, shape=tuple(images.shape[1:]),
-                             device=next(model.parameters()).device, progress=False)
+        out = generate_shards(work / f"samples_{steps}", ContinuousModel(model, sde, image_shape=images.shape[1:]), scfg,
+                              device=next(model.parameters()).device, progress=False)
         dt_sample = time.perf_counter() - t0
         samples = np.concatenate([x for _, x in iter_shards(out)])
         d1, d2, nn = nearest(samples, images)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from diffaudit.adversary.stage import AuditData, make_detectors
 from diffaudit.audit.tprime import QM, make_grid, search
+from diffaudit.device import resolve_device
 from diffaudit.io import read_json
-from diffaudit.training.loop import load_score_model
+from diffaudit.models.load import run_model
 
 
 def main() -> None:
@@ -27,12 +28,12 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run_dir)
     manifest = read_json(run / "manifest.json")
-    model, _ = load_score_model(run / "train", device=args.device)
+    model = run_model(run, manifest=manifest, device=args.device)
     audit = AuditData(manifest)
     detectors = make_detectors(run, audit, args.detector, device=args.device)
-    device = next(model.parameters()).device
+    device = resolve_device(args.device)
     grid = make_grid(args.resolution)
-    q_m = QM(model, model.sde, audit.x_p, detectors, m=args.M, steps=args.steps, device=device)
+    q_m = QM(model, audit.x_p, detectors, m=args.M, steps=args.steps, device=device)
     out = {}
     for method in ("fast", "exhaustive"):
         q_m.cache.clear()

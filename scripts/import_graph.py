@@ -27,6 +27,7 @@ LAYERS = [
     {"data"},
     {"diffusion"},
     {"training", "adversary"},
+    {"models"},
     {"privacy", "generate"},
     {"audit"},
     {"cli"},

@@ -15,6 +15,7 @@ from diffaudit.cli import main
 from diffaudit.config import SampleConfig
 from diffaudit.data.prepare import build_training_set
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
+from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.errors import DiffauditError
 from diffaudit.generate import generate_shards, iter_shards
 from diffaudit.images import to_model_space
@@ -24,7 +25,7 @@ SAMPLING = SampleConfig(n=400, steps=100, batch_size=200, shard_size=150)
 
 
 def _sample(folder, score_fn, sde, cfg=SAMPLING):
-    return generate_shards(folder, score_fn, sde, cfg, shape=(1, 28, 28), progress=False)
+    return generate_shards(folder, ContinuousModel(score_fn, sde, image_shape=(1, 28, 28)), cfg, progress=False)
 
 
 def test_memoriser_reproduces_x_p_at_one_over_n_d_and_a_gaussian_never(tmp_path):
@@ -73,8 +74,8 @@ def _memoriser_samples(run_dir, data_root, n=64):
     sde = SubVPSDE()
     score = memoriser_score(sde, torch.from_numpy(to_model_space(images)))
     cfg = SampleConfig(n=n, steps=60, batch_size=64, shard_size=32)
-    return generate_shards(run_dir / "samples" / "memoriser", score, sde, cfg, shape=tuple(images.shape[1:]),
-                           progress=False)
+    return generate_shards(run_dir / "samples" / "memoriser", ContinuousModel(score, sde, image_shape=images.shape[1:]),
+                           cfg, progress=False)
 
 
 def test_count_cli_writes_results(tmp_path, capsys, data_root):

@@ -21,7 +21,14 @@ from diffaudit.audit.sweep import sweep_cells
 from diffaudit.audit.tprime import Evaluation, search
 from diffaudit.audit.tprime_stage import posthoc
 from diffaudit.cli import _audit_config, build_parser, main
-from diffaudit.config import AuditConfig, PrepareConfig, TrainConfig, audit_from_dict, to_dict
+from diffaudit.config import (
+    AuditConfig,
+    PrepareConfig,
+    TrainConfig,
+    audit_from_dict,
+    to_dict,
+)
+from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.errors import DiffauditError
 from diffaudit.runlock import run_lock
@@ -324,7 +331,8 @@ def test_search_and_posthoc_refuse_a_grid_the_fast_search_would_misread(grid):
             search(lambda t: Evaluation(t, 1, 4, 1), grid, p0=0.1)
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
     with pytest.raises(DiffauditError, match="grid"):
-        posthoc(lambda x, t: torch.zeros_like(x), SubVPSDE(), images, [0], grid=grid, progress=False)
+        posthoc(ContinuousModel(lambda x, t: torch.zeros_like(x), SubVPSDE(), image_shape=(1, 8, 8)), images, [0],
+                grid=grid, progress=False)
 
 
 def test_dp_training_refuses_a_data_parallel_launch(tmp_path, monkeypatch):

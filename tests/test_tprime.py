@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 from test_adversary import smooth_images
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
-from diffaudit.audit.tprime import QM, Evaluation, darboux_bound, make_grid, sde_sigma, search
+from diffaudit.audit.tprime import QM, Evaluation, darboux_bound, make_grid, search
 from diffaudit.cli import main
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
+from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.errors import DiffauditError
 from diffaudit.images import to_model_space
 from diffaudit.io import read_json
@@ -74,7 +75,7 @@ def test_darboux_bound_of_a_step_profile_is_sigma_at_t_prime():
     sde = SubVPSDE()
     grid, q_m = profile([M] * 30 + [0] * 70)
     s = search(q_m, grid, method="exhaustive", p0=1 / 32)
-    sigma = sde_sigma(sde)
+    sigma = ContinuousModel(None, sde, image_shape=(1, 1, 1)).sigma
     assert darboux_bound(s, sigma) == pytest.approx(sigma(0.30))
     grid, q_m = profile([M // 2] * 30 + [0] * 70)  # q = 1/2 after the first point (q(0) := 1)
     s = search(q_m, grid, method="exhaustive", p0=1 / 32)
@@ -97,14 +98,14 @@ def test_memoriser_region_shrinks_with_k_and_a_gaussian_t_prime_is_low():
     for k in (2, 32):
         images = smooth_images(k, 11)
         score = memoriser_score(sde, torch.from_numpy(to_model_space(images)))
-        q_m = QM(score, sde, images[0], {"nn": NearestNeighbourDetector(images[0], images[1:])}, m=8, steps=50)
+        q_m = QM(ContinuousModel(score, sde, image_shape=images.shape[1:]), images[0], {"nn": NearestNeighbourDetector(images[0], images[1:])}, m=8, steps=50)
         s = search(q_m, grid, method="exhaustive", p0=1 / k)
         assert s.evaluations[grid[0]].q == 1.0
         prefix[k] = _leading_positives(s)
     assert prefix[32] < prefix[2], prefix
     images = smooth_images(32, 11)
     x = to_model_space(images)
-    q_m = QM(gaussian_score(sde, float(x.mean()), float(x.std())), sde, images[0],
+    q_m = QM(ContinuousModel(gaussian_score(sde, float(x.mean()), float(x.std())), sde, image_shape=images.shape[1:]), images[0],
              {"nn": NearestNeighbourDetector(images[0], images[1:])}, m=8, steps=50)
     s = search(q_m, grid, method="exhaustive", p0=1 / 32)
     assert s.t_prime <= 0.1 and s.t_prime_alpha <= 0.1 and prefix[2] * 0.1 >= 0.5
@@ -116,8 +117,8 @@ def test_bad_input():
     det = {"nn": NearestNeighbourDetector(images[0], images[1:])}
     score = memoriser_score(sde, torch.from_numpy(to_model_space(images)))
     with pytest.raises(DiffauditError, match="M, the number of reverse runs"):
-        QM(score, sde, images[0], det, m=0)
-    q_m = QM(score, sde, images[0], det, m=2, steps=10)
+        QM(ContinuousModel(score, sde, image_shape=images.shape[1:]), images[0], det, m=0)
+    q_m = QM(ContinuousModel(score, sde, image_shape=images.shape[1:]), images[0], det, m=2, steps=10)
     for t in (0.0, -0.1, 1.5):
         with pytest.raises(DiffauditError, match=r"t must lie in"):
             q_m(t)
@@ -125,7 +126,7 @@ def test_bad_input():
         search(q_m, [], p0=0.25)
     with pytest.raises(DiffauditError, match="resolution"):
         make_grid(0.0)
-    wrong = QM(score, sde, images[0], {"bad": lambda x: np.zeros((len(x), 3), bool)}, m=2, steps=10)
+    wrong = QM(ContinuousModel(score, sde, image_shape=images.shape[1:]), images[0], {"bad": lambda x: np.zeros((len(x), 3), bool)}, m=2, steps=10)
     with pytest.raises(DiffauditError, match="one boolean per image"):
         wrong(0.5)
     with pytest.raises(DiffauditError, match="chance level"):
@@ -167,9 +168,9 @@ def test_posthoc_ranks_the_memorised_image_first():
     images = np.random.default_rng(5).integers(0, 256, size=(4, 1, 6, 6), dtype=np.uint8)
     sde = SubVPSDE()
     score = memoriser_score(sde, torch.from_numpy(to_model_space(images[:1])))
-    rows = posthoc(score, sde, images, [2, 0, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)
+    rows = posthoc(ContinuousModel(score, sde, image_shape=images.shape[1:]), images, [2, 0, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)
     assert [r["position"] for r in rows] == [0, 1, 2]
     assert rows[0]["t_prime"] == 0.5 and rows[0]["t_prime_alpha"] == 0.5
     assert all(r["t_prime"] == 0.0 and r["t_prime_alpha"] == 0.0 for r in rows[1:])
     with pytest.raises(DiffauditError, match="must not repeat"):
-        posthoc(score, sde, images, [1, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)
+        posthoc(ContinuousModel(score, sde, image_shape=images.shape[1:]), images, [1, 1], grid=make_grid(0.1, 0.5), m=4, steps=40, progress=False)

@@ -21,6 +21,7 @@ from .config import (
     DP_FINETUNE,
     FID_EXTRACTORS,
     INCEPTION_FILE,
+    PREDICTION_TYPES,
     PRESETS,
     STAGES,
     T_SEARCHES,
@@ -32,8 +33,10 @@ from .config import (
     get_preset,
     override,
 )
+from .data.export import EXPORT_FORMATS
 from .data.fingerprint import SHAPES
 from .data.medmnist import SPLITS, open_dataset
+from .diffusion.discrete import SCHEDULER_SAMPLERS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.sde import SDES
 from .errors import DiffauditError
@@ -42,6 +45,7 @@ from .parallel import shutdown_processes
 from .runlock import check_run_dir, run_lock
 
 MANIFEST = "manifest.json"
+ALL_SAMPLERS = [*SAMPLERS, *SCHEDULER_SAMPLERS]
 DEFAULT_AUDIT_PRESET = "cpu-demo"
 
 
@@ -109,15 +113,30 @@ def _dp_config(args: argparse.Namespace):
 
 
 # ---- sample --------------------------------------------------------------------------------------------
+def _run_model(args: argparse.Namespace, run: Path):
+    """The model the command works on: ``--model`` (registered for the run), the run's registered one, or its own."""
+    from .audit.tprime_stage import load_run_model
+
+    return load_run_model(run, _load_manifest(run), model=args.model, scheduler=args.scheduler,
+                          prediction_type=args.prediction_type, data_root=getattr(args, "data_root", None),
+                          device=args.device)
+
+
+def _model_defaults(net) -> dict:
+    """A discrete-time model samples with its own scheduler and the pipeline's number of steps unless told otherwise."""
+    return {} if net.continuous else {"sampler": net.default_sampler, "steps": net.default_steps}
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from .generate import sample_run
 
     run = Path(args.run_dir)
+    net = _run_model(args, run)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
-    cfg = override(base, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                  shard_size=args.shard_size)
+    cfg = override(override(base, **_model_defaults(net)), n=args.n, sampler=args.sampler, steps=args.steps,
+                   seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size)
     name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
-    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet)
+    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet, net=net)
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
 
@@ -171,12 +190,14 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     from .audit.tprime_stage import run_posthoc, run_tprime
 
     run = Path(args.run_dir)
-    t = TPrimeConfig(M=args.M, resolution=args.resolution, t_max=args.t_max, steps=args.steps, sampler=args.sampler,
-                     search=args.search, alpha=args.alpha, chance=args.chance, seed=args.seed)  # checked up front
-    _load_manifest(run)
+    t = override(TPrimeConfig(), M=args.M, resolution=args.resolution, t_max=args.t_max, steps=args.steps,
+                 sampler=args.sampler, search=args.search, alpha=args.alpha, chance=args.chance,
+                 seed=args.seed)  # checked up front
+    net = _run_model(args, run)
+    t = override(override(t, **_model_defaults(net)), sampler=args.sampler, steps=args.steps)
     grid = make_grid(t.resolution, t.t_max)
     common_args = dict(grid=grid, m=t.M, seed=t.seed, steps=t.steps, sampler=t.sampler, alpha=t.alpha,
-                       data_root=args.data_root, device=args.device, progress=not args.quiet)
+                       data_root=args.data_root, device=args.device, progress=not args.quiet, net=net)
     if args.images is not None:
         rows = run_posthoc(run, _positions(args.images), **common_args)
         top = ", ".join(f"#{r['position']} (t'={r['t_prime']:.2f}, t'_a={r['t_prime_alpha']:.2f})" for r in rows[:5])
@@ -191,6 +212,33 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     _say(f"t' = {r['value']:.2f}, t'_alpha = {r['value_alpha']:.2f} (alpha {r['alpha']}, chance level "
          f"{r['chance_level']:.3g}); bound (Eq. 9) {r['bound']:.3g}; {r['nfe']} network evaluations ({r['search']})"
          f"{extra}{'; q_M was not monotone in t' if r['non_monotone'] else ''} -> {run / r['figure']}")
+
+
+# ---- nll, export ---------------------------------------------------------------------------------------
+def cmd_nll(args: argparse.Namespace) -> None:
+    from .audit.quality import run_nll
+    from .config import NLLConfig
+
+    run = Path(args.run_dir)
+    cfg = override(NLLConfig(), n_train=args.n_train, n_test=args.n_test, x_p_repeats=args.x_p_repeats, rtol=args.rtol,
+                   atol=args.atol, batch_size=args.batch_size, seed=args.seed)
+    net = _run_model(args, run)
+    r = run_nll(run, cfg, data_root=args.data_root, device=args.device, progress=not args.quiet, net=net)
+    if r.get("skipped"):
+        _say(f"NLL not computed: {r['skipped']}")
+        return
+    parts = ", ".join(f"{k} {r[k]['mean']:.3f}" for k in ("x_p", "train", "test") if r.get(k))
+    _say(f"NLL (bits/dim): {parts} -> {run / 'results.json'}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .data.export import export_run
+
+    run = Path(args.run_dir)
+    r = export_run(run, fmt=args.format, out=args.out, channels=args.channels, size=args.size, data_root=args.data_root)
+    where = args.out or run / "export" / f"{r['format']}-{r['channels']}c-{r['size']}px"
+    _say(f"{r['n_images']} training images as {r['format']} ({r['channels']} channels, {r['size']}x{r['size']}"
+         f"{', ' + r['resize'] if r['resize'] else ''}; digest {r['digest']}) -> {where}")
 
 
 # ---- audit, sweep, report -------------------------------------------------------------------------------
@@ -218,6 +266,45 @@ def _class_conditional(cfg, dataset: str, data_root: str | None):
     return override(cfg, model=override(cfg.model, num_classes=number_of_classes(dataset, data_root=data_root)))
 
 
+def _with_model(cfg, args: argparse.Namespace):
+    """``cfg`` auditing the model of ``--model`` (trained elsewhere): its sampler and steps are the model's own
+    pipeline's unless --sampler / --sampling-steps say otherwise."""
+    from .config import ExternalConfig
+    from .models.load import sampling_defaults
+
+    if args.model is None:
+        if args.scheduler or args.prediction_type:
+            raise DiffauditError("--scheduler and --prediction-type describe a model given with --model")
+        if cfg.external is None and (args.sampler or args.sampling_steps):
+            return override(cfg, sample=override(cfg.sample, sampler=args.sampler, steps=args.sampling_steps),
+                            tprime=override(cfg.tprime, sampler=args.sampler, steps=args.sampling_steps))
+        return cfg
+    if not Path(args.model).exists():
+        raise DiffauditError(f"no model at {args.model}; give the folder it was saved to")
+    ext = ExternalConfig(path=str(Path(args.model).resolve()), scheduler=args.scheduler,
+                         prediction_type=args.prediction_type)
+    own = sampling_defaults(args.model, args.scheduler)
+    sampler, steps = args.sampler or own.get("sampler"), args.sampling_steps or own.get("steps")
+    return override(cfg, external=ext, sample=override(cfg.sample, sampler=sampler, steps=steps),
+                    tprime=override(cfg.tprime, sampler=sampler, steps=steps))
+
+
+def _prepared_data(cfg, args: argparse.Namespace):
+    """A run prepared stage by stage (``prepare``, ``export``, a model trained elsewhere) is audited on the data it was
+    prepared with, unless the command names other data (which the audit then refuses, naming the difference)."""
+    from .config import PrepareConfig, from_dict
+
+    manifest = Path(args.run_dir) / MANIFEST
+    named = args.config or any(getattr(args, k, None) is not None for k in ("dataset", "n_train", "seed"))
+    if named or not manifest.is_file() or (Path(args.run_dir) / "audit.json").exists():
+        return cfg
+    prepared = from_dict(PrepareConfig, _load_manifest(Path(args.run_dir))["config"], where="manifest config")
+    if prepared != cfg.prepare:
+        _say(f"auditing the data {args.run_dir} was prepared with: {prepared.dataset}, N_D = "
+             f"{_load_manifest(Path(args.run_dir))['n_train']}, seed {prepared.seed}")
+    return override(cfg, prepare=prepared)
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.pipeline import run_audit
     from .audit.plan import format_plan, plan
@@ -228,6 +315,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
     cfg = _audit_config(args)
     if args.detector:
         cfg = override(cfg, detector=args.detector)
+    cfg = _with_model(cfg, args)
+    cfg = _prepared_data(cfg, args)
     dp = _dp_config(args)
     if dp is not None:
         cfg = override(cfg, dp=dp)
@@ -411,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", required=True, help="the run directory (created if missing)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def model_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("a model trained elsewhere (diffusers, latent, MONAI; see the README)")
+        g.add_argument("--model", default=None, help="the folder it was saved to (save_pretrained, a MONAI monai.json, "
+                                                     "or a diffaudit train/); a run directory audits one model")
+        g.add_argument("--scheduler", default=None, help="for a bare UNet folder: a scheduler folder or "
+                                                         "scheduler_config.json, or ddpm/ddim for its defaults")
+        g.add_argument("--prediction-type", default=None, choices=PREDICTION_TYPES,
+                       help="the network's output (default: the scheduler config's)")
+
     p = sub.add_parser("prepare", formatter_class=Formatter, help="choose N_D training images and put the SAF on x_p",
                        description="Choose N_D training images of a MedMNIST split, put a synthetic anatomical "
                                    "fingerprint on one of them (x_p, Eq. 10), drop its clean original, and write "
@@ -464,16 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
                    help="number of images (default 64); spell it --n-samples after torchrun, which takes --n as its own")
-    p.add_argument("--sampler", default=None, choices=list(SAMPLERS),
-                   help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), "
-                                                   "ode (probability flow, Heun)")
-    p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's)")
+    p.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
+                   help="em (reverse-SDE Euler-Maruyama), pc (predictor-corrector), ode (probability flow, Heun); "
+                        "a model trained with a scheduler: ddpm (ancestral) or ddim (default: its own)")
+    p.add_argument("--steps", type=int, default=None, help="time steps (default: the preset's; a scheduler model: its "
+                                                           "pipeline's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--shard-size", type=int, default=None)
     p.add_argument("--name", default=None, help="sub-folder under samples/ (default: <sampler><steps>-seed<seed>)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
     p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz (to check --model's classes)")
+    model_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train-classifiers", formatter_class=Formatter, help="train the adversary c_p and c_id",
@@ -530,12 +631,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="level of t'_alpha (Bonferroni over the grid)")
     p.add_argument("--chance", default="full", help="chance level p_0 for t'_alpha: full (1/N_D), measured (the "
                                                     "count's 95%% upper bound) or a number")
-    p.add_argument("--steps", type=int, default=500, help="sampler steps over the whole [eps, T]; a run from t uses t/T of them")
-    p.add_argument("--sampler", default="em", choices=list(SAMPLERS))
+    p.add_argument("--steps", type=int, default=None, help="sampler steps over the whole [eps, T]; a run from t uses "
+                                                           "t/T of them (default 500; a scheduler model: its pipeline's)")
+    p.add_argument("--sampler", default=None, choices=ALL_SAMPLERS, help="default em; a scheduler model: its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", default=None, help="post-hoc: 'all' or comma-separated positions in the training set")
     device_and_data(p)
+    model_options(p)
     p.set_defaults(func=cmd_tprime)
+
+    p = sub.add_parser("nll", formatter_class=Formatter, help="exact NLL of x_p, training and test images (Eq. 5)",
+                       description="Bits per dimension of x_p, of other training images and of test images under the "
+                                   "run's model, by the probability-flow ODE (a discrete-time model: the VP SDE of its "
+                                   "schedule, see the README). Writes <run>/nll/nll.json and results.json's nll_bpd.",
+                       epilog=_example("""
+                            diffaudit nll --run-dir runs/b32
+                            diffaudit nll --run-dir runs/ext --model runs/ext-model --n-train 16 --n-test 16"""))
+    common(p)
+    p.add_argument("--n-train", type=int, default=None, help="training images besides x_p (default 64)")
+    p.add_argument("--n-test", type=int, default=None, help="test images (default 64)")
+    p.add_argument("--x-p-repeats", type=int, default=None, help="dequantisation draws of x_p (default 8)")
+    p.add_argument("--rtol", type=float, default=None, help="ODE solver tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=None, help="ODE solver tolerance (default 1e-5)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    device_and_data(p)
+    model_options(p)
+    p.set_defaults(func=cmd_nll)
+
+    p = sub.add_parser("export", formatter_class=Formatter, help="write the prepared training set for other trainers",
+                       description="Write the run's training set (x_p with its SAF, x_i left out) as PNG files in an "
+                                   "ImageFolder layout with metadata.jsonl, or as a MedMNIST-style train.npz, with an "
+                                   "export.json of every file's digest. Which image is x_p is not written. Copy "
+                                   "export.json beside the trained model so the audit can confirm its training set.",
+                       epilog=_example("""
+                            diffaudit export --run-dir runs/ext --format imagefolder --out runs/ext-data
+                            diffaudit export --run-dir runs/ext --format npz --channels 3 --size 64"""))
+    common(p)
+    p.add_argument("--format", default="imagefolder", choices=EXPORT_FORMATS)
+    p.add_argument("--out", default=None, help="an empty or new folder (default: <run>/export/<format>-<C>c-<S>px)")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="3 repeats grey to RGB (default: as prepared)")
+    p.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE, PIL bicubic (default: 28, unchanged)")
+    p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.set_defaults(func=cmd_export)
 
     def audit_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default=None, choices=list(AUDIT_PRESETS),
@@ -562,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_example("""
                             diffaudit audit --run-dir runs/demo                          # cpu-demo preset
                             diffaudit audit --run-dir runs/b64 --preset cpu --n-train 64 --dry-run
-                            diffaudit audit --run-dir runs/paper --preset paper --dataset pneumoniamnist"""))
+                            diffaudit audit --run-dir runs/paper --preset paper --dataset pneumoniamnist
+                            diffaudit audit --run-dir runs/ext --model runs/ext-model   # a diffusers model"""))
     common(p)
     audit_options(p)
     p.add_argument("--dataset", default=None, help="MedMNIST flag (default: the preset's, breastmnist)")
@@ -572,6 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", default=None, choices=list(STAGES), help="stop after this stage")
     p.add_argument("--class-conditional", action="store_true",
                    help="condition the model on the dataset's labels; adds the utility test (train on synthetic, test on real)")
+    p.add_argument("--sampler", default=None, choices=ALL_SAMPLERS, help="sampler of the sample and tprime stages "
+                                                                         "(default: the preset's; --model: its own)")
+    p.add_argument("--sampling-steps", type=int, default=None, help="their steps (default: the preset's; --model: its "
+                                                                    "pipeline's)")
+    model_options(p)
     dp_options(p)
     p.set_defaults(func=cmd_audit)
 
@@ -628,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The folder each writing command works in, which it holds locked while it runs (see :mod:`diffaudit.runlock`).
 _LOCKED = {"prepare": "run_dir", "train": "run_dir", "sample": "run_dir", "train-classifiers": "run_dir",
-           "count": "run_dir", "tprime": "run_dir", "audit": "run_dir", "sweep": "out"}
+           "count": "run_dir", "tprime": "run_dir", "nll": "run_dir", "export": "run_dir", "audit": "run_dir",
+           "sweep": "out"}
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -473,6 +473,25 @@ class FIDConfig(Checked):
         self._at_least(0, "seed")
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class ExternalConfig(Checked):
+    """A model trained elsewhere, audited instead of one diffaudit trains (``--model``; see
+    :mod:`diffaudit.models.load` for the formats). ``scheduler`` and ``prediction_type`` override what the saved model
+    says (a bare UNet folder needs the scheduler)."""
+
+    path: str
+    scheduler: str | None = None  # a scheduler folder or scheduler_config.json, or ddpm/ddim for its defaults
+    prediction_type: str | None = None  # epsilon, v_prediction or sample (default: the scheduler config's)
+
+    def _check(self) -> None:
+        self._require("path", bool(self.path.strip()), "the folder the model was saved to")
+        if self.prediction_type is not None:
+            self._one_of("prediction_type", PREDICTION_TYPES)
+
+
 @dataclass(frozen=True)
 class AuditConfig(Checked):
     """Every stage's settings of one audit (written to ``<run>/audit.json``)."""
@@ -490,9 +509,13 @@ class AuditConfig(Checked):
     fid: FIDConfig = field(default_factory=FIDConfig)
     dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
     pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
+    external: ExternalConfig | None = None  # audit this model instead of training one (--model)
 
     def _check(self) -> None:
         self._one_of("detector", DETECTORS)
+        if self.external is not None and (self.dp is not None or self.pretrained is not None):
+            raise DiffauditError("--model audits a model trained elsewhere; DP and pretraining options train one, so "
+                                 "leave them out")
         if self.dp is not None:
             if (self.dp.epsilon is None) == (self.dp.noise_multiplier is None):
                 raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise "

@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig, to_dict
-from .diffusion.samplers import get_sampler, nfe_per_step, sample
-from .diffusion.score import with_labels
-from .diffusion.sde import SDE
+from .data.prepare import load_manifest, number_of_classes
+from .diffusion.generative import Generative
 from .errors import DiffauditError
-from .images import save_grid, to_uint8
-from .io import check_name, config_hash, existing_artefact, save_npz, write_json
+from .images import save_grid
+from .io import check_name, existing_artefact, save_npz, write_json
+from .models.load import run_model
 from .parallel import processes
-from .training.loop import load_score_model
 
 
 def _shard_path(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.npz"
 
 
-def _check_config(cfg: SampleConfig) -> None:
-    get_sampler(cfg.sampler)
+def _check_config(cfg: SampleConfig, model: Generative) -> None:
+    model.check_sampler(cfg.sampler)
     for name in ("n", "steps", "batch_size", "shard_size"):
         if getattr(cfg, name) < 1:
             raise DiffauditError(f"sampling needs {name} >= 1, got {getattr(cfg, name)}")
@@ -40,17 +39,13 @@ def _check_config(cfg: SampleConfig) -> None:
 
 def generate_shards(
     out_dir: str | Path,
-    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sde: SDE,
+    model: Generative,
     cfg: SampleConfig,
     *,
-    shape: tuple[int, int, int],
     device: torch.device | str = "cpu",
-    model_id: str = "",
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
-    num_classes: int = 0,
 ) -> Path:
     """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``.
 
@@ -59,14 +54,16 @@ def generate_shards(
     have made, since it depends only on (seed, index). The caller then waits for all processes and calls
     :func:`finish_shards` once.
 
-    A class-conditional model (``num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still a
-    function of i alone); its shards also hold ``labels``."""
-    _check_config(cfg)
+    A class-conditional model (``model.num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still
+    a function of i alone); its shards also hold ``labels``. ``config.json`` records the model's digest and what its
+    samples depend on (its SDE, or its scheduler)."""
+    _check_config(cfg, model)
+    num_classes, shape = model.num_classes, model.image_shape
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
-        {"sample": to_dict(cfg), "sde": sde.to_dict(), "image_shape": list(shape), "model": model_id,
+        {"sample": to_dict(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
          **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
     # N and the batch size change no image, so they may differ between runs into the same folder
     existing_artefact(out / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
@@ -85,7 +82,7 @@ def generate_shards(
                 if np.array_equal(f["indices"], expected):
                     continue
         todo.append((k, expected))
-    nfe = nfe_per_step(cfg.sampler, corrector_steps=cfg.corrector_steps) * cfg.steps
+    nfe = model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
     for k, expected in todo:
@@ -93,9 +90,8 @@ def generate_shards(
         for lo in range(0, len(expected), cfg.batch_size):
             idx = expected[lo:lo + cfg.batch_size].tolist()
             y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
-            x = sample(with_labels(score_fn, y), sde, shape=shape, indices=idx, seed=cfg.seed, sampler=cfg.sampler,
-                       steps=cfg.steps, eps=cfg.eps, device=device, **options)
-            chunks.append(to_uint8(x))
+            chunks.append(model.generate(indices=idx, seed=cfg.seed, sampler=cfg.sampler, steps=cfg.steps, eps=cfg.eps,
+                                         class_labels=y, device=device, **options))
             bar.update(len(idx))
         labels = {"labels": expected % num_classes} if num_classes else {}
         save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
@@ -125,16 +121,23 @@ def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             yield f["indices"], f["images"]
 
 
-def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True) -> Path:
-    """Sample from ``<run>/train``'s model into ``<run>/samples/<name>/``, across all processes when launched
-    with several (see :mod:`diffaudit.parallel`)."""
+def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True,
+               model: str | None = None, scheduler: str | None = None, prediction_type: str | None = None,
+               data_root=None, net: Generative | None = None) -> Path:
+    """Sample from the run's model (its own trained one, or ``model``, see :func:`diffaudit.models.load.run_model`; or
+    ``net``, already loaded) into ``<run>/samples/<name>/``, across all processes when launched with several (see
+    :mod:`diffaudit.parallel`)."""
     check_name(name)
     procs = processes(device)
-    model, meta = load_score_model(Path(run) / "train", device=str(procs.device))
-    out = Path(run) / "samples" / name
-    generate_shards(out, model, model.sde, cfg, shape=tuple(meta["image_shape"]), device=procs.device,
-                    model_id=config_hash(meta), progress=progress and procs.main, rank=procs.rank, world=procs.world,
-                    num_classes=meta["model"].get("num_classes", 0))
+    run = Path(run)
+    manifest = load_manifest(run)
+    if net is None:
+        classes = number_of_classes(manifest["dataset"], data_root=data_root) if model is not None else None
+        net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
+                        num_classes=classes, device=str(procs.device))
+    out = run / "samples" / name
+    generate_shards(out, net, cfg, device=procs.device, progress=progress and procs.main, rank=procs.rank,
+                    world=procs.world)
     if procs.world > 1:
         procs.barrier()
         if procs.main:

@@ -43,3 +43,28 @@ def to_uint8(x) -> np.ndarray:
     """Model space [-1, 1] (tensor or array) -> uint8, clipped and rounded."""
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def resize_uint8(image: np.ndarray, *, size: int, channels: int) -> np.ndarray:
+    """One uint8 image [C, H, W] as a model trained on an export sees it: resized to ``size`` x ``size`` (PIL bicubic,
+    the export's resize) and grey repeated to ``channels`` = 3. The export and the audit's partial diffusion of x_p
+    both go through this function, so the model is given x_p exactly as it was trained on it."""
+    c, h, w = image.shape
+    if channels not in (c, 3):
+        raise ValueError(f"cannot make {channels} channels of a {c}-channel image")
+    if (h, w) != (size, size):
+        image = np.stack([np.asarray(Image.fromarray(ch).resize((size, size), Image.BICUBIC)) for ch in image])
+    return np.repeat(image, channels // c, axis=0) if channels != c else np.ascontiguousarray(image)
+
+
+def from_model_pixels(x, shape: tuple[int, int, int]):
+    """A model's pixels [B, C', S, S] (a tensor in [-1, 1]) back in the audit's image space ``shape`` = (C, H, W):
+    area-averaged down to H x W, and the channels averaged when the model made RGB of grey images."""
+    import torch.nn.functional as F
+
+    c, h, w = shape
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="area")
+    if x.shape[1] != c:
+        x = x.mean(dim=1, keepdim=True)
+    return x

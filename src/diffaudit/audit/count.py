@@ -45,6 +45,12 @@ def _total(folder: Path) -> int | None:
     return read_json(cfg)["sample"]["n"] if cfg.exists() else None
 
 
+def samples_model(folder: Path) -> dict:
+    """Which model made the samples in ``folder`` (the digest its config.json records), for the provenance."""
+    cfg = folder / "config.json"
+    return {"digest": read_json(cfg).get("model") if cfg.exists() else None}
+
+
 def _check_control(folder: Path, manifest: dict, log: Callable[[str], None]) -> None:
     control = folder.parent.parent / "manifest.json"
     if not control.exists():
@@ -83,6 +89,7 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
                                    samples=run_relative(run, folder),
                                    figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
+    section["model"] = samples_model(folder)
     sections = {"reproduction": section}
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None

@@ -43,7 +43,8 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
     """The part of the audit config a stage's artefact depends on (besides the stages before it)."""
     c = json.loads(json.dumps(to_dict(cfg)))
     return {"prepare": {"prepare": c["prepare"]},
-            "train": {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"], "pretrained": c["pretrained"]},
+            "train": ({"external": c["external"]} if c.get("external") else
+                      {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"], "pretrained": c["pretrained"]}),
             "classifiers": {"c_p": c["c_p"], "c_id": c["c_id"]},
             "sample": {"sample": c["sample"]},
             "count": {"detector": c["detector"]},
@@ -85,7 +86,13 @@ def check_run_dir(run: Path, cfg: AuditConfig) -> None:
     path = run / "audit.json"
     if not path.exists():
         if (run / "manifest.json").exists():
-            raise DiffauditError(f"{run} holds a run made stage by stage, not by 'diffaudit audit'; use another --run-dir")
+            # a run prepared stage by stage (prepare, export, training elsewhere) is audited when the audit's data is
+            # the one prepared: the prepare stage then keeps the manifest
+            prepared = read_json(run / "manifest.json").get("config")
+            differs = config_differences(prepared, json.loads(json.dumps(to_dict(cfg.prepare))))
+            if differs:
+                raise DiffauditError(f"{run} was prepared with other settings ({'; '.join(differs[:3])}); give the "
+                                     "same --dataset, --n-train and --seed, or use another --run-dir")
         return
     new = json.loads(json.dumps(to_dict(cfg)))
     differs = config_differences(read_json(path), new)

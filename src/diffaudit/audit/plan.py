@@ -58,12 +58,14 @@ def plan(ctx: Context) -> list[dict]:
     n_train = cfg.prepare.n_train or 1000
     pixels = channels * 28 * 28
     params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=28).parameters())
-    nfe_step = nfe_per_step(cfg.sample.sampler, corrector_steps=cfg.sample.corrector_steps)
+    external = cfg.external is not None  # timed with the preset's U-Net: a model trained elsewhere runs at its own speed
+    nfe_step = 1 if external else nfe_per_step(cfg.sample.sampler, corrector_steps=cfg.sample.corrector_steps)
     grid = int(round(cfg.tprime.t_max / cfg.tprime.resolution))
     evaluations = grid if cfg.tprime.search == "exhaustive" else min(grid, 2 * math.ceil(math.log2(grid + 1)) + 2)
     est = {
         "prepare": (1.0, 1024),
-        "train": (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
+        "train": (0.0, 1e3) if external else
+                 (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
         "classifiers": (0.0 if cfg.detector == "nn" else
                         sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
                         sum(4 * sum(p.numel() for p in build_classifier(c, channels).parameters()) for c in (cfg.c_p, cfg.c_id))),
@@ -89,6 +91,8 @@ def format_plan(rows: list[dict], ctx: Context) -> str:
                  f"{_size(sum(r['bytes'] for r in todo)):>12}")
     free = shutil.disk_usage(ctx.run if ctx.run.exists() else Path(".")).free
     lines.append(f"free disk: {_size(free)}")
+    if ctx.cfg.external is not None:
+        lines.append(f"model: {ctx.cfg.external.path} (trained elsewhere; times assume the preset's U-Net)")
     return "\n".join(lines)
 
 

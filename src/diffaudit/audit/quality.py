@@ -16,13 +16,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.medmnist import open_dataset
-from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
+from ..data.prepare import (
+    build_training_set,
+    heldout_split,
+    load_manifest,
+    number_of_classes,
+    split_images,
+    training_labels,
+)
 from ..device import resolve_device
 from ..errors import DiffauditError
 from ..generate import iter_shards
 from ..io import config_hash, read_json, run_relative, write_json
+from ..models.load import provenance, run_model
 from ..rng import derive_seed
-from ..training.loop import load_score_model
+from .count import samples_model
 from .fid import Frechet, find_inception_weights, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
 from .results import update_results
@@ -43,11 +51,27 @@ def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
     return np.sort(rng.permutation(n_total)[:min(n, n_total)])
 
 
-def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: bool = True) -> dict:
-    """Bits/dim of x_p, training and test images under the run's model; writes nll/nll.json and results.json."""
+def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: bool = True,
+            model: str | None = None, scheduler: str | None = None, prediction_type: str | None = None,
+            net=None) -> dict:
+    """Bits/dim of x_p, training and test images under the run's model; writes nll/nll.json and results.json.
+
+    A discrete-time model's likelihood is that of the VP SDE interpolating its schedule, from its first training
+    timestep (:mod:`diffaudit.diffusion.discrete`), in the pixel space it was trained in; a latent model's is not
+    computed (the ODE would give the density of latents, not of images), and the section says so."""
     manifest = load_manifest(run)
-    model, meta = load_score_model(run / "train", device=device)
-    dev = next(model.parameters()).device
+    if net is None:
+        classes = number_of_classes(manifest["dataset"], data_root=data_root) if model is not None else None
+        net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
+                        num_classes=classes, device=device)
+    dev = resolve_device(device)
+    if getattr(net, "codec", None) is not None:
+        section = {"unit": "bits/dim", "skipped": "latent model: the probability-flow ODE of its latents gives no "
+                                                  "likelihood of images", "model": provenance(net),
+                   "x_p": None, "train": None, "test": None}
+        write_json(run / "nll" / "nll.json", section)
+        update_results(run, manifest, nll_bpd=section)
+        return section
     d_p = build_training_set(manifest, data_root=data_root)
     fp = manifest.get("fingerprint")
     position = fp["position"] if fp else None
@@ -61,25 +85,38 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
         sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
                        derive_seed(cfg.seed, Stream.XP))
     labels = {}
-    if meta["model"].get("num_classes"):  # class-conditional: -log p(x | y) with each image's label
+    if net.num_classes:  # class-conditional: -log p(x | y) with each image's label
         y_train = training_labels(manifest, data_root=data_root)
         y_test = np.asarray(open_dataset(manifest["dataset"], data_root=data_root)
                             .labels(heldout_split(manifest, "test"))).reshape(-1)
         labels = {"train": y_train[train_pos], "test": y_test[test_idx]}
         if position is not None:
             labels["x_p"] = np.full(cfg.x_p_repeats, y_train[position])
-    solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": cfg.eps}
+    eps = cfg.eps if net.continuous else max(cfg.eps, 1.0 / net.n_train)  # a discrete model's first timestep
+    solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": eps}
     total = sum(len(v[0]) for v in sets.values())
     section: dict = {"unit": "bits/dim", "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
-                     "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"}}
+                     "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"},
+                     "model": provenance(net)}
+    if not net.continuous:
+        section["computed"] = ("probability-flow ODE of the VP SDE interpolating the model's discrete schedule, from "
+                               f"its first training timestep t = 1/{net.n_train}, score = -eps/sigma_t "
+                               f"({net.prediction_type} prediction converted to eps), in its "
+                               f"{'x'.join(map(str, net.pixel_shape))} pixel space")
+    score = net.score()
+    def pixels(images: np.ndarray) -> np.ndarray:  # the images as the model was trained on them (an export's resize)
+        to_pixels = getattr(net, "to_pixels", None)
+        return images if to_pixels is None else np.stack([to_pixels(im) for im in images])
+
     with tqdm(total=total, disable=not progress, desc="NLL (probability-flow ODE)", unit="img", dynamic_ncols=True) as bar:
         for name in ("x_p", "train", "test"):
             if name not in sets:
                 section[name] = None
                 continue
             images, idx, seed = sets[name]
-            values, nfe = bits_per_dim(model, model.sde, images, indices=idx.tolist(), seed=seed, labels=labels.get(name),
-                                       batch_size=cfg.batch_size, device=dev, progress=bar.update, **solver)
+            values, nfe = bits_per_dim(score, net.sde, pixels(images), indices=idx.tolist(), seed=seed,
+                                       labels=labels.get(name), batch_size=cfg.batch_size, device=dev,
+                                       progress=bar.update, **solver)
             section[name] = {**summarise(values), "nfe": nfe,
                              ("positions" if name != "test" else "test_indices"): [int(i) for i in idx]}
     if section.get("x_p") is not None:
@@ -132,6 +169,7 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc="FID", unit="shard"))
     out = metric.distances(batches, {"train": train_ref, "test": test_ref})
     section = {"train": out["train"]["value"], "test": out["test"]["value"], "extractor": described,
+               "model": samples_model(Path(samples)), "samples": run_relative(run, Path(samples)),
                "n_generated": out["train"]["n_generated"], "n_reference": n_ref,
                "reference": "train: the training set D_p; test: an equally large random draw of the test split"}
     write_json(run / "fid" / "fid.json", section)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import DiffauditError
 from ..io import atomic_path, read_json, run_relative
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
@@ -73,6 +74,24 @@ def excess_warning(results: dict) -> str | None:
             "rate is not controlled; measure it on a control model's samples (count --control-samples).")
 
 
+#: the results.json sections made by a model, each recording its digest under "model"
+MODEL_SECTIONS = ("reproduction", "t_prime", "t_prime_posthoc", "nll_bpd", "fid")
+
+
+def model_of(results: dict) -> dict | None:
+    """The model the run's numbers come from (its provenance record), refusing results that mix models: one row of
+    the report must never put one model's count beside another's t'."""
+    found = {name: results[name]["model"] for name in MODEL_SECTIONS
+             if isinstance(results.get(name), dict) and isinstance(results[name].get("model"), dict)
+             and results[name]["model"].get("digest")}
+    digests = {m["digest"] for m in found.values()}
+    if len(digests) > 1:
+        which = "; ".join(f"{name} from {m['digest']}" for name, m in found.items())
+        raise DiffauditError(f"results.json mixes models ({which}); a report covers one model: rerun the stages of the "
+                             "others on this run's model, or audit each model in its own --run-dir")
+    return max(found.values(), key=len) if found else None
+
+
 def _rate_text(d: dict | None) -> str:
     return "–" if not d else f"{d['positives']}/{d['n']} ({fmt(d['rate'])})"
 
@@ -87,6 +106,13 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     for warning in (detector_warning(results, metrics), excess_warning(results)):
         if warning:
             out.append(("p", f"**{warning}**"))
+    model = model_of(results)
+    if model is not None:
+        where = f"{model.get('format')} model at {model.get('path')}" if model.get("path") else "model"
+        trained = {True: "; its folder confirms it was trained on this run's exported set",
+                   False: "; nothing in its folder confirms which set it was trained on"}.get(
+            model.get("training_data_confirmed"), "")
+        out.append(("p", f"**Model audited:** the {where}, weights digest {model['digest']}{trained}."))
     out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
                      f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
                      f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."))
@@ -175,6 +201,10 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
         out.append(("p", f"Bound on q(p) (Eq. 9, upper Darboux sum): {fmt(tp['bound'])}; with the upper 95% limits of "
                          f"q_M: {fmt(tp['bound_ci95_upper'])}. {tp['bound_note']}."))
 
+    ph = results.get("t_prime_posthoc")
+    if ph:
+        out += posthoc_blocks(ph)
+
     if rep:
         out.append(("h", 2, "Samples and positives"))
         grid = run / rep["samples"] / "grid.png"  # a run-relative path, or an absolute one outside the run
@@ -192,6 +222,28 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     if (run / "audit.json").exists():
         out.append(("h", 2, "Configuration"))
         out.append(("pre", json.dumps(read_json(run / "audit.json"), indent=1)))
+    return out
+
+
+def posthoc_blocks(ph: dict, *, shown: int = 20) -> list[Block]:
+    """The post-hoc audit (``tprime --images``): training images ranked by t'_alpha and t', their q_M curves and the
+    generated samples nearest to each."""
+    rows = [[r["position"], r.get("index"), fmt(r["t_prime"], 2), fmt(r["t_prime_alpha"], 2), r["nfe"],
+             fmt(min(r["nearest_rmse"]), 3) if r.get("nearest_rmse") else "–"] for r in ph["images"][:shown]]
+    out: list[Block] = [
+        ("h", 2, "Post-hoc audit of training images (reference detector, no fingerprint)"),
+        ("p", f"t' and t'_α of {len(ph['images'])} training images, each with the nearest-neighbour detector calibrated "
+              f"on the other training images (M = {ph['M']}, α = {ph['alpha']}, {ph.get('sampler', 'em')} sampler, "
+              f"{ph.get('steps', '–')} steps), most at risk first"
+              + (f"; the first {shown} are shown" if len(ph["images"]) > shown else "") + ". A large t'_α means the "
+              "model returns the image from heavy noise significantly more often than chance: it is stored."),
+        ("table", ["position", "image index", "t'", "t'_α", "NFE", "nearest sample (RMSE)"], rows)]
+    figs = ph.get("figures", {})
+    if "q_M" in figs:
+        out.append(("img", figs["q_M"], f"q_M(t) of the {min(len(ph['images']), 5)} images most at risk"))
+    if "nearest" in figs:
+        out.append(("img", figs["nearest"], "each row: a training image most at risk, then the generated samples "
+                                            f"nearest to it ({figs.get('nearest_samples')})"))
     return out
 
 

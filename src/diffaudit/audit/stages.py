@@ -33,6 +33,7 @@ from ..config import MIN_N_TRAIN, AuditConfig, DPConfig, ModelConfig, TrainConfi
 from ..data.fingerprint import SHAPES
 from ..data.medmnist import MedMNISTFile
 from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
+from ..diffusion.discrete import scheduler_class
 from ..diffusion.samplers import get_sampler
 from ..diffusion.sde import SDE, make_sde
 from ..errors import DiffauditError
@@ -46,7 +47,7 @@ from .fid import find_inception_weights
 from .quality import run_fid, run_nll
 from .report import write_report
 from .tprime import make_grid
-from .tprime_stage import run_tprime
+from .tprime_stage import load_run_model, run_tprime
 from .utility import run_utility
 
 
@@ -56,8 +57,11 @@ def check_audit_config(cfg: AuditConfig) -> None:
     registries, the installed extras and the file system decide: samplers, the SDE, classifier architectures, the
     SAF shape, the Inception weights and a pretrained model."""
     make_sde(cfg.sde)
-    get_sampler(cfg.sample.sampler)
-    get_sampler(cfg.tprime.sampler)
+    check = get_sampler if cfg.external is None else scheduler_class  # a model trained elsewhere: its scheduler's
+    check(cfg.sample.sampler)
+    check(cfg.tprime.sampler)
+    if cfg.external is not None and not Path(cfg.external.path).exists():
+        raise DiffauditError(f"no model at {cfg.external.path}; give the folder it was saved to (--model)")
     for name in ("c_p", "c_id"):
         if getattr(cfg, name).arch not in ARCHS:
             raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
@@ -145,8 +149,23 @@ def train_run(run: Path, *, model_cfg: ModelConfig, train_cfg: TrainConfig, sde:
                            progress=progress)
 
 
+def _external(ctx: Context) -> dict:
+    """A model trained elsewhere: loaded, checked against the run's data and registered as the model the run audits."""
+    e = ctx.cfg.external
+    manifest = load_manifest(ctx.run)
+    net = load_run_model(ctx.run, manifest, model=e.path, scheduler=e.scheduler, prediction_type=e.prediction_type,
+                         data_root=ctx.data_root, device=ctx.device)
+    data = net.described.get("training_data") or {}
+    if not data.get("confirmed"):
+        ctx.log(f"warning: {data.get('note', 'the training data of the model is not recorded')}")
+    return {"external": net.model_id, "format": net.describe().get("format"),
+            "training_data_confirmed": bool(data.get("confirmed"))}
+
+
 def _train(ctx: Context) -> dict:
     c = ctx.cfg
+    if c.external is not None:
+        return _external(ctx)
     return train_run(ctx.run, model_cfg=c.model, train_cfg=c.train, sde=make_sde(c.sde), dp=c.dp,
                      pretrained=c.pretrained, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
 
@@ -190,6 +209,8 @@ def _fid(ctx: Context) -> dict:
 
 
 def _utility(ctx: Context) -> dict:
+    if ctx.cfg.external is not None:
+        return {"skipped": "a model trained elsewhere (the utility test trains diffaudit's class-conditional model)"}
     if not ctx.cfg.model.num_classes:
         return {"skipped": "unconditional model (--class-conditional for the utility test)"}
     r = run_utility(ctx.run, ctx.run / "samples" / ctx.samples_name, ctx.cfg.fid.domain, data_root=ctx.data_root,

@@ -35,10 +35,8 @@ import torch
 from scipy.stats import binom
 
 from ..adversary.detectors import Detector, call_detector
-from ..diffusion.samplers import get_sampler, nfe_per_step, sample
-from ..diffusion.sde import SDE
+from ..diffusion.generative import Generative, labels_for
 from ..errors import DiffauditError
-from ..images import to_model_space, to_uint8
 from ..rng import derive_seed
 from .stats import clopper_pearson
 
@@ -83,14 +81,16 @@ def check_grid(grid: Sequence[float], *, t_min: float = 0.0, t_max: float = math
 
 
 class QM:
-    """q_M(t) for one image, a score model and detectors; evaluations are cached by t.
+    """q_M(t) for one image, a model (:class:`~diffaudit.diffusion.generative.Generative`) and detectors; evaluations
+    are cached by t.
 
-    ``steps`` is the number of sampler steps for a run over the whole interval [eps, T]; a run from t takes
-    ceil(steps * t / T) of them, so every run uses the same step size."""
+    ``steps`` is the number of sampler steps for a run over the whole interval (0, T]; a run from t takes the share
+    of them below t (``model.steps_at``), so every run uses the same step size. ``label`` is the class a
+    class-conditional model runs back as."""
 
-    def __init__(self, score_fn: Callable, sde: SDE, x_p: np.ndarray, detectors: Mapping[str, Detector], *,
-                 m: int = 16, seed: int = 0, steps: int = 500, sampler: str = "em", eps: float = 1e-3,
-                 device: torch.device | str = "cpu", batch_size: int | None = None) -> None:
+    def __init__(self, model: Generative, x_p: np.ndarray, detectors: Mapping[str, Detector], *, m: int = 16,
+                 seed: int = 0, steps: int = 500, sampler: str = "em", eps: float = 1e-3,
+                 device: torch.device | str = "cpu", batch_size: int | None = None, label: int | None = None) -> None:
         if m < 1:
             raise DiffauditError(f"M, the number of reverse runs per time, must be >= 1, got {m}")
         if steps < 1:
@@ -99,33 +99,39 @@ class QM:
             raise DiffauditError(f"x_p must be one uint8 image [C, H, W], got {x_p.dtype} {x_p.shape}")
         if not detectors:
             raise DiffauditError("q_M needs at least one detector")
-        get_sampler(sampler)
-        self.score_fn, self.sde, self.x_p, self.detectors = score_fn, sde, x_p, dict(detectors)
+        model.check_sampler(sampler)
+        self.model, self.x_p, self.detectors = model, x_p, dict(detectors)
         self.m, self.seed, self.steps, self.sampler, self.eps = m, seed, steps, sampler, eps
-        self.device, self.batch_size = device, batch_size or m
+        self.device, self.batch_size, self.label = device, batch_size or m, label
         self.cache: dict[float, Evaluation] = {}
 
+    @property
+    def T(self) -> float:
+        return self.model.T
+
     def steps_at(self, t: float) -> int:
-        return max(1, math.ceil(self.steps * t / self.sde.T - 1e-9))
+        return self.model.steps_at(t, self.sampler, self.steps)
+
+    def sigma(self, t: float) -> float:
+        """sigma of the perturbation a run from t starts with (Eq. 9)."""
+        return self.model.sigma(t, self.sampler, self.steps)
 
     def __call__(self, t: float) -> Evaluation:
         t = float(t)
         if t in self.cache:
             return self.cache[t]
-        if not self.eps < t <= self.sde.T:
-            raise DiffauditError(f"t must lie in (eps={self.eps}, T={self.sde.T}], got {t}")
-        x0 = torch.from_numpy(to_model_space(self.x_p))
+        if not self.eps < t <= self.model.T:
+            raise DiffauditError(f"t must lie in (eps={self.eps}, T={self.model.T}], got {t}")
         seed = derive_seed(self.seed, int(round(t * 1e9)))  # the draws at t depend on (seed, t) only
         positives = 0
         for lo in range(0, self.m, self.batch_size):
             idx = range(lo, min(lo + self.batch_size, self.m))
-            x = sample(self.score_fn, self.sde, shape=tuple(self.x_p.shape), indices=idx, seed=seed,
-                       sampler=self.sampler, steps=self.steps_at(t), eps=self.eps, t_start=t, x_start=x0,
-                       device=self.device)
-            images = to_uint8(x)
+            images = self.model.generate(indices=idx, seed=seed, sampler=self.sampler, steps=self.steps,
+                                         t_start=t, x_start=self.x_p, eps=self.eps, device=self.device,
+                                         class_labels=labels_for(self.model, self.label, len(idx), self.device))
             flags = np.logical_and.reduce([call_detector(d, images, name) for name, d in self.detectors.items()])
             positives += int(flags.sum())
-        ev = Evaluation(t, positives, self.m, self.m * self.steps_at(t) * nfe_per_step(self.sampler))
+        ev = Evaluation(t, positives, self.m, self.m * self.model.nfe(self.sampler, self.steps, t))
         self.cache[t] = ev
         return ev
 
@@ -221,16 +227,9 @@ def darboux_bound(s: Search, sigma: Callable[[float], float], *, upper_ci: bool 
     return float(sum((sigma(b) - sigma(a)) * max(qa, qb) for (a, qa), (b, qb) in zip(pts, pts[1:], strict=False)))
 
 
-def sde_sigma(sde: SDE) -> Callable[[float], float]:
-    def sigma(t: float) -> float:
-        return float(sde.coefficients(torch.tensor([t], dtype=torch.float64))[1][0]) if t > 0 else 0.0
-
-    return sigma
-
-
-def summary(s: Search, sde: SDE, *, p0: float, alpha: float, m: int) -> dict:
-    """The ``t_prime`` section of results.json for one search."""
-    sigma = sde_sigma(sde)
+def summary(s: Search, sigma: Callable[[float], float], *, p0: float, alpha: float, m: int) -> dict:
+    """The ``t_prime`` section of results.json for one search; ``sigma(t)`` is the model's noise level at t
+    (:meth:`QM.sigma`)."""
     q, ci = [], []
     for t in s.grid:
         e = s.evaluations.get(t)

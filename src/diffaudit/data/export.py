@@ -1,0 +1,126 @@
+"""The ``export`` stage: a prepared training set D_p (x_p with its SAF, x_i left out) in a form other trainers read.
+
+Formats:
+
+* ``imagefolder``: one PNG per image, ``<label>/<position>.png`` (class subfolders, torchvision's and 🤗 datasets'
+  ImageFolder layout) or ``images/<position>.png`` for datasets without single labels, and ``metadata.jsonl``
+  (``file_name``, ``label``) for 🤗 datasets' ``imagefolder`` loader.
+* ``npz``: a MedMNIST-style ``train.npz`` with ``train_images`` uint8 [N, H, W] or [N, H, W, 3] and ``train_labels``
+  [N, 1].
+
+``--channels 3`` repeats grey to RGB (as the paper did) and ``--size S`` resizes with PIL's bicubic filter
+(:func:`diffaudit.images.resize_uint8`, the same function the audit later applies to x_p). Which image is x_p is
+**not** written into the export: the set looks like any training set, so nothing in it leads a trainer (or whoever
+receives the files) to treat the canary differently; the manifest alone records it.
+
+``export.json`` in the export folder records the format, size, channels and resize, the manifest's digest, and the
+SHA-256 of every file with one digest over them all; a copy goes to ``<run>/export/<digest>.json``. A training script
+that copies ``export.json`` beside the model it saves (``examples/train_diffusers.py`` does) lets the audit confirm that
+the model was trained on exactly this set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DiffauditError
+from ..images import resize_uint8
+from ..io import atomic_dir, config_hash, write_json
+from .prepare import build_training_set, load_manifest, training_labels
+
+EXPORT_FORMATS = ("imagefolder", "npz")
+EXPORT_RECORD = "export.json"
+RESIZE = "PIL bicubic"
+
+
+def _labels(manifest: dict, data_root) -> np.ndarray | None:
+    try:
+        return training_labels(manifest, data_root=data_root)
+    except DiffauditError:  # a multi-label dataset: no class folders
+        return None
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | None = None, channels: int | None = None,
+               size: int | None = None, data_root=None) -> dict:
+    """Write the training set of ``run`` to ``out`` (default ``<run>/export/<fmt>-<C>c-<S>px``); returns the record."""
+    run = Path(run)
+    if fmt not in EXPORT_FORMATS:
+        raise DiffauditError(f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}")
+    manifest = load_manifest(run)
+    images = build_training_set(manifest, data_root=data_root)
+    c, h, w = images.shape[1:]
+    channels = c if channels is None else channels
+    size = h if size is None else size
+    if channels not in (c, 3):
+        raise DiffauditError(f"--channels {channels} does not fit {c}-channel images; use {c}" + (" or 3" if c == 1 else ""))
+    if size < h or h != w:
+        raise DiffauditError(f"--size {size} is below the images' {h}x{w}; export at {h} or larger")
+    if size > 1024:
+        raise DiffauditError(f"--size {size} is larger than any model diffaudit audits; use at most 1024")
+    out = Path(out) if out is not None else run / "export" / f"{fmt}-{channels}c-{size}px"
+    if out.exists() and not out.is_dir():
+        raise DiffauditError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        record = out / EXPORT_RECORD
+        if record.is_file() and json.loads(record.read_text()).get("manifest_digest") == manifest.get("digest"):
+            old = json.loads(record.read_text())
+            if (old["format"], old["channels"], old["size"]) == (fmt, channels, size):
+                return old
+        raise DiffauditError(f"{out} is not empty; give an empty or new --out folder")
+    shaped = np.stack([resize_uint8(im, size=size, channels=channels) for im in images])
+    labels = _labels(manifest, data_root)
+    files: dict[str, bytes] = {}
+    if fmt == "imagefolder":
+        rows = []
+        for pos, im in enumerate(shaped):
+            name = f"{labels[pos]}/{pos:05d}.png" if labels is not None else f"images/{pos:05d}.png"
+            files[name] = _png(im)
+            rows.append({"file_name": name, **({"label": int(labels[pos])} if labels is not None else {})})
+        files["metadata.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    else:
+        buf = io.BytesIO()
+        arrays = {"train_images": shaped[:, 0] if channels == 1 else shaped.transpose(0, 2, 3, 1)}
+        if labels is not None:
+            arrays["train_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+        np.savez_compressed(buf, **arrays)
+        files["train.npz"] = buf.getvalue()
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    record = {"format": fmt, "n_images": int(len(shaped)), "channels": channels, "size": size,
+              "resize": RESIZE if size != h else None, "source_shape": [int(c), int(h), int(w)],
+              "labels": labels is not None, "manifest_digest": manifest.get("digest"), "dataset": manifest["dataset"],
+              "files": digests, "digest": config_hash(digests)}
+    with atomic_dir(out) as tmp:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        write_json(tmp / EXPORT_RECORD, record)
+    write_json(run / "export" / f"{record['digest']}.json", {**record, "folder": str(out.resolve())})
+    return record
+
+
+def check_training_record(folder: Path, manifest: dict) -> dict:
+    """What a model folder says about its training data: ``export.json`` copied there by the training script. Refuses
+    a model trained on another run's set; returns {"confirmed": bool, ...} for the provenance."""
+    path = folder / EXPORT_RECORD
+    if not path.is_file():
+        return {"confirmed": False, "note": f"no {EXPORT_RECORD} beside the model: the audit cannot confirm which set "
+                                            "it was trained on"}
+    record = json.loads(path.read_text())
+    if record.get("manifest_digest") != manifest.get("digest"):
+        raise DiffauditError(f"{folder} was trained on an export of another training set (manifest "
+                             f"{record.get('manifest_digest')}, this run's {manifest.get('digest')}); audit it in the "
+                             "run it was exported from")
+    return {"confirmed": True, "export_digest": record.get("digest"), "format": record.get("format"),
+            "channels": record.get("channels"), "size": record.get("size"), "resize": record.get("resize")}

@@ -40,7 +40,7 @@ from .diffusion.discrete import SCHEDULER_SAMPLERS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.sde import SDES
 from .errors import DiffauditError
-from .io import read_json
+from .io import check_name, read_json
 from .parallel import shutdown_processes
 from .runlock import check_run_dir, run_lock
 
@@ -131,6 +131,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .generate import sample_run
 
     run = Path(args.run_dir)
+    if args.name is not None:
+        check_name(args.name)  # before the model is loaded
     net = _run_model(args, run)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     cfg = override(override(base, **_model_defaults(net)), n=args.n, sampler=args.sampler, steps=args.steps,

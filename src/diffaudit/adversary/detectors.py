@@ -38,27 +38,45 @@ def rmse(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0) / a.shape[1])
 
 
+def _windows(images: np.ndarray, shift: int) -> list[np.ndarray]:
+    """The (2 shift + 1)^2 windows of size (H - 2 shift) x (W - 2 shift) of uint8 images [B, C, H, W]: each is the
+    image translated by up to ``shift`` pixels and cropped to the common centre."""
+    h, w = images.shape[-2:]
+    return [images[..., dy:h - 2 * shift + dy, dx:w - 2 * shift + dx]
+            for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
+
+
+def _centre(images: np.ndarray, shift: int) -> np.ndarray:
+    h, w = images.shape[-2:]
+    return images[..., shift:h - shift, shift:w - shift]
+
+
 class NearestNeighbourDetector:
-    """The reference identity detector: no training, a pixel-space distance under a calibrated threshold.
+    """The reference identity detector: no training, a pixel-space distance under a calibrated threshold, tolerant to
+    translations of up to ``shift`` pixels.
 
-    An image x is flagged as a copy of the target x_p when RMSE(x, x_p) < tau, with
+    Distances compare the centre crop c(.) of an image (the border of ``shift`` pixels dropped). An image x is flagged
+    as a copy of the target x_p when its best-matching window is close to x_p's centre,
 
-        tau = factor * min( min_{j != p} RMSE(x_p, x_j),  median_j NN_j ),
+        d(x) = min over translations s of RMSE(window_s(x), c(x_p)) < tau,
+        tau  = factor * min( min_{j != p} RMSE(c(x_p), c(x_j)),  median_j NN_j ),
 
-    where x_j runs over the other training images and NN_j is the distance of x_j to its nearest training
-    neighbour. With factor <= 1/2 the first term makes every flagged image closer to x_p than to any other
-    training image (if d(x, x_p) < d(x_p, x_j) / 2 then d(x, x_j) > d(x_p, x_j) / 2 > d(x, x_p), by the
-    triangle inequality), so a flag never stands for a copy of another training image; the second keeps tau
-    tight on a set whose images are far apart. The threshold and both terms are reported.
+    where window_s(x) is the crop of x translated by s in {-shift, ..., shift}^2, x_j runs over the other training
+    images and NN_j is the centre-crop distance of x_j to its nearest training neighbour. With factor <= 1/2 the
+    first term keeps flags unambiguous: all crops live in one space, so if RMSE(window_s(x), c(x_p)) < tau <=
+    RMSE(c(x_p), c(x_j)) / 2 then RMSE(window_s(x), c(x_j)) > tau, by the triangle inequality: the window of x that
+    matches x_p is closer to x_p than to any other training image. The second term keeps tau tight on a set whose
+    images are far apart. With ``shift`` = 0 this is the plain RMSE on whole images. The threshold and both terms are
+    reported.
 
     >>> rng = np.random.default_rng(0)
     >>> train = rng.integers(0, 256, size=(5, 1, 8, 8), dtype=np.uint8)
     >>> det = NearestNeighbourDetector(train[0], train[1:])
-    >>> det(np.stack([train[0], train[1]])).tolist()
-    [True, False]
+    >>> det(np.stack([train[0], train[1], np.roll(train[0], 1, axis=2)])).tolist()
+    [True, False, True]
     """
 
-    def __init__(self, target: np.ndarray, others: np.ndarray, *, factor: float = 0.5) -> None:
+    def __init__(self, target: np.ndarray, others: np.ndarray, *, factor: float = 0.5, shift: int = 1) -> None:
         if target.ndim != 3 or others.ndim != 4 or others.shape[1:] != target.shape:
             raise DiffauditError(f"the target must be one image [C, H, W] and the others [N, C, H, W] of the same "
                                  f"shape; got {target.shape} and {others.shape}")
@@ -66,15 +84,19 @@ class NearestNeighbourDetector:
             raise DiffauditError("calibrating the nearest-neighbour threshold needs at least one other training image")
         if not 0 < factor <= 0.5:
             raise DiffauditError(f"factor must be in (0, 0.5] for flags to be unambiguous, got {factor}")
-        self.target = target
+        if shift < 0 or min(target.shape[1:]) - 2 * shift < 4:
+            raise DiffauditError(f"shift must leave a centre of at least 4x4 pixels of {target.shape} images, got {shift}")
+        self.target, self.shift = target, shift
         self.image_shape = tuple(target.shape)
-        to_target = rmse(target[None], others)[0]
-        between = rmse(others, others)
+        centre = _centre(target, shift)
+        to_target = rmse(centre[None], _centre(others, shift))[0]
+        between = rmse(_centre(others, shift), _centre(others, shift))
         np.fill_diagonal(between, np.inf)
         self.target_nn = float(to_target.min())
         self.median_nn = float(np.median(between.min(1)))  # inf with a single other image: no second term
         self.factor = factor
         self.threshold = factor * min(self.target_nn, self.median_nn)
+        self._centre = centre[None]
         if self.target_nn < 1e-6:  # distinct uint8 images are >= 1 / (255 sqrt(CHW)) apart, about 1e-4
             raise DiffauditError("the target has an exact duplicate among the other training images; "
                                  "no distance threshold can tell a copy of it from a copy of the duplicate")
@@ -83,12 +105,12 @@ class NearestNeighbourDetector:
         if tuple(images.shape[1:]) != self.image_shape:
             raise DiffauditError(f"images of shape {tuple(images.shape[1:])} given to a detector calibrated on "
                                  f"{self.image_shape}")
-        return rmse(images, self.target[None])[:, 0]
+        return np.min([rmse(np.ascontiguousarray(w), self._centre)[:, 0] for w in _windows(images, self.shift)], axis=0)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.distance(images) < self.threshold
 
     def describe(self) -> dict:
         return {"kind": "nearest-neighbour", "metric": "rmse", "threshold": self.threshold, "factor": self.factor,
-                "target_nn_distance": self.target_nn,
+                "shift_px": self.shift, "target_nn_distance": self.target_nn,
                 "median_train_nn_distance": self.median_nn if np.isfinite(self.median_nn) else None}

@@ -26,7 +26,9 @@ from pathlib import Path
 from ..config import STAGES, AuditConfig, to_dict
 from ..data.medmnist import open_dataset
 from ..errors import DiffauditError
+from ..data.prepare import load_manifest
 from ..io import config_differences, config_hash, read_json, write_json
+from ..models.load import EXTERNAL, run_model
 from ..parallel import Processes, processes
 from ..runlock import run_lock
 from .stages import RUNNERS, Context, check_audit_config, check_audit_data
@@ -126,6 +128,9 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
                              "across ranks); start it without accelerate launch/torchrun")
     check_run_dir(run, cfg)
     with run_lock(run):  # one process per run directory (re-entrant: the CLI may hold it already)
+        if cfg.external is not None and (run / "train" / EXTERNAL).is_file():
+            # finished stages are kept only while the model they audited is unchanged (its digest is checked on load)
+            run_model(run, manifest=load_manifest(run), device="cpu")
         return _run_stages(ctx, procs, stop_after)
 
 

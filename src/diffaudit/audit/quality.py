@@ -67,7 +67,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     dev = resolve_device(device)
     if getattr(net, "codec", None) is not None:
         section = {"unit": "bits/dim", "skipped": "latent model: the probability-flow ODE of its latents gives no "
-                                                  "likelihood of images", "model": provenance(net),
+                                                  "likelihood of images", "model": provenance(net, run),
                    "x_p": None, "train": None, "test": None}
         write_json(run / "nll" / "nll.json", section)
         update_results(run, manifest, nll_bpd=section)
@@ -97,7 +97,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     total = sum(len(v[0]) for v in sets.values())
     section: dict = {"unit": "bits/dim", "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
                      "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"},
-                     "model": provenance(net)}
+                     "model": provenance(net, run)}
     if not net.continuous:
         section["computed"] = ("probability-flow ODE of the VP SDE interpolating the model's discrete schedule, from "
                                f"its first training timestep t = 1/{net.n_train}, score = -eps/sigma_t "

@@ -181,16 +181,23 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     if metrics:
         out.append(("h", 2, "Detector error rates"))
         fpr = metrics.get("false_positive_rate", {})
-        rows = [["false positives, held-out real test images", _rate_text(fpr.get("heldout_real", {}).get("c_p")),
-                 _rate_text(fpr.get("heldout_real", {}).get("c_id")), _rate_text(fpr.get("heldout_real", {}).get("q"))]]
+        real = fpr.get("heldout_real", {})
+        rows = [["false positives, held-out real test images", _rate_text(real.get("c_p")), _rate_text(real.get("c_id")),
+                 _rate_text(real.get("q")), _rate_text(real.get("nearest_neighbour"))]]
         control = (rep or {}).get("false_positive_rate", {}).get("control_samples")
         if control:
             rows.append(["false positives, samples of the control model", _rate_text(control.get("c_p")),
-                         _rate_text(control.get("c_id")), _rate_text(control.get("q"))])
+                         _rate_text(control.get("c_id")), _rate_text(control.get("q")), "–"])
         for noise, d in metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).items():
             rows.append([f"detected copies of x_p (±1 px, noise std {noise})", _rate_text(d.get("c_p")), _rate_text(d.get("c_id")),
-                         _rate_text(d.get("q"))])
-        out.append(("table", ["", "c_p", "c_id", "q (both)"], rows))
+                         _rate_text(d.get("q")), _rate_text(d.get("nearest_neighbour"))])
+        out.append(("table", ["", "c_p", "c_id", "q (both)", "nearest neighbour (reference)"], rows))
+        nn = metrics.get("nearest_neighbour") or {}
+        if nn:
+            out.append(("p", f"The reference detector flags an image when one of its translations by up to "
+                             f"{nn.get('shift_px', 0)} px lies within RMSE {fmt(nn['threshold'])} of x_p (half the "
+                             "distance from x_p to its nearest other training image, or less), so a flag never stands "
+                             "for another training image; post-hoc audits of models without a canary rest on it."))
 
     if tp and tp.get("figure"):
         out.append(("h", 2, "q_M(t) (Algorithm 1, Fig. 6)"))

@@ -123,7 +123,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
                 return ev
             results[name] = search(counted, grid, method=name, p0=p0, alpha=alpha)
     main = summary(results[methods[-1]], q_m.sigma, p0=p0, alpha=alpha, m=m)
-    main.update({"detector": detector, "sampler": sampler, "steps": steps, "seed": seed, "model": provenance(net)})
+    main.update({"detector": detector, "sampler": sampler, "steps": steps, "seed": seed, "model": provenance(net, run)})
     if not net.continuous:  # where each grid time's runs start (module docstring of diffaudit.diffusion.discrete)
         main["start_times"] = [net.start_time(t, sampler, steps) for t in grid]
     if method == "both":
@@ -166,7 +166,7 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
     for r in rows:
         r["index"] = manifest["indices"][r["position"]]
     section = {"M": m, "grid": list(grid), "alpha": alpha, "sampler": sampler, "steps": steps, "images": rows,
-               "model": provenance(net), "chance_level": 1.0 / len(images)}
+               "model": provenance(net, run), "chance_level": 1.0 / len(images)}
     section["figures"] = posthoc_figures(run, section, images)
     update_results(run, manifest, t_prime_posthoc=section)
     return rows

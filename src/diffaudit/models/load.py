@@ -17,8 +17,11 @@
        "weights": "model.safetensors"}
 
   ``network.args`` and ``scheduler.args`` are the keyword arguments of MONAI's classes. MONAI's scheduler is sampled
-  through the diffusers scheduler of the same betas, clipping and variance (their steps are the same formulas, and
-  diffusers draws each image's noise from its own stream; MONAI's steps draw one tensor for the batch).
+  through the diffusers scheduler of the same betas, clipping, variance and timestep spacing (linspace), whose steps
+  are the same formulas — diffaudit needs the diffusers step because it draws each image's noise from the image's own
+  stream, where MONAI draws one tensor for the batch. DDIM matches MONAI's exactly (a test); MONAI's DDPM step always
+  goes from t to t - 1, so the two agree at MONAI's default of N inference steps, and with fewer steps diffaudit takes
+  the proper DDPM step between the inference timesteps.
 
 Weights load from safetensors; a ``.bin``/``.pt``/``.pth`` file only with ``torch.load(weights_only=True)``, which
 refuses anything that would run code. A model whose channels, image size or classes cannot be the run's is refused
@@ -48,7 +51,7 @@ from ..diffusion.generative import ContinuousModel, Generative
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import from_model_pixels, resize_uint8
-from ..io import read_json, write_json
+from ..io import read_json, run_relative, write_json
 from ..training.loop import load_score_model
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
@@ -296,8 +299,10 @@ def monai_scheduler_config(cls_name: str, args: dict) -> tuple[dict, str]:
     if low != -high:
         raise DiffauditError("a MONAI scheduler with an asymmetric clip range cannot be sampled by diffaudit")
     config = {"_class_name": cls_name, "num_train_timesteps": int(s.num_train_timesteps),
-              "trained_betas": [float(b) for b in s.betas], "prediction_type": s.prediction_type,
-              "clip_sample": bool(s.clip_sample), "clip_sample_range": float(high)}
+              "trained_betas": [float(b) for b in s.betas], "prediction_type": str(getattr(s.prediction_type, "value",
+                                                                                         s.prediction_type)),
+              "clip_sample": bool(s.clip_sample), "clip_sample_range": float(high),
+              "timestep_spacing": "linspace"}  # MONAI's inference timesteps: linspace(N - 1, 0, steps)
     if cls_name == "DDPMScheduler":
         config["variance_type"] = str(s.variance_type.value if hasattr(s.variance_type, "value") else s.variance_type)
     else:
@@ -354,6 +359,8 @@ def load_model(path: str | Path, *, image_shape: tuple[int, int, int], num_class
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     opts = dict(image_shape=tuple(image_shape), num_classes=num_classes, scheduler=scheduler,
                 prediction_type=prediction_type, device=dev)
+    if (folder / "diffaudit_sde.json").is_file():  # the diffusers copy of a diffaudit model: a continuous SDE's
+        folder = folder.parent
     own = folder / "train" if (folder / "train" / "model.json").is_file() else folder
     if (own / "model.json").is_file() and (own / "model.safetensors").is_file():
         if scheduler is not None or prediction_type is not None:
@@ -374,8 +381,13 @@ def sampling_defaults(path: str | Path, scheduler: str | None = None) -> dict:
     """The sampler and number of steps the model's own pipeline would use, read from its configs without loading its
     weights: {} for a continuous (diffaudit) model; DDPM: all training timesteps; DDIM and latent pipelines: 50."""
     folder = Path(path)
-    if (folder / "train" / "model.json").is_file() or (folder / "model.json").is_file():
+    if (folder / "diffaudit_sde.json").is_file() or (folder / "train" / "model.json").is_file() \
+            or (folder / "model.json").is_file():
         return {}
+    if not any((folder / name).is_file() for name in ("model_index.json", "monai.json", "config.json")):
+        raise DiffauditError(f"{folder} holds no model diffaudit can read: expected a diffusers pipeline "
+                             "(model_index.json), a UNet2DModel folder (config.json) with --scheduler, a MONAI "
+                             "monai.json, or a diffaudit train/")
     if scheduler is not None:
         sched, sampler = _scheduler_config(scheduler, None)
     elif (folder / "monai.json").is_file():
@@ -449,10 +461,13 @@ def run_model(run: Path, *, manifest: dict, model: str | None = None, scheduler:
     return _diffaudit_model(run / "train", image_shape, device)
 
 
-def provenance(model: Generative) -> dict:
-    """What a results.json section records about the model that produced it."""
+def provenance(model: Generative, run: Path | None = None) -> dict:
+    """What a results.json section records about the model that produced it (its path relative to ``run`` when inside
+    it, so results.json does not depend on where the run directory lies)."""
     d = model.describe()
-    out = {"digest": model.model_id, "format": d.get("format"), "path": d.get("path")}
+    path = d.get("path")
+    out = {"digest": model.model_id, "format": d.get("format"),
+           "path": run_relative(run, Path(path)) if run is not None and path else path}
     if d.get("training_data") is not None:
         out["training_data_confirmed"] = bool(d["training_data"].get("confirmed"))
     return out

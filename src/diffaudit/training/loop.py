@@ -135,10 +135,29 @@ def log_row(step: int, loss: float, grad_norm: float | None, lr: float, t_wall: 
             "lr": f"{lr:.3g}", "seconds": f"{time.perf_counter() - t_wall:.2f}"}
 
 
+def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], record: dict) -> Path:
+    """The finished U-Net also in diffusers' own layout, ``<train>/unet/`` (``UNet2DModel.from_pretrained`` loads it),
+    with ``diffaudit_sde.json`` beside it: the network is a noise predictor of a continuous SDE, which no stock
+    diffusers scheduler samples."""
+    c, h, _ = record["image_shape"]
+    net = build_unet(from_dict(ModelConfig, record["model"]), channels=c, size=h)
+    net.load_state_dict(weights)
+    folder = train_dir / "unet"
+    net.save_pretrained(folder, safe_serialization=True)
+    write_json(folder / "diffaudit_sde.json", {
+        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": "eps, the noise of x_t = alpha_t x_0 + "
+        "sigma_t eps; score = -eps / sigma_t", "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or "
+        "probability-flow ODE of this SDE); no diffusers scheduler samples a sub-VP or VE model"})
+    return folder
+
+
 def save_model(train_dir: Path, ema: AveragedModel, record: dict, *, steps: int, **extra) -> Path:
-    """The finished model: EMA weights, then ``model.json`` last (its presence marks a finished run)."""
+    """The finished model: EMA weights (and the same U-Net in diffusers' layout), then ``model.json`` last (its
+    presence marks a finished run)."""
     final = train_dir / "model.safetensors"
-    save_tensors(final, ema.module.state_dict(), metadata={"step": str(steps)})
+    weights = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+    save_tensors(final, weights, metadata={"step": str(steps)})
+    save_diffusers_layout(train_dir, weights, record)
     n_params = sum(p.numel() for p in ema.module.parameters())
     write_json(train_dir / "model.json", {**record, "weights": "ema", "n_params": n_params, **extra})
     return final

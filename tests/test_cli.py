@@ -77,7 +77,8 @@ def test_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys, data_roo
     _one_line_error(capsys, "train", "--run-dir", rd, "--sde", "foo", *TINY, match="argument --sde: invalid choice: 'foo'")
     _one_line_error(capsys, "sample", "--run-dir", rd, match="has no model")
     assert run(capsys, "train", "--run-dir", rd, "--quiet", "--data-root", data_root, *TINY)[0] == 0
-    _one_line_error(capsys, "sample", "--run-dir", rd, "--sampler", "ddim", "--n", 2, match="argument --sampler: invalid choice: 'ddim'")
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--sampler", "ddim", "--n", 2, match="continuous subvp SDE; choose em, pc or ode")
+    _one_line_error(capsys, "sample", "--run-dir", rd, "--sampler", "foo", "--n", 2, match="argument --sampler: invalid choice")
     _one_line_error(capsys, "sample", "--run-dir", rd, "--n", 0, match="n must be >= 1")
     # a checkpoint with NaNs, as a diverged run would leave
     from diffaudit.io import load_tensors, save_tensors

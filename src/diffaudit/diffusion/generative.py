@@ -69,6 +69,9 @@ class ContinuousModel:
         self.described = dict(described or {})
 
     def check_sampler(self, sampler: str) -> None:
+        if sampler in ("ddpm", "ddim"):
+            raise DiffauditError(f"sampler '{sampler}' steps a discrete scheduler, but this model is a continuous "
+                                 f"{self.sde.name} SDE; choose em, pc or ode")
         get_sampler(sampler)
 
     def steps_at(self, t: float, sampler: str, steps: int) -> int:

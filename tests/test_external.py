@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
 from test_audit import TINY
+from test_robustness import refused, run
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
 from diffaudit.adversary.examples import jittered_copies
@@ -29,17 +30,6 @@ from diffaudit.io import read_json
 from diffaudit.models.load import load_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_diffusers.py"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def refused(capsys, *argv, match: str) -> None:
-    code, err = run(capsys, *argv)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "error:" in lines[0] and match in lines[0], err
 
 
 def tiny_unet(channels: int = 1, size: int = 28, **kw) -> UNet2DModel:

@@ -39,7 +39,7 @@ from .data.medmnist import SPLITS, open_dataset
 from .diffusion.discrete import SCHEDULER_SAMPLERS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.sde import SDES
-from .errors import DiffauditError
+from .errors import RELEASE_BLOCKED, DiffauditError, ReleaseBlocked
 from .io import check_name, read_json
 from .parallel import shutdown_processes
 from .runlock import check_run_dir, run_lock
@@ -169,7 +169,8 @@ def cmd_count(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     _load_manifest(run)
     r = run_count(run, samples=args.samples, detector=args.detector, control_samples=args.control_samples,
-                  data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say)
+                  data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say,
+                  target_fpr=args.target_fpr)
     low, high = r["rate_ci95"]
     found = f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, " if r["c_p"] is not None else "nearest-neighbour: "
     _say(f"{found}|q| = {r['q']} of N = {r['n_samples']} "
@@ -314,6 +315,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.stages import Context, check_audit_config, check_audit_data
     from .data.medmnist import dataset_path, resolve_root
 
+    _check_limit(args.fail_above)
     cfg = _audit_config(args)
     if args.detector:
         cfg = override(cfg, detector=args.detector)
@@ -338,7 +340,9 @@ def cmd_audit(args: argparse.Namespace) -> None:
         return
     results = run_audit(ctx, stop_after=args.stop_after)
     if "reproduction" in results:
-        _say(verdict(results))
+        _say(results["verdict"]["statement"] if results.get("verdict") else verdict(results))
+        if results.get("verdict"):
+            _say(f"risk level: {results['verdict']['level']}: {results['verdict']['release']}")
         metrics = ctx.run / "classifiers" / "metrics.json"
         for warning in (detector_warning(results, read_json(metrics) if metrics.exists() else {}),
                         excess_warning(results)):
@@ -346,6 +350,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 _say(warning)
     if (ctx.run / "report.html").exists():
         _say(f"report: {ctx.run / 'report.html'} (and report.md); results: {ctx.run / 'results.json'}")
+    _gate(results, args.fail_above)
 
 
 def _n_trains(text: str) -> list[int | None]:
@@ -402,15 +407,52 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
 
 
+def _gate(results: dict, limit: float | None) -> None:
+    """``--fail-above RATE``: refuse the release (exit 3) when the 95% upper limit of the reproduction rate exceeds
+    RATE, or when there is no verdict to gate on."""
+    if limit is None:
+        return
+    v = results.get("verdict")
+    if v is None:
+        raise DiffauditError("--fail-above needs a verdict: the audit has not counted reproductions yet")
+    hi = v["interval"][1]
+    if hi > limit:
+        raise ReleaseBlocked(f"release blocked: the reproduction rate is at most {hi:.4g} (95% upper limit, risk level "
+                             f"{v['level']}), above --fail-above {limit:g}")
+    _say(f"release gate passed: the reproduction rate is at most {hi:.4g} (95% upper limit), not above {limit:g}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .audit.compare import compare_runs
+
+    summary = compare_runs([Path(r) for r in args.runs], Path(args.out))
+    for r in summary["runs"]:
+        _say(f"{r['run']}: {r['level']}, {r['q']} of {r['n']}, at most {1000 * r['interval'][1]:.3g} in 1 000")
+    _say(f"comparison: {Path(args.out) / 'report.html'} (and report.md, compare.json)")
+
+
+def _check_limit(limit: float | None) -> None:
+    if limit is not None and not 0 <= limit <= 1:
+        raise DiffauditError(f"--fail-above is a reproduction rate in [0, 1], got {limit}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
+    import json
+
     from .audit.report import verdict, write_report
 
     run = Path(args.run_dir)
+    _check_limit(args.fail_above)
     if not (run / "results.json").exists():
         raise DiffauditError(f"{run} has no results.json; run 'diffaudit count' (or 'diffaudit audit') first")
     paths = write_report(run)
-    _say(verdict(read_json(run / "results.json")))
-    _say(f"report: {paths['html']} and {paths['md']}")
+    results = read_json(run / "results.json")
+    if args.json:
+        print(json.dumps(results.get("verdict"), indent=1))
+    else:
+        _say(verdict(results))
+        _say(f"report: {paths['html']} and {paths['md']}")
+    _gate(results, args.fail_above)
 
 
 # ---- bound ---------------------------------------------------------------------------------------------
@@ -611,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifiers: q = c_p+ and c_id+; nn: the reference nearest-neighbour detector alone")
     p.add_argument("--control-samples", default=None,
                    help="samples of a control model (prepare --no-fingerprint): false-positive rates on generated images")
+    p.add_argument("--target-fpr", type=float, default=None, metavar="RATE",
+                   help="set each classifier's threshold to flag at most RATE of the held-out real images "
+                        "(default: the trained thresholds, 0.5)")
     device_and_data(p)
     p.set_defaults(func=cmd_count)
 
@@ -717,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "(default: the preset's; --model: its own)")
     p.add_argument("--sampling-steps", type=int, default=None, help="their steps (default: the preset's; --model: its "
                                                                     "pipeline's)")
+    p.add_argument("--fail-above", type=float, default=None, metavar="RATE",
+                   help="exit 3 when the 95%% upper limit of the reproduction rate exceeds RATE (a release gate)")
     model_options(p)
     dp_options(p)
     p.set_defaults(func=cmd_audit)
@@ -746,10 +793,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", formatter_class=Formatter, help="(re)write report.html and report.md of a run",
-                       description="Write report.html (self-contained) and report.md from a run's results.json.",
-                       epilog=_example("diffaudit report --run-dir runs/demo"))
+                       description="Add the verdict (risk level) and the provenance to a run's results.json and write "
+                                   "report.html (self-contained, prints to PDF) and report.md from it. With "
+                                   "--fail-above, exit 3 when the reproduction rate's 95%% upper limit exceeds RATE.",
+                       epilog=_example("""
+                            diffaudit report --run-dir runs/demo
+                            diffaudit report --run-dir runs/demo --json --fail-above 0.001   # a release pipeline"""))
     p.add_argument("--run-dir", required=True)
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
+    p.add_argument("--fail-above", type=float, default=None, metavar="RATE",
+                   help="exit 3 when the 95%% upper limit of the reproduction rate exceeds RATE")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", formatter_class=Formatter, help="one report across audited runs",
+                       description="One report across runs (diffaudit-trained and external models, datasets, N_D): a "
+                                   "row per run with its risk level, rate, t', t'_alpha, FID and NLL gap, and the "
+                                   "q_M(t) curves overlaid. The runs are not changed.",
+                       epilog=_example("diffaudit compare runs/demo runs/ext --out runs/compare"))
+    p.add_argument("runs", nargs="+", help="run directories with results.json")
+    p.add_argument("--out", required=True, help="the folder for the comparison (created if missing)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bound", formatter_class=Formatter, help="upper bounds on reconstruction success under DP",
                        description="Upper bounds 1 - f(kappa) on the success probability of a reconstruction attack "
@@ -801,6 +864,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _run(args)
+    except ReleaseBlocked as err:
+        shutdown_processes(wait=False)
+        print(f"diffaudit {args.command}: {err}", file=sys.stderr)
+        return RELEASE_BLOCKED
     except DiffauditError as err:
         shutdown_processes(wait=False)
         print(f"diffaudit {args.command}: error: {err}", file=sys.stderr)

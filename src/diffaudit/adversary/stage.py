@@ -43,9 +43,11 @@ from ..rng import derive_seed
 from .classifiers import ClassifierDetector, check_config, classifier_record, fit, load_classifier, save_classifier
 from .detectors import NearestNeighbourDetector
 from .examples import Task, jittered_copies
+from .roc import detector_curve
 
 NAMES = ("c_p", "c_id")
 COPY_NOISE = (0.0, 0.02, 0.05, 0.1)  # std of the noise on copies of x_p, in [0, 1] pixel units
+ROC_NOISE = (0.0, 0.02, 0.05)  # the copies that are the ROC's positives: the range of generated copies' errors
 N_COPIES = 200
 
 
@@ -133,14 +135,24 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     id_labels = np.r_[np.zeros(len(audit.others), dtype=bool), True, True]
     id_flags = c_id(id_images)
 
-    p_real, id_real = c_p(audit.test), c_id(audit.test)
+    s_real = {"c_p": c_p.probabilities(audit.test), "c_id": c_id.probabilities(audit.test)}
+    p_real, id_real = s_real["c_p"] > c_p.threshold, s_real["c_id"] > c_id.threshold
     nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
-    copies = {}
+    copies, s_copies = {}, {"c_p": [], "c_id": []}
     for std in COPY_NOISE:
         x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, Stream.COPIES, int(std * 1000))))
-        fp, fid = c_p(x), c_id(x)
+        sp, sid = c_p.probabilities(x), c_id.probabilities(x)
+        fp, fid = sp > c_p.threshold, sid > c_id.threshold
         copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "q": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}
+        if std in ROC_NOISE:
+            s_copies["c_p"].append(sp)
+            s_copies["c_id"].append(sid)
+    pos = {k: np.concatenate(v) for k, v in s_copies.items()}
+    # q fires when both do: at a common threshold t that is min(score_c_p, score_c_id) > t
+    s_real["q"], pos["q"] = np.minimum(s_real["c_p"], s_real["c_id"]), np.minimum(pos["c_p"], pos["c_id"])
+    thresholds = {"c_p": c_p.threshold, "c_id": c_id.threshold, "q": max(c_p.threshold, c_id.threshold)}
+    roc = {name: detector_curve(s_real[name], pos[name], threshold=thresholds[name]) for name in ("c_p", "c_id", "q")}
     return {
         "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
                 "best_epoch": c_p.meta.get("best_epoch"), "arch": c_p.meta["config"]["arch"]},
@@ -152,6 +164,8 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
                                                  "nearest_neighbour": _positives(nn(audit.test)) if nn else None}},
         "true_positive_rate": {"copies_of_x_p": copies, "n_copies": N_COPIES, "shift_px": 1},
         "nearest_neighbour": nn.describe() if nn else None,
+        "roc": {**roc, "negatives": "held-out real test images",
+                "positives": f"copies of x_p (±1 px, noise std {', '.join(f'{s:g}' for s in ROC_NOISE)})"},
         "device": str(next(c_p.net.parameters()).device),
     }
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from ..adversary.roc import threshold_for_fpr
 from ..adversary.stage import AuditData, make_detectors
 from ..data.prepare import load_manifest
 from ..errors import DiffauditError
@@ -62,19 +65,42 @@ def _check_control(folder: Path, manifest: dict, log: Callable[[str], None]) -> 
                              "--dataset, --n-train and --seed and --no-fingerprint, then train and sample")
 
 
+def at_target_fpr(detectors: dict, negatives, target: float) -> dict:
+    """Set each classifier's threshold so that it flags at most ``target`` of ``negatives`` (the held-out real test
+    images), and return the false positives of each and of q at those thresholds."""
+    if not 0 < target < 1:
+        raise DiffauditError(f"--target-fpr must be in (0, 1), got {target}")
+    if target < 1.0 / len(negatives):
+        raise DiffauditError(f"--target-fpr {target:g} is below 1/{len(negatives)}, the finest false-positive rate "
+                             f"{len(negatives)} held-out images can measure; use at least {1 / len(negatives):.3g}")
+    flags = {}
+    for name, det in detectors.items():
+        det.threshold = threshold_for_fpr(det.probabilities(negatives), target)
+        flags[name] = det(negatives)
+    q = np.logical_and.reduce(list(flags.values()))
+    rate = lambda f: {"positives": int(f.sum()), "n": int(len(f)), "rate": float(f.mean())}  # noqa: E731
+    return {**{name: rate(f) for name, f in flags.items()}, "q": rate(q)}
+
+
 def run_count(run: Path, *, samples: str | None = None, detector: str = "classifiers", control_samples: str | None = None,
               data_root=None, device: str = "auto", keep: int = 64, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, target_fpr: float | None = None) -> dict:
     manifest = load_manifest(run)
     audit = AuditData(manifest, data_root)
     folder = _with_shards(find_samples(run, samples))
     detectors = make_detectors(run, audit, detector, device=device)
-    described = {name: d.describe() for name, d in detectors.items()}
     rates: dict = {}
     if detector == "classifiers":
         metrics = read_json(run / "classifiers" / "metrics.json")
         rates = {"false_positive_rate": dict(metrics["false_positive_rate"]),
                  "true_positive_rate": metrics["true_positive_rate"]}
+        if target_fpr is not None:  # the thresholds, and the false positives at them, replace the default ones
+            rates["false_positive_rate"]["heldout_real"] = at_target_fpr(detectors, audit.test, target_fpr)
+            rates["target_fpr"] = target_fpr
+            rates["true_positive_rate"] = {"note": "measured at the default thresholds; see classifiers/metrics.json roc"}
+    elif target_fpr is not None:
+        raise DiffauditError("--target-fpr sets the classifiers' thresholds; the nearest-neighbour detector has its own")
+    described = {name: d.describe() for name, d in detectors.items()}
     count = count_reproductions(iter_shards(folder), detectors, target=audit.x_p, keep=keep, progress=progress,
                                 total=_total(folder))
     if control_samples is not None:

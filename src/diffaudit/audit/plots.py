@@ -39,3 +39,36 @@ def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def plot_roc(roc: dict, path: str | Path) -> Path:
+    """ROC curves of c_p, c_id and q with a log-scale FPR axis (as membership-inference audits draw them), each
+    detector's operating threshold marked; FPR 0 is drawn at the axis' left end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = 1e-3
+    fig, ax = plt.subplots(figsize=(5.2, 4.0), dpi=120)
+    for k, name in enumerate(("c_p", "c_id", "q")):
+        r = roc.get(name)
+        if not r:
+            continue
+        fpr = [max(v, floor) for v in r["curve"]["fpr"]]
+        ax.step(fpr, r["curve"]["tpr"], where="post", color=f"C{k}", lw=1.2, label=f"{name}: AUC {r['auc']:.3f}")
+        t = r["threshold"]
+        ax.plot([max(t["fpr"], floor)], [t["tpr"]], "o", color=f"C{k}", ms=5)
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"false-positive rate ({roc.get('negatives', 'negatives')}; 0 drawn at {floor:g})")
+    ax.set_ylabel("true-positive rate (copies of x_p)")
+    ax.set_title("Detector ROC curves; dots: the thresholds the count uses", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

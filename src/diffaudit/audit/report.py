@@ -14,8 +14,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..data.prepare import load_manifest
 from ..errors import DiffauditError
 from ..io import atomic_path, read_json, run_relative
+from .plots import plot_roc
+from .results import update_results
+from .verdict import provenance_section, verdict_section
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
 
@@ -96,16 +100,39 @@ def _rate_text(d: dict | None) -> str:
     return "–" if not d else f"{d['positives']}/{d['n']} ({fmt(d['rate'])})"
 
 
-def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
+def cautions_of(results: dict, metrics: dict) -> list[str]:
+    """Everything a reader of the verdict must know before relying on it."""
+    out = [w for w in (detector_warning(results, metrics), excess_warning(results)) if w]
+    model = model_of(results)
+    if model is not None and model.get("training_data_confirmed") is False:
+        out.append("Caution: nothing beside the model confirms which set it was trained on; the audit assumes it is this "
+                   "run's exported training set (copy export.json beside the model when training).")
+    return out
+
+
+def stamp(run: Path) -> dict:
+    """Add ``verdict`` and ``provenance`` to the run's results.json (the report stage, and ``diffaudit report``)."""
     results = read_json(run / "results.json")
     metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
-    rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
-    fp = results.get("fingerprint") or {}
-    out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}"),
-                        ("p", f"**Verdict.** {verdict(results)}")]
-    for warning in (detector_warning(results, metrics), excess_warning(results)):
-        if warning:
-            out.append(("p", f"**{warning}**"))
+    manifest = load_manifest(run)
+    sections = {"provenance": provenance_section(run, results, manifest, model_of(results))}
+    v = verdict_section(results, metrics, cautions=cautions_of(results, metrics))
+    if v is not None:
+        sections["verdict"] = v
+    return update_results(run, manifest, **sections)
+
+
+def verdict_blocks(results: dict) -> list[Block]:
+    """The first screen: the risk level, what it means for release, the rate as "at most X in 1 000", the scope and
+    the cautions; then the paper's sentence."""
+    v = results.get("verdict")
+    out: list[Block] = []
+    if v is not None:
+        out += [("verdict", v["level"], f"Risk level: {v['level'].upper()}. {v['release']}"),
+                ("p", f"**{v['statement']}**"),
+                ("p", f"Why: {v['reason']}. Scope: {v['scope']}.")]
+        out += [("p", f"**{c}**") for c in v.get("cautions", [])]
+    out.append(("p", f"**In the paper's terms.** {verdict(results)}"))
     model = model_of(results)
     if model is not None:
         where = f"{model.get('format')} model at {model.get('path')}" if model.get("path") else "model"
@@ -113,6 +140,22 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
                    False: "; nothing in its folder confirms which set it was trained on"}.get(
             model.get("training_data_confirmed"), "")
         out.append(("p", f"**Model audited:** the {where}, weights digest {model['digest']}{trained}."))
+    prov = results.get("provenance")
+    if prov:
+        out.append(("p", f"Made by diffaudit {prov.get('diffaudit')} on {prov.get('created')} (torch "
+                         f"{prov['versions'].get('torch')}, diffusers {prov['versions'].get('diffusers')}, device "
+                         f"{prov.get('device')}); data {prov['data'].get('file')} (MD5 {prov['data'].get('md5')}), "
+                         f"manifest {prov.get('manifest_digest')}, config {prov.get('config_digest')}."))
+    return out
+
+
+def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
+    results = read_json(run / "results.json")
+    metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
+    rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
+    fp = results.get("fingerprint") or {}
+    out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}")]
+    out += verdict_blocks(results)
     out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
                      f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
                      f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."))
@@ -122,7 +165,7 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     out.append(("h", 2, "Reproductions (Table 1)"))
     if rep:
         out.append(("table", ["N_D", "N", "|c_p+|", "|c_id+|", "|q|", "E|q|", "p-value", "rate", "95% interval", "t'",
-                              "t'_α", "bound (Eq. 9)"],
+                              "t'_α", "Eq. 9 indicator"],
                     [[results["n_train"], rep["n_samples"], fmt(rep["c_p"]), fmt(rep["c_id"]), rep["q"],
                       fmt(rep["expected_q"]), fmt(rep["p_value"]), fmt(rep["rate"]),
                       f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]",
@@ -199,6 +242,10 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
                              "distance from x_p to its nearest other training image, or less), so a flag never stands "
                              "for another training image; post-hoc audits of models without a canary rest on it."))
 
+    roc = metrics.get("roc")
+    if roc:
+        out += roc_blocks(run, roc)
+
     if tp and tp.get("figure"):
         out.append(("h", 2, "q_M(t) (Algorithm 1, Fig. 6)"))
         out.append(("img", tp["figure"], f"q_M(t) with M = {tp['M']}: t' = {fmt(tp['value'], 2)}, t'_α = "
@@ -229,7 +276,28 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     if (run / "audit.json").exists():
         out.append(("h", 2, "Configuration"))
         out.append(("pre", json.dumps(read_json(run / "audit.json"), indent=1)))
+    if results.get("verdict"):
+        out.append(("note", results["verdict"]["definitions"]))
     return out
+
+
+def roc_blocks(run: Path, roc: dict) -> list[Block]:
+    """Detector curves: AUC, TPR at 1% and 0.1% FPR, where each threshold sits, and the ROC figure."""
+    figure = plot_roc(roc, run / "classifiers" / "roc.png")
+    rows = []
+    for name in ("c_p", "c_id", "q"):
+        r = roc.get(name)
+        if r:
+            t = r["threshold"]
+            rows.append([name, fmt(r["auc"], 4), fmt(r["tpr_at_fpr_1pct"]), fmt(r["tpr_at_fpr_0.1pct"]),
+                         f"{fmt(t['value'])} (FPR {fmt(t['fpr'])}, TPR {fmt(t['tpr'])})"])
+    n_neg = next((roc[k]["n_negatives"] for k in ("c_p", "c_id", "q") if roc.get(k)), None)
+    return [("h", 2, "Detector curves"),
+            ("table", ["detector", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "threshold used (its FPR, TPR)"], rows),
+            ("p", f"Negatives: {roc.get('negatives')} ({n_neg}); positives: {roc.get('positives')}. q's score is the "
+                  "smaller of the two classifiers' (q fires when both do). A TPR at an FPR below 1/(number of "
+                  "negatives) cannot be measured and is shown as –."),
+            ("img", str(figure.relative_to(run)), "ROC curves with a log-scale false-positive axis")]
 
 
 def posthoc_blocks(ph: dict, *, shown: int = 20) -> list[Block]:
@@ -269,6 +337,10 @@ def render_md(blocks: Sequence[Block]) -> str:
             lines += [f"![{b[2]}]({b[1]})", f"*{b[2]}*", ""]
         elif b[0] == "pre":
             lines += ["```json", b[1], "```", ""]
+        elif b[0] == "verdict":
+            lines += [f"> **{b[2]}**", ""]
+        elif b[0] == "note":
+            lines += ["---", "", f"<sub>{b[1]}</sub>", ""]
     return "\n".join(lines)
 
 
@@ -297,10 +369,20 @@ def render_html(blocks: Sequence[Block], base: Path) -> str:
                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
         elif b[0] == "pre":
             body.append(f"<pre>{html.escape(b[1])}</pre>")
+        elif b[0] == "verdict":
+            body.append(f'<p class="verdict level-{html.escape(b[1])}"><strong>{html.escape(b[2])}</strong></p>')
+        elif b[0] == "note":
+            body.append(f'<footer class="note">{html.escape(b[1])}</footer>')
     style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
              "th{background:#eee}img{max-width:100%;image-rendering:pixelated}figcaption{font-size:.9em;color:#444}"
-             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}")
+             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}"
+             ".verdict{font-size:1.15em;padding:.6em .9em;border-left:.5em solid #888;background:#f4f4f4}"
+             ".level-high{border-color:#b00020;background:#fdecee}.level-elevated{border-color:#c75b00;background:#fff3e6}"
+             ".level-low{border-color:#2e7d32;background:#edf7ee}.level-inconclusive{border-color:#666}"
+             ".note{font-size:.85em;color:#444;border-top:1px solid #bbb;margin-top:2em;padding-top:.5em}"
+             "@media print{body{max-width:none;margin:0;font-size:10pt}pre{white-space:pre-wrap;overflow:visible}"
+             "table,figure,tr,.verdict{break-inside:avoid}h1,h2{break-after:avoid}img{max-width:60%}}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8" /><title>{html.escape(title)}</title>'
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
@@ -314,6 +396,8 @@ def write_blocks(folder: Path, blocks: Sequence[Block]) -> dict[str, Path]:
 
 
 def write_report(run: str | Path) -> dict[str, Path]:
-    """Write ``report.md`` and ``report.html`` into the run directory."""
+    """Add the verdict and the provenance to results.json, then write ``report.md`` and ``report.html`` into the run
+    directory."""
     run = Path(run)
+    stamp(run)
     return write_blocks(run, blocks_for_run(run))

@@ -140,3 +140,22 @@ def test_compare_tabulates_three_runs_and_says_when_detectors_differ(tmp_path, d
     capsys.readouterr()
     refused(capsys, "compare", runs[0], tmp_path / "nowhere", "--out", tmp_path / "x", match="has no results.json")
     assert run(capsys, "compare", *runs, "--out", tmp_path / "cli")[0] == 0
+
+
+def test_the_rate_net_of_a_control_model_has_a_conservative_interval():
+    from diffaudit.audit.verdict import net_of_control
+
+    net = net_of_control(81, 128, 70, 128)  # a noise-like DP model whose every sample fires, and its control
+    assert net["rate"] == pytest.approx(11 / 128) and net["interval"][0] == 0.0
+    lo, hi = clopper_pearson(81, 128, 0.975)
+    assert net["interval"][1] == pytest.approx(hi - clopper_pearson(70, 128, 0.975)[0])
+    rng = np.random.default_rng(1)  # coverage of p - p_c by simulation: at least 95%
+    p, pc, n, covered = 0.08, 0.02, 400, 0
+    for _ in range(400):
+        r = net_of_control(int(rng.binomial(n, p)), n, int(rng.binomial(n, pc)), n)
+        covered += r["interval"][0] <= p - pc <= r["interval"][1]
+    assert covered / 400 >= 0.95
+    results, metrics = _results(17, 256, 16)
+    results["reproduction"]["false_positive_rate"] = {"control_samples": {"q": {"positives": 1, "n": 256, "rate": 1 / 256}}}
+    v = verdict_section(results, metrics)
+    assert v["net_of_control"]["control_rate"] == 1 / 256

@@ -131,6 +131,12 @@ def verdict_blocks(results: dict) -> list[Block]:
         out += [("verdict", v["level"], f"Risk level: {v['level'].upper()}. {v['release']}"),
                 ("p", f"**{v['statement']}**"),
                 ("p", f"Why: {v['reason']}. Scope: {v['scope']}.")]
+        net = v.get("net_of_control")
+        if net:
+            lo, hi = net["interval"]
+            out.append(("p", f"Net of the control model's false positives ({fmt(net['control_rate'])} of its samples "
+                             f"were flagged): {fmt(net['rate'])}, 95% interval [{fmt(lo)}, {fmt(hi)}] "
+                             f"({net['method']})."))
         out += [("p", f"**{c}**") for c in v.get("cautions", [])]
     out.append(("p", f"**In the paper's terms.** {verdict(results)}"))
     model = model_of(results)

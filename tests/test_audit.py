@@ -243,8 +243,14 @@ def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(
     cfg = dataclasses.replace(TINY, dp=DPConfig(noise_multiplier=2.0, physical_batch_size=8),
                               model=dataclasses.replace(TINY.model, num_classes=2),
                               tprime=dataclasses.replace(TINY.tprime, resolution=0.5),
-                              nll=dataclasses.replace(TINY.nll, n_train=1, n_test=1, x_p_repeats=1))
+                              nll=dataclasses.replace(TINY.nll, n_train=1, n_test=1, x_p_repeats=1), control=True)
     results = _audit(tmp_path / "dp", data_root, cfg)
+    # the control model: trained the same way (DP) on the control set, its samples counted as false positives
+    control = read_json(tmp_path / "dp" / "control" / "train" / "model.json")
+    assert control["dp"]["noise_multiplier"] == 2.0 and read_json(tmp_path / "dp" / "control" / "manifest.json")["fingerprint"] is None
+    counted = results["reproduction"]["false_positive_rate"]["control_samples"]["q"]
+    assert counted["n"] == 24 and "control_samples" in results["privacy"]["kappa_note"]
+    assert results["verdict"]["net_of_control"]["control_rate"] == counted["rate"]
     priv = results["privacy"]
     assert priv["steps"] == TINY.train.steps and priv["noise_multiplier"] == 2.0
     assert priv["kappa"] < priv["bound_dpsgd"] <= 1 and set(priv["epsilon"]) == {"prv", "rdp", "gdp"}

@@ -137,6 +137,7 @@ def test_a_latent_model_samples_counts_and_searches_t_prime(prepared, data_root,
 
 def test_a_monai_model_samples_like_monai_itself(tmp_path):
     pytest.importorskip("monai", reason="MONAI is an optional extra (pip install 'diffaudit[monai]')")
+    pytest.importorskip("einops", reason="MONAI's DiffusionModelUNet needs einops (pip install 'diffaudit[monai]')")
     from monai.networks.nets import DiffusionModelUNet
     from monai.networks.schedulers import DDIMScheduler as MonaiDDIM
     from safetensors.torch import save_file

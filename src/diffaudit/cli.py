@@ -252,6 +252,8 @@ def _audit_config(args: argparse.Namespace):
     if args.config and args.preset:
         raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")
     base = load_config(args.config) if args.config else get_audit_preset(args.preset or DEFAULT_AUDIT_PRESET)
+    if args.control is not None:
+        base = override(base, control=args.control)
     return apply_overrides(
         base,
         prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},
@@ -394,7 +396,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         open_dataset(datasets[0], data_root=args.data_root, download_missing=args.download, log=_say)
         if args.class_conditional:
             cfg = _class_conditional(cfg, datasets[0], args.data_root)
-        cfg = override(cfg, prepare=override(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]))
+        cfg = override(cfg, prepare=override(cfg.prepare, dataset=datasets[0], n_train=n_trains[0]),
+                       control=True if args.control is None else args.control)  # on: DP samples make detectors fire
+
         pretrain = {"yes": [True], "no": [False], "both": [False, True]}[args.pretrain]
         summary = run_privacy_sweep(Path(args.out), cfg, epsilons=epsilons, pretrain=pretrain,
                                     public_dataset=args.public_dataset or datasets[0], public_split=args.public_split,
@@ -735,6 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fid-extractor", default=None, choices=FID_EXTRACTORS,
                        help="auto: Inception when its weights are found, else the domain extractor")
         p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
+        p.add_argument("--control", action=argparse.BooleanOptionalAction, default=None,
+                       help="also train a control model (same settings, DP included) on the control set and count its "
+                            "samples: false positives on generated images, and the rate net of them (default: on in a "
+                            "privacy sweep, off otherwise)")
         device_and_data(p)
         p.add_argument("--download", action="store_true",
                        help="download the dataset with medmnist's downloader (MD5 checked) when no local copy is found")

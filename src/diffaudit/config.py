@@ -510,12 +510,13 @@ class AuditConfig(Checked):
     dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
     pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
     external: ExternalConfig | None = None  # audit this model instead of training one (--model)
+    control: bool = False  # also train a control model on the control set and count its samples (--control)
 
     def _check(self) -> None:
         self._one_of("detector", DETECTORS)
-        if self.external is not None and (self.dp is not None or self.pretrained is not None):
-            raise DiffauditError("--model audits a model trained elsewhere; DP and pretraining options train one, so "
-                                 "leave them out")
+        if self.external is not None and (self.dp is not None or self.pretrained is not None or self.control):
+            raise DiffauditError("--model audits a model trained elsewhere; DP, pretraining and --control train one, "
+                                 "so leave them out (count a control model's samples with count --control-samples)")
         if self.dp is not None:
             if (self.dp.epsilon is None) == (self.dp.noise_multiplier is None):
                 raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise "
@@ -527,7 +528,7 @@ class AuditConfig(Checked):
 
 
 #: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.pipeline`` knows what each depends on).
-STAGES = ("prepare", "train", "classifiers", "sample", "count", "tprime", "nll", "fid", "utility", "report")
+STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "tprime", "nll", "fid", "utility", "report")
 
 
 def _cpu_demo() -> AuditConfig:

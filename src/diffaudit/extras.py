@@ -2,7 +2,8 @@
 
 ``pip install diffaudit`` gives the audit itself; ``diffaudit[dp]`` adds Opacus (DP-SGD training, the DP-SGD
 bound), ``diffaudit[fid]`` torch-fidelity (the standard Inception FID; without it FID uses the domain extractor),
-``diffaudit[multi-gpu]`` accelerate (data-parallel launches), and ``diffaudit[all]`` all of them. A module imports an
+``diffaudit[multi-gpu]`` accelerate (data-parallel launches), ``diffaudit[monai]`` MONAI with einops (auditing MONAI
+models), and ``diffaudit[all]`` all of them. A module imports an
 extra inside the function that needs it, right after :func:`require`, so that everything else works without it.
 """
 
@@ -13,7 +14,8 @@ import importlib.util
 from .errors import DiffauditError
 
 #: module -> (the package to install, the extra that installs it)
-EXTRAS = {"opacus": ("opacus", "dp"), "torch_fidelity": ("torch-fidelity", "fid"), "accelerate": ("accelerate", "multi-gpu")}
+EXTRAS = {"opacus": ("opacus", "dp"), "torch_fidelity": ("torch-fidelity", "fid"), "accelerate": ("accelerate", "multi-gpu"),
+          "monai": ("monai", "monai"), "einops": ("einops", "monai")}
 
 
 def require(module: str, purpose: str) -> None:

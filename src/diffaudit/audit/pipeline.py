@@ -1,7 +1,8 @@
 """The engine of ``diffaudit audit``: every stage of the audit into one run directory, resumable.
 
-Stages, in order: prepare, train, classifiers, sample, count, tprime, nll, fid, utility (class-conditional
-models only), report. The whole audit's config
+Stages, in order: prepare, train, classifiers, sample, control (with ``--control`` only: a control model trained and
+sampled with the same settings on the control set), count, tprime, nll, fid, utility (class-conditional models only),
+report. The whole audit's config
 (:class:`AuditConfig`) is written to ``<run>/audit.json`` first; a run directory holds one audit, and another
 config is refused with the sections that differ. Each finished stage writes ``<run>/audit/stages/<stage>.json``
 (its config hash, the hashes of the stages it depends on, its wall time) last, atomically: a stage whose record
@@ -35,7 +36,8 @@ from .stages import RUNNERS, Context, check_audit_config, check_audit_data
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
-           "count": ("sample", "classifiers"), "tprime": ("train", "classifiers", "count"),
+           "control": ("prepare",), "count": ("sample", "classifiers", "control"),
+           "tprime": ("train", "classifiers", "count"),
            "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
            "report": ("count", "tprime", "nll", "fid", "utility")}
 
@@ -49,6 +51,8 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
                       {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"], "pretrained": c["pretrained"]}),
             "classifiers": {"c_p": c["c_p"], "c_id": c["c_id"]},
             "sample": {"sample": c["sample"]},
+            "control": ({"control": True, "model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"],
+                         "pretrained": c["pretrained"], "sample": c["sample"]} if c.get("control") else {"control": False}),
             "count": {"detector": c["detector"]},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},

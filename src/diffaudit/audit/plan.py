@@ -72,6 +72,8 @@ def plan(ctx: Context) -> list[dict]:
         "sample": (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
         "count": (cfg.sample.n * 2 / clf + 5, 2e6),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
+        "control": ((cfg.train.steps * cfg.train.batch_size * 3 / unet + cfg.sample.n * cfg.sample.steps * nfe_step / unet)
+                    if cfg.control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.control else 1e3),
         "nll": ((cfg.nll.x_p_repeats + cfg.nll.n_train + cfg.nll.n_test) * 150 * 3 / unet, 1e5),
         "fid": (cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf + (cfg.sample.n + 2 * n_train) / clf, 2e6),
         "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),

@@ -9,6 +9,7 @@ prepare         ``data.prepare.prepare_run``
 train           ``training.loop.train`` (``privacy.dpsgd.train_dp`` under DP)
 classifiers     ``adversary.stage.train_classifiers``
 sample          ``generate.sample_run``
+control         the three above on ``<run>/control/`` (``--control`` only)
 count           ``audit.count.run_count``
 tprime          ``audit.tprime_stage.run_tprime``
 nll             ``audit.quality.run_nll``
@@ -183,9 +184,27 @@ def _sample(ctx: Context) -> dict:
     return {"n": ctx.cfg.sample.n}
 
 
+CONTROL = "control"  # <run>/control/: the control run (prepare --no-fingerprint, same settings) of an audit
+
+
+def _control(ctx: Context) -> dict:
+    """A control model: the same training (DP and pretraining included) and sampling on the control set, which holds
+    neither x_p nor x_i, so every detection among its samples is a false positive on generated images (App. B)."""
+    c = ctx.cfg
+    if not c.control:
+        return {"skipped": "no control model (--control trains one)"}
+    folder = ctx.run / CONTROL
+    prepare_run(folder, dataclasses.replace(c.prepare, fingerprint=False), data_root=ctx.data_root, log=ctx.log)
+    train_run(folder, model_cfg=c.model, train_cfg=c.train, sde=make_sde(c.sde), dp=c.dp, pretrained=c.pretrained,
+              data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
+    sample_run(folder, ctx.samples_name, c.sample, device=ctx.device, progress=ctx.progress)
+    return {"n": c.sample.n, "samples": f"{CONTROL}/samples/{ctx.samples_name}"}
+
+
 def _count(ctx: Context) -> dict:
+    control = str(ctx.run / CONTROL / "samples" / ctx.samples_name) if ctx.cfg.control else None
     r = run_count(ctx.run, samples=ctx.samples_name, detector=ctx.cfg.detector, data_root=ctx.data_root,
-                  device=ctx.device, progress=ctx.progress, log=ctx.log)
+                  device=ctx.device, progress=ctx.progress, log=ctx.log, control_samples=control)
     return {"q": r["q"], "n": r["n_samples"], "expected_q": r["expected_q"], "p_value": r["p_value"]}
 
 
@@ -224,7 +243,8 @@ def _report(ctx: Context) -> dict:
 
 
 RUNNERS: dict[str, Callable[[Context], dict | None]] = {
-    "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "count": _count,
+    "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "control": _control,
+    "count": _count,
     "tprime": _tprime, "nll": _nll, "fid": _fid, "utility": _utility, "report": _report,
 }
 

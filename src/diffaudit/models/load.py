@@ -312,7 +312,8 @@ def monai_scheduler_config(cls_name: str, args: dict) -> tuple[dict, str]:
 
 
 def _monai(folder: Path, *, image_shape, num_classes, scheduler, prediction_type, device) -> DiscreteModel:
-    require("monai", "MONAI models (pip install 'diffaudit[monai]')")
+    require("monai", "auditing a MONAI model")
+    require("einops", "MONAI's DiffusionModelUNet")
     from monai.networks.nets import DiffusionModelUNet
 
     spec = read_json(folder / "monai.json")

@@ -251,6 +251,9 @@ def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(
     counted = results["reproduction"]["false_positive_rate"]["control_samples"]["q"]
     assert counted["n"] == 24 and "control_samples" in results["privacy"]["kappa_note"]
     assert results["verdict"]["net_of_control"]["control_rate"] == counted["rate"]
+    roc = results["reproduction"]["roc_control_samples"]
+    assert set(roc) == {"c_p", "c_id", "q"} and roc["q"]["n_negatives"] == 24 and 0 <= roc["q"]["auc"] <= 1
+    assert "control samples" in (tmp_path / "dp" / "report.md").read_text()
     priv = results["privacy"]
     assert priv["steps"] == TINY.train.steps and priv["noise_multiplier"] == 2.0
     assert priv["kappa"] < priv["bound_dpsgd"] <= 1 and set(priv["epsilon"]) == {"prv", "rdp", "gdp"}

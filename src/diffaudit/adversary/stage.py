@@ -126,6 +126,28 @@ def _positives(flags: np.ndarray) -> dict:
     return {"positives": int(flags.sum()), "n": int(len(flags)), "rate": float(flags.mean()) if len(flags) else None}
 
 
+def copies_of(audit: AuditData, std: float, seed: int) -> np.ndarray:
+    """The N_COPIES jittered, noisy copies of x_p of noise ``std`` that the classifiers' error rates are measured on."""
+    return jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, Stream.COPIES, int(std * 1000))))
+
+
+def scores(detectors: dict[str, ClassifierDetector], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Each classifier's probability and q's score, the smaller of the two (q fires when both do)."""
+    out = {name: detectors[name].probabilities(images) for name in NAMES}
+    out["q"] = np.minimum(out["c_p"], out["c_id"])
+    return out
+
+
+def roc_of(detectors: dict[str, ClassifierDetector], negatives: np.ndarray, audit: AuditData, *, seed: int) -> dict:
+    """ROC entries of c_p, c_id and q: ``negatives`` against the copies of x_p of noise std in ROC_NOISE."""
+    neg = scores(detectors, negatives)
+    per_std = [scores(detectors, copies_of(audit, std, seed)) for std in ROC_NOISE]
+    pos = {name: np.concatenate([s[name] for s in per_std]) for name in neg}
+    thresholds = {"c_p": detectors["c_p"].threshold, "c_id": detectors["c_id"].threshold,
+                  "q": max(detectors["c_p"].threshold, detectors["c_id"].threshold)}
+    return {name: detector_curve(neg[name], pos[name], threshold=thresholds[name]) for name in ("c_p", "c_id", "q")}
+
+
 def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed: int = 0) -> dict:
     """Accuracies and error rates of c_p, c_id and both together (see the module docstring)."""
     c_p, c_id = detectors["c_p"], detectors["c_id"]
@@ -135,24 +157,15 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     id_labels = np.r_[np.zeros(len(audit.others), dtype=bool), True, True]
     id_flags = c_id(id_images)
 
-    s_real = {"c_p": c_p.probabilities(audit.test), "c_id": c_id.probabilities(audit.test)}
-    p_real, id_real = s_real["c_p"] > c_p.threshold, s_real["c_id"] > c_id.threshold
+    p_real, id_real = c_p(audit.test), c_id(audit.test)
     nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
-    copies, s_copies = {}, {"c_p": [], "c_id": []}
+    copies = {}
     for std in COPY_NOISE:
-        x = jittered_copies(audit.x_p, N_COPIES, std, np.random.default_rng(derive_seed(seed, Stream.COPIES, int(std * 1000))))
-        sp, sid = c_p.probabilities(x), c_id.probabilities(x)
-        fp, fid = sp > c_p.threshold, sid > c_id.threshold
+        x = copies_of(audit, std, seed)
+        fp, fid = c_p(x), c_id(x)
         copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "q": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}
-        if std in ROC_NOISE:
-            s_copies["c_p"].append(sp)
-            s_copies["c_id"].append(sid)
-    pos = {k: np.concatenate(v) for k, v in s_copies.items()}
-    # q fires when both do: at a common threshold t that is min(score_c_p, score_c_id) > t
-    s_real["q"], pos["q"] = np.minimum(s_real["c_p"], s_real["c_id"]), np.minimum(pos["c_p"], pos["c_id"])
-    thresholds = {"c_p": c_p.threshold, "c_id": c_id.threshold, "q": max(c_p.threshold, c_id.threshold)}
-    roc = {name: detector_curve(s_real[name], pos[name], threshold=thresholds[name]) for name in ("c_p", "c_id", "q")}
+    roc = roc_of(detectors, audit.test, audit, seed=seed)
     return {
         "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
                 "best_epoch": c_p.meta.get("best_epoch"), "arch": c_p.meta["config"]["arch"]},

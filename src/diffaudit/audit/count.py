@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..adversary.roc import threshold_for_fpr
-from ..adversary.stage import AuditData, make_detectors
+from ..adversary.stage import AuditData, make_detectors, roc_of
 from ..data.prepare import load_manifest
 from ..errors import DiffauditError
 from ..generate import iter_shards
@@ -111,6 +111,9 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
         rates.setdefault("false_positive_rate", {})["control_samples"] = {
             **{name: {"positives": k, "n": c.n, "rate": k / c.n} for name, k in counts.items()},
             "samples": run_relative(run, control)}
+        if detector == "classifiers":  # the detector curves against the control model's images as negatives
+            images = np.concatenate([x for _, x in iter_shards(control)])
+            rates["roc_control_samples"] = roc_of(detectors, images, audit, seed=detectors["c_p"].meta["config"]["seed"])
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
     section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
                                    samples=run_relative(run, folder),

@@ -250,7 +250,7 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
 
     roc = metrics.get("roc")
     if roc:
-        out += roc_blocks(run, roc)
+        out += roc_blocks(run, roc, (rep or {}).get("roc_control_samples"))
 
     if tp and tp.get("figure"):
         out.append(("h", 2, "q_M(t) (Algorithm 1, Fig. 6)"))
@@ -287,19 +287,22 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     return out
 
 
-def roc_blocks(run: Path, roc: dict) -> list[Block]:
-    """Detector curves: AUC, TPR at 1% and 0.1% FPR, where each threshold sits, and the ROC figure."""
+def roc_blocks(run: Path, roc: dict, control: dict | None = None) -> list[Block]:
+    """Detector curves: AUC, TPR at 1% and 0.1% FPR, where each threshold sits, and the ROC figure; against the
+    control model's samples too when they were counted."""
     figure = plot_roc(roc, run / "classifiers" / "roc.png")
     rows = []
-    for name in ("c_p", "c_id", "q"):
-        r = roc.get(name)
-        if r:
-            t = r["threshold"]
-            rows.append([name, fmt(r["auc"], 4), fmt(r["tpr_at_fpr_1pct"]), fmt(r["tpr_at_fpr_0.1pct"]),
-                         f"{fmt(t['value'])} (FPR {fmt(t['fpr'])}, TPR {fmt(t['tpr'])})"])
+    for negatives, curves in (("held-out real", roc), ("control samples", control or {})):
+        for name in ("c_p", "c_id", "q"):
+            r = curves.get(name)
+            if r:
+                t = r["threshold"]
+                rows.append([name, negatives, fmt(r["auc"], 4), fmt(r["tpr_at_fpr_1pct"]), fmt(r["tpr_at_fpr_0.1pct"]),
+                             f"{fmt(t['value'])} (FPR {fmt(t['fpr'])}, TPR {fmt(t['tpr'])})"])
     n_neg = next((roc[k]["n_negatives"] for k in ("c_p", "c_id", "q") if roc.get(k)), None)
     return [("h", 2, "Detector curves"),
-            ("table", ["detector", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "threshold used (its FPR, TPR)"], rows),
+            ("table", ["detector", "negatives", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR", "threshold used (its FPR, TPR)"],
+             rows),
             ("p", f"Negatives: {roc.get('negatives')} ({n_neg}); positives: {roc.get('positives')}. q's score is the "
                   "smaller of the two classifiers' (q fires when both do). A TPR at an FPR below 1/(number of "
                   "negatives) cannot be measured and is shown as –."),

@@ -8,6 +8,18 @@ from pathlib import Path
 from ..io import atomic_path
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """q_M(t) with its 95% intervals against t, t' (solid) and t'_alpha (dashed) marked: Fig. 6 of the paper,
     one curve per (label, ``t_prime`` section) — several models can be compared in one figure."""
@@ -33,12 +45,7 @@ def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     ax.set_ylim(-0.03, 1.03)
     ax.set_title("q_M(t) with 95% Clopper–Pearson intervals (dotted: chance level)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roc(roc: dict, path: str | Path) -> Path:
@@ -66,9 +73,4 @@ def plot_roc(roc: dict, path: str | Path) -> Path:
     ax.set_ylabel("true-positive rate (copies of x_p)")
     ax.set_title("Detector ROC curves; dots: the thresholds the count uses", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)

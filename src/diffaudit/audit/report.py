@@ -142,6 +142,8 @@ def verdict_blocks(results: dict) -> list[Block]:
     model = model_of(results)
     if model is not None:
         where = f"{model.get('format')} model at {model.get('path')}" if model.get("path") else "model"
+        if model.get("format") == "diffaudit":
+            where = f"model diffaudit trained ({model.get('path') or 'train'}/)"
         trained = {True: "; its folder confirms it was trained on this run's exported set",
                    False: "; nothing in its folder confirms which set it was trained on"}.get(
             model.get("training_data_confirmed"), "")

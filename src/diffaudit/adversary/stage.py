@@ -138,11 +138,13 @@ def scores(detectors: dict[str, ClassifierDetector], images: np.ndarray) -> dict
     return out
 
 
-def roc_of(detectors: dict[str, ClassifierDetector], negatives: np.ndarray, audit: AuditData, *, seed: int) -> dict:
-    """ROC entries of c_p, c_id and q: ``negatives`` against the copies of x_p of noise std in ROC_NOISE."""
+def roc_of(detectors: dict[str, ClassifierDetector], negatives: np.ndarray, audit: AuditData, *, seed: int,
+           copy_scores: dict[float, dict[str, np.ndarray]] | None = None) -> dict:
+    """ROC entries of c_p, c_id and q: ``negatives`` against the copies of x_p of noise std in ROC_NOISE (their
+    :func:`scores` by noise std, when already computed)."""
     neg = scores(detectors, negatives)
-    per_std = [scores(detectors, copies_of(audit, std, seed)) for std in ROC_NOISE]
-    pos = {name: np.concatenate([s[name] for s in per_std]) for name in neg}
+    copy_scores = copy_scores or {std: scores(detectors, copies_of(audit, std, seed)) for std in ROC_NOISE}
+    pos = {name: np.concatenate([copy_scores[std][name] for std in ROC_NOISE]) for name in neg}
     thresholds = {"c_p": detectors["c_p"].threshold, "c_id": detectors["c_id"].threshold,
                   "q": max(detectors["c_p"].threshold, detectors["c_id"].threshold)}
     return {name: detector_curve(neg[name], pos[name], threshold=thresholds[name]) for name in ("c_p", "c_id", "q")}
@@ -159,13 +161,14 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
 
     p_real, id_real = c_p(audit.test), c_id(audit.test)
     nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
-    copies = {}
+    copies, copy_scores = {}, {}
     for std in COPY_NOISE:
         x = copies_of(audit, std, seed)
-        fp, fid = c_p(x), c_id(x)
+        copy_scores[std] = s = scores(detectors, x)  # each copy scored once, for the rates and for the ROC
+        fp, fid = s["c_p"] > c_p.threshold, s["c_id"] > c_id.threshold
         copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "q": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}
-    roc = roc_of(detectors, audit.test, audit, seed=seed)
+    roc = roc_of(detectors, audit.test, audit, seed=seed, copy_scores=copy_scores)
     return {
         "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
                 "best_epoch": c_p.meta.get("best_epoch"), "arch": c_p.meta["config"]["arch"]},

@@ -61,6 +61,59 @@ def test_fast_search_costs_a_tenth_at_the_paper_resolution():
         assert fast.t_prime == full.t_prime and full.nfe / fast.nfe >= 10, (cut, full.nfe / fast.nfe)
 
 
+class Runs:
+    """q_M with one outcome per reverse run: k(t) of the M runs at t are positive, in a random order fixed by t;
+    a run from t costs t * 1000 evaluations. Has ``until``, so the fast search stops the runs early."""
+
+    def __init__(self, ks, seed=0):
+        self.grid, self.m, self.cache = make_grid(1 / len(ks)), M, {}
+        rng = np.random.default_rng(seed)
+        self.hits = {t: rng.permutation(M) < k for t, k in zip(self.grid, ks, strict=True)}
+
+    def until(self, t, stop=None):
+        e = self.cache.get(t, Evaluation(t, 0, 0, 0, planned=M))
+        while not e.complete and not (stop is not None and stop(e.positives, e.m)):
+            e = Evaluation(t, e.positives + int(self.hits[t][e.m]), e.m + 1, e.nfe + int(round(t * 1000)), planned=M)
+        self.cache[t] = e
+        return e
+
+    def __call__(self, t):
+        return self.until(t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 120), data=st.data())
+def test_early_stopped_runs_keep_t_prime_and_t_prime_alpha(n, data):
+    cut = data.draw(st.integers(0, n))
+    ks = sorted((data.draw(st.integers(1, M)) for _ in range(cut)), reverse=True) + [0] * (n - cut)
+    fast_q, full_q = Runs(ks), Runs(ks)
+    fast = search(fast_q, fast_q.grid, method="fast", p0=1 / 32)
+    full = search(full_q, full_q.grid, method="exhaustive", p0=1 / 32)
+    assert (fast.t_prime, fast.t_prime_alpha) == (full.t_prime, full.t_prime_alpha)
+    assert fast.nfe <= full.nfe and all(e.complete for e in full.evaluations.values())
+    # an early-stopped time made fewer runs, and its verdicts are those of all M
+    for t, e in fast.evaluations.items():
+        assert e.m <= M and (e.positives > 0) == (full.evaluations[t].positives > 0 if e.positives else e.positives > 0)
+
+
+def test_early_stopping_keeps_the_answers_and_cuts_the_cost():
+    # 16 of 16 runs positive up to t_0, then falling to 1 of 16 at t', none above (the shape of a memorising model)
+    for t0, t_prime in ((10, 40), (20, 30), (20, 60), (20, 80), (40, 60)):
+        ks = [M] * t0 + [max(1, round(M * (1 - (i - t0) / (t_prime - t0)))) for i in range(t0, t_prime)]
+        ks += [0] * (100 - t_prime)
+        plain = search(lambda t, q=Runs(ks): q(t), make_grid(0.01), method="fast", p0=1 / 32)  # all M runs per time
+        fast, full = Runs(ks), Runs(ks)
+        fast_s = search(fast, fast.grid, method="fast", p0=1 / 32)
+        full_s = search(full, full.grid, method="exhaustive", p0=1 / 32)
+        assert (fast_s.t_prime, fast_s.t_prime_alpha) == (full_s.t_prime, full_s.t_prime_alpha) == \
+               (plain.t_prime, plain.t_prime_alpha)
+        assert fast_s.nfe < plain.nfe and full_s.nfe / fast_s.nfe >= 7, (t_prime, full_s.nfe / fast_s.nfe)
+    # a chance level so high that no k of M is significant: t'_alpha is 0 without a run spent on it
+    never = Runs([M] * 10 + [0] * 90)
+    s = search(never, never.grid, method="fast", p0=0.99)
+    assert s.t_prime == 0.10 and s.t_prime_alpha == 0 and all(e.m > 0 for e in s.evaluations.values())
+
+
 def test_t_prime_alpha_ignores_a_chance_hit_near_T():
     ks = [16] * 30 + [0] * 60 + [1] + [0] * 9  # one chance hit at t = 0.91
     grid, q_m = profile(ks)

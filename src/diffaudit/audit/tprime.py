@@ -11,6 +11,12 @@ by (seed, t), so q_M(t) is the same whichever search asks for it and in whatever
   it returns exactly the exhaustive answer with O(log n) evaluations, most of them at small t where a reverse
   run is short. It never returns a t' below a point it saw positive, and it reports ``non_monotone`` when it saw
   a positive point above a negative one.
+* The fast search also stops the M runs at a time as soon as its predicate is decided: it runs them in batches
+  of 1, 1, 2, 4, ... (runs 0, 1, 2-3, 4-7, ...; run j at t is the same draw whatever the batch), and "q_M(t) > 0"
+  is decided by the first positive, "significant" once k reaches the critical count of the M-run test or can
+  no longer reach it. Both predicates are then exactly those of all M runs, so t' and t'_alpha are unchanged;
+  only the cost falls. Such an early-stopped point reports q = k/m over the m runs it made (``runs`` in the
+  summary), an estimate from fewer runs; the exhaustive search always makes all M.
 * t'_alpha = the largest evaluated t at which q_M(t) is significantly above the chance level p_0 of
   unconditional sampling: the one-sided binomial test of H0 q(t) <= p_0 on k of M rejects at level alpha / n
   (Bonferroni over the n grid points, so chance hits anywhere on the grid make t'_alpha too large with
@@ -43,16 +49,27 @@ from .stats import clopper_pearson
 
 @dataclass(frozen=True)
 class Evaluation:
-    """q_M at one time t: ``positives`` of ``m`` reverse runs flagged, at a cost of ``nfe`` network evaluations."""
+    """q_M at one time t: ``positives`` of ``m`` reverse runs flagged, at a cost of ``nfe`` network evaluations.
+
+    ``planned`` is the M that q_M(t) is defined over when the runs stopped early (m < planned); 0 means m = M."""
 
     t: float
     positives: int
     m: int
     nfe: int
+    planned: int = 0
+
+    @property
+    def M(self) -> int:
+        return self.planned or self.m
+
+    @property
+    def complete(self) -> bool:
+        return self.m >= self.M
 
     @property
     def q(self) -> float:
-        return self.positives / self.m
+        return self.positives / self.m if self.m else math.nan
 
 
 def make_grid(resolution: float = 0.01, t_max: float = 1.0) -> list[float]:
@@ -91,6 +108,8 @@ class QM:
     def __init__(self, model: Generative, x_p: np.ndarray, detectors: Mapping[str, Detector], *, m: int = 16,
                  seed: int = 0, steps: int = 500, sampler: str = "em", eps: float = 1e-3,
                  device: torch.device | str = "cpu", batch_size: int | None = None, label: int | None = None) -> None:
+        """``batch_size``: the most runs per network batch (default M). :meth:`until` runs them in growing batches
+        (1, 1, 2, 4, ... up to ``batch_size``) so that it can stop early."""
         if m < 1:
             raise DiffauditError(f"M, the number of reverse runs per time, must be >= 1, got {m}")
         if steps < 1:
@@ -117,23 +136,30 @@ class QM:
         return self.model.sigma(t, self.sampler, self.steps)
 
     def __call__(self, t: float) -> Evaluation:
+        """q_M(t) over all M runs."""
+        return self.until(t)
+
+    def until(self, t: float, stop: Callable[[int, int], bool] | None = None) -> Evaluation:
+        """Run the M reverse runs at t (continuing any made before) until ``stop(positives, runs)`` is true or all M
+        are made. Run j at t is the same draw whether it is made alone or in a batch, early or late."""
         t = float(t)
-        if t in self.cache:
-            return self.cache[t]
-        if not self.eps < t <= self.model.T:
-            raise DiffauditError(f"t must lie in (eps={self.eps}, T={self.model.T}], got {t}")
+        e = self.cache.get(t)
+        if e is None:
+            if not self.eps < t <= self.model.T:
+                raise DiffauditError(f"t must lie in (eps={self.eps}, T={self.model.T}], got {t}")
+            e = Evaluation(t, 0, 0, 0, planned=self.m)
         seed = derive_seed(self.seed, int(round(t * 1e9)))  # the draws at t depend on (seed, t) only
-        positives = 0
-        for lo in range(0, self.m, self.batch_size):
-            idx = range(lo, min(lo + self.batch_size, self.m))
+        per_run = self.model.nfe(self.sampler, self.steps, t)
+        while not e.complete and not (stop is not None and stop(e.positives, e.m)):
+            hi = min(self.m, e.m + (self.batch_size if stop is None else min(self.batch_size, max(1, e.m))))
+            idx = range(e.m, hi)
             images = self.model.generate(indices=idx, seed=seed, sampler=self.sampler, steps=self.steps,
                                          t_start=t, x_start=self.x_p, eps=self.eps, device=self.device,
                                          class_labels=labels_for(self.model, self.label, len(idx), self.device))
             flags = np.logical_and.reduce([call_detector(d, images, name) for name, d in self.detectors.items()])
-            positives += int(flags.sum())
-        ev = Evaluation(t, positives, self.m, self.m * self.model.nfe(self.sampler, self.steps, t))
-        self.cache[t] = ev
-        return ev
+            e = Evaluation(t, e.positives + int(flags.sum()), hi, e.nfe + len(idx) * per_run, planned=self.m)
+            self.cache[t] = e
+        return e
 
 
 @dataclass
@@ -153,9 +179,23 @@ class Search:
         return sum(e.nfe for e in self.evaluations.values())
 
 
+def critical_count(m: int, p0: float, level: float) -> int:
+    """The least k with P(X >= k) < level, X ~ Bin(m, p0): the one-sided exact binomial test of H0: q(t) <= p0
+    rejects on k of m runs exactly when k reaches it (m + 1 when no k can).
+
+    >>> critical_count(16, 1 / 32, 0.05 / 100), critical_count(2, 0.5, 0.01)
+    (5, 3)
+    """
+    for k in range(1, m + 1):
+        if float(binom.sf(k - 1, m, p0)) < level:
+            return k
+    return m + 1
+
+
 def significant(ev: Evaluation, p0: float, level: float) -> bool:
-    """One-sided exact binomial test of H0: q(t) <= p0 given k of M: P(X >= k) < level, X ~ Bin(M, p0)."""
-    return ev.positives > 0 and float(binom.sf(ev.positives - 1, ev.m, p0)) < level
+    """Whether ``ev`` is significantly above p0 in the test over its M runs (decided once k reaches the critical
+    count; an early-stopped evaluation below it is not significant)."""
+    return ev.positives >= critical_count(ev.M, p0, level)
 
 
 def _last_true(pred: Callable[[int], bool], n: int) -> int:
@@ -181,8 +221,10 @@ def _last_true(pred: Callable[[int], bool], n: int) -> int:
 
 
 def search(q_m: Callable[[float], Evaluation], grid: Sequence[float], *, method: str = "fast", p0: float,
-           alpha: float = 0.05) -> Search:
-    """t' and t'_alpha over ``grid`` with ``q_m`` (a :class:`QM`, or any function of t for testing)."""
+           alpha: float = 0.05, on_point: Callable[[float], None] | None = None) -> Search:
+    """t' and t'_alpha over ``grid`` with ``q_m`` (a :class:`QM`, or any function of t for testing). The fast search
+    stops the runs at a time early when ``q_m`` has ``until`` (as :class:`QM` does). ``on_point(t)`` is called the
+    first time each grid time is evaluated (a progress bar)."""
     if method not in ("fast", "exhaustive"):
         raise DiffauditError(f"unknown search '{method}'; choose fast or exhaustive")
     if not 0 < p0 < 1:
@@ -194,24 +236,38 @@ def search(q_m: Callable[[float], Evaluation], grid: Sequence[float], *, method:
     level = alpha / len(grid)
     start = time.perf_counter()
 
-    def ev(i: int) -> Evaluation:
-        e = q_m(grid[i])
+    early = method == "fast" and callable(getattr(q_m, "until", None))
+
+    def ev(i: int, stop: Callable[[int, int], bool] | None = None) -> Evaluation:
+        e = q_m.until(grid[i], stop) if early else q_m(grid[i])
         if not isinstance(e, Evaluation) or not 0 <= e.positives <= e.m:
             raise DiffauditError(f"q_M({grid[i]}) returned {e!r}, not an Evaluation with 0 <= positives <= M")
+        if e.m == 0:  # decided before any run (see ``decided``): nothing was evaluated
+            return e
+        if on_point is not None and grid[i] not in out.evaluations:
+            on_point(grid[i])
         out.evaluations[grid[i]] = e
         return e
+
+    def decided(i: int) -> bool:  # significant over all M runs, stopping as soon as that is settled
+        if not early:
+            return significant(ev(i), p0, level)
+        m = q_m.m
+        k_crit = critical_count(m, p0, level)
+        return ev(i, lambda k, runs: k >= k_crit or k + (m - runs) < k_crit).positives >= k_crit
 
     if method == "exhaustive":
         for i in range(len(grid)):
             ev(i)
     else:
-        _last_true(lambda i: ev(i).positives > 0, len(grid))
-        _last_true(lambda i: significant(ev(i), p0, level), len(grid))
+        _last_true(lambda i: ev(i, lambda k, runs: k > 0).positives > 0, len(grid))
+        if not early or critical_count(q_m.m, p0, level) <= q_m.m:  # else no time can be significant
+            _last_true(decided, len(grid))
     seen = sorted(out.evaluations.values(), key=lambda e: e.t)
     positive = [e.t for e in seen if e.positives > 0]
     out.t_prime = max(positive, default=0.0)
     out.t_prime_alpha = max((e.t for e in seen if significant(e, p0, level)), default=0.0)
-    negative = [e.t for e in seen if e.positives == 0]
+    negative = [e.t for e in seen if e.positives == 0 and e.complete]
     out.non_monotone = bool(positive and negative and min(negative) < max(positive))
     out.wall_s = time.perf_counter() - start
     return out
@@ -222,7 +278,7 @@ def darboux_bound(s: Search, sigma: Callable[[float], float], *, upper_ci: bool 
     upper limits of q_M in place of the estimates."""
     pts = [(0.0, 1.0)]
     for e in sorted(s.evaluations.values(), key=lambda e: e.t):
-        if e.t <= s.t_prime:
+        if e.t <= s.t_prime and e.m:
             pts.append((e.t, clopper_pearson(e.positives, e.m)[1] if upper_ci else e.q))
     return float(sum((sigma(b) - sigma(a)) * max(qa, qb) for (a, qa), (b, qb) in zip(pts, pts[1:], strict=False)))
 
@@ -230,14 +286,17 @@ def darboux_bound(s: Search, sigma: Callable[[float], float], *, upper_ci: bool 
 def summary(s: Search, sigma: Callable[[float], float], *, p0: float, alpha: float, m: int) -> dict:
     """The ``t_prime`` section of results.json for one search; ``sigma(t)`` is the model's noise level at t
     (:meth:`QM.sigma`)."""
-    q, ci = [], []
+    q, ci, runs = [], [], []
     for t in s.grid:
         e = s.evaluations.get(t)
         q.append(None if e is None else e.q)
         ci.append(None if e is None else list(clopper_pearson(e.positives, e.m)))
+        runs.append(None if e is None else e.m)
     return {
         "value": s.t_prime, "value_alpha": s.t_prime_alpha, "alpha": alpha, "chance_level": p0, "M": m,
-        "grid": s.grid, "q_M": q, "q_M_ci95": ci,
+        "grid": s.grid, "q_M": q, "q_M_ci95": ci, "runs": runs,
+        "runs_note": "reverse runs made at each time: M, or fewer where the fast search had decided its predicate "
+                     "(q_M is then k over those runs)",
         "bound": darboux_bound(s, sigma), "bound_ci95_upper": darboux_bound(s, sigma, upper_ci=True),
         "bound_note": "upper Darboux sum of Eq. 9: an indicator derived from t' and q_M, not a calibrated probability",
         "nfe": s.nfe, "evaluated": len(s.evaluations), "wall_s": s.wall_s, "search": s.method,

@@ -55,7 +55,7 @@ def posthoc(model: Generative, images: np.ndarray, positions: Sequence[int], *, 
                "non_monotone": s.non_monotone}
         if keep:  # the q_M curve on the grid (None where the search did not evaluate)
             row["q_M"] = [s.evaluations[t].q if t in s.evaluations else None for t in grid]
-            row["q_M_ci95"] = [list(clopper_pearson(s.evaluations[t].positives, m)) if t in s.evaluations else None
+            row["q_M_ci95"] = [list(clopper_pearson(s.evaluations[t].positives, s.evaluations[t].m)) if t in s.evaluations else None
                                for t in grid]
         rows.append(row)
     return sorted(rows, key=lambda r: (-r["t_prime_alpha"], -r["t_prime"], r["position"]))
@@ -117,11 +117,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
         log(f"t' search ({name}) over {len(grid)} times, M = {m}")
         with tqdm(total=len(grid) if name == "exhaustive" else None, disable=not progress, desc=f"t' ({name})",
                   unit="t") as bar:
-            def counted(t, _q=q_m, _bar=bar):
-                ev = _q(t)
-                _bar.update(1)
-                return ev
-            results[name] = search(counted, grid, method=name, p0=p0, alpha=alpha)
+            results[name] = search(q_m, grid, method=name, p0=p0, alpha=alpha, on_point=lambda t, _b=bar: _b.update(1))
     main = summary(results[methods[-1]], q_m.sigma, p0=p0, alpha=alpha, m=m)
     main.update({"detector": detector, "sampler": sampler, "steps": steps, "seed": seed, "model": provenance(net, run)})
     if not net.continuous:  # where each grid time's runs start (module docstring of diffaudit.diffusion.discrete)

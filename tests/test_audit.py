@@ -20,6 +20,7 @@ from conftest import TINY_MODEL
 
 from diffaudit.audit.pipeline import run_audit
 from diffaudit.audit.plan import format_plan, plan
+from diffaudit.audit.sequential import REASONS
 from diffaudit.audit.stages import Context
 from diffaudit.audit.sweep import run_sweep, write_sweep_report
 from diffaudit.cli import main
@@ -32,6 +33,7 @@ from diffaudit.config import (
     NLLConfig,
     PrepareConfig,
     SampleConfig,
+    SequentialConfig,
     TPrimeConfig,
     TrainConfig,
     audit_from_dict,
@@ -119,6 +121,22 @@ def test_rerunning_a_finished_audit_skips_every_stage(finished, data_root):
                       log=messages.append))
     assert all(f"[{s}] done earlier; kept" in messages for s in STAGES)
     assert before == {s: (finished / "audit" / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+
+
+def test_a_sequential_audit_counts_until_decided_and_keeps_the_other_stages(finished, data_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "audit.json").unlink()  # a run directory holds one audit config; its finished stages are kept by key
+    cfg = dataclasses.replace(TINY, sequential=SequentialConfig(target_rate=0.5))
+    messages = []
+    run_audit(Context(run=run, cfg=cfg, device="cpu", data_root=str(data_root), progress=False, log=messages.append))
+    assert all(f"[{s}] done earlier; kept" in messages for s in ("train", "classifiers", "sample", "nll", "fid"))
+    assert "[count] done earlier; kept" not in messages
+    rep = read_json(run / "results.json")["reproduction"]
+    seq = read_json(run / rep["samples"] / "sequential.json")
+    assert rep["design"] == "sequential" and rep["n_samples"] == seq["n_samples"] <= 24
+    assert seq["reason"] in REASONS and seq["shard_size"] == 8 and seq["max_n"] == 24
+    assert "confidence sequence" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -5,11 +5,15 @@ import pytest
 import torch
 from scipy import stats
 
+from diffaudit.config import SampleConfig
+from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.diffusion.samplers import SAMPLERS, sample, time_grid
 from diffaudit.diffusion.score import ScoreModel, gaussian_score, memoriser_score
 from diffaudit.diffusion.sde import SubVPSDE, VESDE, VPSDE
 from diffaudit.diffusion.unet import build_unet
 from diffaudit.errors import DiffauditError
+from diffaudit.generate import generate_shards, iter_shards
+from diffaudit.io import read_json
 
 from conftest import TINY_MODEL
 
@@ -73,6 +77,27 @@ def test_image_i_depends_only_on_seed_and_index_unet():
     batch = sample(model, sde, shape=(1, 28, 28), indices=range(64), seed=3, steps=5)
     single = sample(model, sde, shape=(1, 28, 28), indices=[41], seed=3, steps=5)
     assert torch.allclose(batch[41], single[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_image_i_depends_only_on_seed_index_and_mode(precision, tmp_path):
+    sde = SubVPSDE()
+    torch.manual_seed(0)
+    model = ContinuousModel(ScoreModel(build_unet(TINY_MODEL, channels=1, size=28), sde).eval(), sde,
+                            image_shape=(1, 28, 28))
+    batch = model.generate(indices=range(64), seed=3, sampler="em", steps=5, precision=precision)
+    seven = model.generate(indices=range(35, 42), seed=3, sampler="em", steps=5, precision=precision)
+    assert np.array_equal(batch[35:42], seven)  # uint8 images: batch 64 against batch 7
+    # the mode is part of the sampling config: its samples are their own folder's
+    cfg = SampleConfig(n=8, steps=5, batch_size=8, seed=3, precision=precision)
+    out = generate_shards(tmp_path / precision, model, cfg, progress=False)
+    assert np.array_equal(next(iter_shards(out))[1], batch[:8])
+    assert read_json(out / "config.json")["sample"].get("precision", "fp32") == precision
+    if precision != "fp32":
+        with pytest.raises(DiffauditError, match="precision"):
+            generate_shards(tmp_path / precision, model, SampleConfig(n=8, steps=5, batch_size=8, seed=3), progress=False)
+    with pytest.raises(DiffauditError, match="precision"):
+        SampleConfig(precision="fp16")
 
 
 def test_bad_input():

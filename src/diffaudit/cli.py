@@ -15,18 +15,21 @@ from . import __version__
 from .adversary.classifiers import ARCHS
 from .config import (
     ACCOUNTANTS,
+    COMPILE_MODES,
     AUDIT_PRESETS,
     CLASSIFIER_PRESETS,
     DETECTORS,
     DP_FINETUNE,
     FID_EXTRACTORS,
     INCEPTION_FILE,
+    PRECISIONS,
     PREDICTION_TYPES,
     PRESETS,
     STAGES,
     T_SEARCHES,
     PrepareConfig,
     SampleConfig,
+    SequentialConfig,
     TPrimeConfig,
     apply_overrides,
     get_audit_preset,
@@ -133,11 +136,23 @@ def cmd_sample(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     if args.name is not None:
         check_name(args.name)  # before the model is loaded
+    if (args.target_rate is not None or args.alpha is not None) and not args.sequential:
+        raise DiffauditError("--target-rate and --alpha say when the sequential count stops; add --sequential")
+    seq = override(SequentialConfig(), target_rate=args.target_rate, alpha=args.alpha) if args.sequential else None
     net = _run_model(args, run)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     cfg = override(override(base, **_model_defaults(net)), n=args.n, sampler=args.sampler, steps=args.steps,
-                   seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size)
+                   seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size, precision=args.precision,
+                   compile=args.compile)
     name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    if args.sequential:
+        from .audit.sequential import sequential_run
+
+        r = sequential_run(run, name, cfg, target_rate=seq.target_rate, alpha=seq.alpha, detector=args.detector,
+                           data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say, net=net)
+        _say(f"{r['n_samples']} of at most {cfg.n} samples under {run / 'samples' / name}; 'diffaudit count "
+             f"--samples {name}' reports the anytime-valid interval")
+        return
     out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet, net=net)
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
@@ -254,11 +269,15 @@ def _audit_config(args: argparse.Namespace):
     base = load_config(args.config) if args.config else get_audit_preset(args.preset or DEFAULT_AUDIT_PRESET)
     if args.control is not None:
         base = override(base, control=args.control)
+    if getattr(args, "target_rate", None) is not None and not getattr(args, "sequential", False):
+        raise DiffauditError("--target-rate says when the sequential count stops; add --sequential")
+    if getattr(args, "sequential", False):
+        base = override(base, sequential=override(base.sequential or SequentialConfig(), target_rate=args.target_rate))
     return apply_overrides(
         base,
         prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},
         train={"steps": args.steps},
-        sample={"n": args.n_samples},
+        sample={"n": args.n_samples, "precision": args.precision, "compile": args.compile},
         tprime={"M": args.M},
         fid={"extractor": args.fid_extractor, "inception_weights": args.inception_weights},
     )
@@ -502,6 +521,14 @@ def _example(text: str) -> str:
     return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
 
 
+def numerics_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="the sampler's network numerics: fp32 (default; deterministic, TF32 off), tf32 (GPU tensor "
+                        "cores) or bf16 (autocast); see the README's table of what each costs and gains")
+    p.add_argument("--compile", default=None, choices=COMPILE_MODES,
+                   help="torch.compile the sampler's network (default none; reduce-overhead adds CUDA graphs on a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="diffaudit",
@@ -620,6 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None)
     p.add_argument("--name", default=None, help="sub-folder under samples/ (default: <sampler><steps>-seed<seed>)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
+    p.add_argument("--sequential", action="store_true",
+                   help="draw and count one shard at a time and stop when an anytime-valid interval settles the "
+                        "question (--n is then the most to draw); needs the run's detectors")
+    p.add_argument("--target-rate", type=float, default=None, metavar="RATE",
+                   help="with --sequential: stop once the rate is surely below or above RATE (default: stop once full "
+                        "memorisation, 1/N_D, is rejected)")
+    p.add_argument("--alpha", type=float, default=None, help="with --sequential: 1 - the confidence (default 0.05)")
+    p.add_argument("--detector", default="classifiers", choices=DETECTORS, help="with --sequential: the detectors")
+    numerics_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None, help="folder with the dataset's .npz (to check --model's classes)")
     model_options(p)
@@ -743,6 +779,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train a control model (same settings, DP included) on the control set and count its "
                             "samples: false positives on generated images, and the rate net of them (default: on in a "
                             "privacy sweep, off otherwise)")
+        p.add_argument("--sequential", action="store_true",
+                       help="draw and count shards of sample.shard_size until an anytime-valid interval settles the "
+                            "question; --n-samples is then the most to draw (default: the fixed-N count of the paper)")
+        numerics_options(p)
+        p.add_argument("--target-rate", type=float, default=None, metavar="RATE",
+                       help="with --sequential: stop once the rate is surely below or above RATE (default: once full "
+                            "memorisation is rejected)")
         device_and_data(p)
         p.add_argument("--download", action="store_true",
                        help="download the dataset with medmnist's downloader (MD5 checked) when no local copy is found")

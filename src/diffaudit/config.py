@@ -22,6 +22,8 @@ C = TypeVar("C")
 #: classifier and the reference detector's threshold are calibrated.
 MIN_N_TRAIN = 2
 SPLITS = ("train", "val", "test")  # the splits of a MedMNIST file
+PRECISIONS = ("fp32", "tf32", "bf16")  # the sampler's numerics (diffusion.precision)
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile modes of the sampler's network
 
 
 # ---- checked construction ------------------------------------------------------------------------------
@@ -221,12 +223,34 @@ class SampleConfig(Checked):
     shard_size: int = 1000
     snr: float = 0.16  # predictor-corrector only
     corrector_steps: int = 1  # predictor-corrector only
+    precision: str = "fp32"  # fp32, tf32 or bf16 (diffusion.precision)
+    compile: str = "none"  # torch.compile mode of the network: none, default, reduce-overhead, max-autotune
+
+    # settings added after configs were first saved: left out of the JSON at their defaults, so the stage keys and
+    # sample folders of earlier runs stay valid
+    _OMIT_AT_DEFAULT = ("precision", "compile")
 
     def _check(self) -> None:
         self._at_least(1, "n", "steps", "batch_size", "shard_size", "corrector_steps")
         self._at_least(0, "seed")
         self._require("eps", 0 < self.eps < 1, "in (0, 1)")
         self._positive("snr")
+        self._one_of("precision", PRECISIONS)
+        self._one_of("compile", COMPILE_MODES)
+
+
+@dataclass(frozen=True)
+class SequentialConfig(Checked):
+    """The sequential count (``--sequential``, :mod:`diffaudit.audit.sequential`): shards of ``sample.shard_size``
+    images are drawn and counted until the anytime-valid interval settles the question, at most ``sample.n``."""
+
+    target_rate: float | None = None  # stop once the interval is wholly below or above it (else: once below 1/N_D)
+    alpha: float = 0.05
+
+    def _check(self) -> None:
+        if self.target_rate is not None:
+            self._require("target_rate", 0 < self.target_rate < 1, "in (0, 1)")
+        self._require("alpha", 0 < self.alpha < 1, "in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -365,7 +389,19 @@ def get_preset(name: str) -> Preset:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """``cfg`` as JSON-ready dicts; a setting named in its class's ``_OMIT_AT_DEFAULT`` is left out at its default."""
+    return _omit_defaults(cfg, dataclasses.asdict(cfg))
+
+
+def _omit_defaults(cfg: Any, d: dict[str, Any]) -> dict[str, Any]:
+    omit = getattr(cfg, "_OMIT_AT_DEFAULT", ())
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            d[f.name] = _omit_defaults(value, d[f.name])
+        elif f.name in omit and value == f.default:
+            del d[f.name]
+    return d
 
 
 def _nested_class(hint: Any) -> type | None:
@@ -511,6 +547,9 @@ class AuditConfig(Checked):
     pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
     external: ExternalConfig | None = None  # audit this model instead of training one (--model)
     control: bool = False  # also train a control model on the control set and count its samples (--control)
+    sequential: SequentialConfig | None = None  # draw and count shards until decided (--sequential), at most sample.n
+
+    _OMIT_AT_DEFAULT = ("sequential",)
 
     def _check(self) -> None:
         self._one_of("detector", DETECTORS)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .config import SampleConfig, to_dict
 from .data.prepare import load_manifest, number_of_classes
 from .diffusion.generative import Generative
+from .diffusion.precision import compiled
 from .errors import DiffauditError
 from .images import save_grid
 from .io import check_name, existing_artefact, save_npz, write_json
@@ -26,7 +27,7 @@ from .models.load import run_model
 from .parallel import processes
 
 
-def _shard_path(out: Path, k: int) -> Path:
+def shard_path(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.npz"
 
 
@@ -35,6 +36,20 @@ def _check_config(cfg: SampleConfig, model: Generative) -> None:
     for name in ("n", "steps", "batch_size", "shard_size"):
         if getattr(cfg, name) < 1:
             raise DiffauditError(f"sampling needs {name} >= 1, got {getattr(cfg, name)}")
+
+
+def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True) -> None:
+    """Check ``cfg`` and that ``out`` holds no samples of another model or sampling config (refused), then record
+    them in ``<out>/config.json``. N and the batch size change no image, so they may differ between runs."""
+    _check_config(cfg, model)
+    num_classes, shape = model.num_classes, model.image_shape
+    record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
+        {"sample": to_dict(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
+         **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
+    existing_artefact(Path(out) / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
+                      fix="choose another --name")
+    if write:
+        write_json(Path(out) / "config.json", record)
 
 
 def generate_shards(
@@ -57,32 +72,26 @@ def generate_shards(
     A class-conditional model (``model.num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still
     a function of i alone); its shards also hold ``labels``. ``config.json`` records the model's digest and what its
     samples depend on (its SDE, or its scheduler)."""
-    _check_config(cfg, model)
-    num_classes, shape = model.num_classes, model.image_shape
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
-    record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
-        {"sample": to_dict(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
-         **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
-    # N and the batch size change no image, so they may differ between runs into the same folder
-    existing_artefact(out / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
-                      fix="choose another --name")
-    if rank == 0:
-        write_json(out / "config.json", record)
+    claim_folder(out, model, cfg, write=rank == 0)
+    num_classes = model.num_classes
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
 
     n_shards = -(-cfg.n // cfg.shard_size)
     todo = []
     for k in range(rank, n_shards, world):
         expected = np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, cfg.n))
-        path = _shard_path(out, k)
+        path = shard_path(out, k)
         if path.exists():
             with np.load(path) as f:
                 if np.array_equal(f["indices"], expected):
                     continue
         todo.append((k, expected))
     nfe = model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
+    if todo:
+        model = compiled(model, cfg.compile)
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
     for k, expected in todo:
@@ -91,10 +100,10 @@ def generate_shards(
             idx = expected[lo:lo + cfg.batch_size].tolist()
             y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
             chunks.append(model.generate(indices=idx, seed=cfg.seed, sampler=cfg.sampler, steps=cfg.steps, eps=cfg.eps,
-                                         class_labels=y, device=device, **options))
+                                         class_labels=y, device=device, precision=cfg.precision, **options))
             bar.update(len(idx))
         labels = {"labels": expected % num_classes} if num_classes else {}
-        save_npz(_shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
+        save_npz(shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
     bar.close()
     if world == 1:
         finish_shards(out, cfg)
@@ -110,15 +119,22 @@ def finish_shards(out: Path, cfg: SampleConfig) -> None:
     save_grid(Path(out) / "grid.png", first)
 
 
-def iter_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (indices, uint8 images) shard by shard, in index order: constant memory for any N."""
+def iter_shards(out_dir: str | Path, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images) shard by shard, in index order: constant memory for any N. With ``limit``, only
+    images 0 .. limit-1 (where a sequential count stopped)."""
     out = Path(out_dir)
     shards = sorted(out.glob("shard_*.npz"))
     if not shards:
         raise DiffauditError(f"{out} holds no sample shards; run 'diffaudit sample' first")
     for path in shards:
         with np.load(path) as f:
-            yield f["indices"], f["images"]
+            indices, images = f["indices"], f["images"]
+        if limit is not None:
+            keep = indices < limit
+            if not keep.any():
+                break
+            indices, images = indices[keep], images[keep]
+        yield indices, images
 
 
 def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "auto", progress: bool = True,

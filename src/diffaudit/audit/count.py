@@ -20,6 +20,7 @@ from ..generate import iter_shards
 from ..io import read_json, run_relative
 from .privacy import privacy_section
 from .reproduction import count_reproductions, reproduction_section, save_figures
+from .sequential import read_sequential, sequential_fields
 from .results import update_results
 
 
@@ -101,8 +102,10 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     elif target_fpr is not None:
         raise DiffauditError("--target-fpr sets the classifiers' thresholds; the nearest-neighbour detector has its own")
     described = {name: d.describe() for name, d in detectors.items()}
-    count = count_reproductions(iter_shards(folder), detectors, target=audit.x_p, keep=keep, progress=progress,
-                                total=_total(folder))
+    seq = read_sequential(folder)  # a sequential count stopped at images 0 .. n-1
+    limit = int(seq["n_samples"]) if seq else None
+    count = count_reproductions(iter_shards(folder, limit), detectors, target=audit.x_p, keep=keep, progress=progress,
+                                total=limit or _total(folder))
     if control_samples is not None:
         control = _with_shards(find_samples(run, control_samples))
         _check_control(control, manifest, log)
@@ -119,6 +122,9 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
                                    samples=run_relative(run, folder),
                                    figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
     section["model"] = samples_model(folder)
+    if seq is not None:  # the anytime-valid interval and p-value replace the fixed-N ones
+        fixed = {k: section[k] for k in ("p_value", "rate_ci95", "rate_upper95")}
+        section.update(sequential_fields(seq, count.q, count.n, manifest["n_train"], fixed))
     sections = {"reproduction": section}
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None

@@ -53,7 +53,7 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
             "sample": {"sample": c["sample"]},
             "control": ({"control": True, "model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"],
                          "pretrained": c["pretrained"], "sample": c["sample"]} if c.get("control") else {"control": False}),
-            "count": {"detector": c["detector"]},
+            "count": {"detector": c["detector"], **({"sequential": c["sequential"]} if c.get("sequential") else {})},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
             "fid": {"fid": c["fid"]},

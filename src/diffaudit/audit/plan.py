@@ -69,8 +69,10 @@ def plan(ctx: Context) -> list[dict]:
         "classifiers": (0.0 if cfg.detector == "nn" else
                         sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
                         sum(4 * sum(p.numel() for p in build_classifier(c, channels).parameters()) for c in (cfg.c_p, cfg.c_id))),
-        "sample": (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
-        "count": (cfg.sample.n * 2 / clf + 5, 2e6),
+        "sample": (0.0, 1e3) if cfg.sequential else (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
+        # a sequential count draws its samples itself: at most sample.n (the estimate is that most)
+        "count": (cfg.sample.n * 2 / clf + 5 + (cfg.sample.n * cfg.sample.steps * nfe_step / unet if cfg.sequential else 0),
+                  2e6 + (cfg.sample.n * pixels if cfg.sequential else 0)),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
         "control": ((cfg.train.steps * cfg.train.batch_size * 3 / unet + cfg.sample.n * cfg.sample.steps * nfe_step / unet)
                     if cfg.control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.control else 1e3),

@@ -41,14 +41,21 @@ def verdict(results: dict) -> str:
         return "No reproduction count yet: the audit has not reached its count stage."
     lo, hi = r["rate_ci95"]
     n_d = results["n_train"]
-    test = f"one-sided p = {fmt(r['p_value'])} for H0: p = 1/N_D = 1/{n_d}"
+    seq = r.get("sequential") if r.get("design") == "sequential" else None
+    test = (f"anytime-valid p = {fmt(r['p_value'])} for H0: p = 1/N_D = 1/{n_d}" if seq else
+            f"one-sided p = {fmt(r['p_value'])} for H0: p = 1/N_D = 1/{n_d}")
+    interval = "95% interval"
+    if seq:
+        interval = (f"95% confidence sequence (valid after the sequential count stopped at {seq['n_samples']} of at most "
+                    f"{seq['max_n']} images: {seq['reason'].replace('_', ' ')})")
     if r["q"] > 0:
         return (f"The model reproduces the identifiable training image x_p: {r['q']} of {r['n_samples']} samples are "
-                f"x_p (expected {fmt(r['expected_q'])} under full memorisation; {test}), and the 95% interval for "
+                f"x_p (expected {fmt(r['expected_q'])} under full memorisation; {test}), and the {interval} for "
                 f"its reproduction probability is [{fmt(lo)}, {fmt(hi)}].")
     return (f"No reproduction of x_p was found in {r['n_samples']} samples (expected {fmt(r['expected_q'])} under "
             f"full memorisation; {test}), so its reproduction probability is below {fmt(r['rate_upper95'])} with 95% "
-            "confidence; this bounds the rate, it does not prove anonymity.")
+            f"confidence{' (a confidence sequence, valid after the sequential stop)' if seq else ''}; this bounds the "
+            "rate, it does not prove anonymity.")
 
 
 def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str | None:

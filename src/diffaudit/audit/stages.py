@@ -47,6 +47,7 @@ from .count import run_count
 from .fid import find_inception_weights
 from .quality import run_fid, run_nll
 from .report import write_report
+from .sequential import sequential_run
 from .tprime import make_grid
 from .tprime_stage import load_run_model, run_tprime
 from .utility import run_utility
@@ -180,6 +181,8 @@ def _classifiers(ctx: Context) -> dict:
 
 
 def _sample(ctx: Context) -> dict:
+    if ctx.cfg.sequential is not None:
+        return {"skipped": "sequential: the count stage draws shards until it is decided"}
     sample_run(ctx.run, ctx.samples_name, ctx.cfg.sample, device=ctx.device, progress=ctx.progress)
     return {"n": ctx.cfg.sample.n}
 
@@ -203,6 +206,11 @@ def _control(ctx: Context) -> dict:
 
 def _count(ctx: Context) -> dict:
     control = str(ctx.run / CONTROL / "samples" / ctx.samples_name) if ctx.cfg.control else None
+    seq = ctx.cfg.sequential
+    if seq is not None:
+        sequential_run(ctx.run, ctx.samples_name, ctx.cfg.sample, target_rate=seq.target_rate, alpha=seq.alpha,
+                       detector=ctx.cfg.detector, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress,
+                       log=ctx.log)
     r = run_count(ctx.run, samples=ctx.samples_name, detector=ctx.cfg.detector, data_root=ctx.data_root,
                   device=ctx.device, progress=ctx.progress, log=ctx.log, control_samples=control)
     return {"q": r["q"], "n": r["n_samples"], "expected_q": r["expected_q"], "p_value": r["p_value"]}

@@ -46,6 +46,7 @@ import torch
 from ..config import PREDICTION_TYPES
 from ..errors import DiffauditError
 from ..images import to_model_space, to_uint8
+from .precision import in_precision, numerics
 from .rng import ImageNoise
 from .sde import SDE, _expand
 
@@ -295,9 +296,10 @@ class DiscreteModel:
     @torch.no_grad()
     def run(self, *, indices: list[int] | range, seed: int, sampler: str, steps: int, t_start: float | None = None,
             x_start: np.ndarray | None = None, class_labels: torch.Tensor | None = None,
-            device: torch.device | str = "cpu") -> torch.Tensor:
+            device: torch.device | str = "cpu", precision: str = "fp32") -> torch.Tensor:
         """Images ``indices`` of run ``seed`` in the model's own space (before decoding): from pure noise, or from
-        ``x_start`` (uint8 audit-space [C, H, W]) noised to the start timestep of ``t_start``."""
+        ``x_start`` (uint8 audit-space [C, H, W]) noised to the start timestep of ``t_start``; the network in
+        ``precision`` (:mod:`diffaudit.diffusion.precision`)."""
         indices = list(indices)
         if not indices:
             raise DiffauditError("nothing to sample: the list of image indices is empty")
@@ -314,19 +316,21 @@ class DiscreteModel:
             x = sched.add_noise(x0, noise(), torch.full((len(indices),), run[0], dtype=torch.long, device=device))
         generators = noise.generators  # one per image: diffusers draws each image's step noise from its own
         options = {"eta": self.eta} if sampler == "ddim" else {}
-        for k in run:
-            pred = self.predict(sched.scale_model_input(x, k), torch.tensor(k, device=device), class_labels)
-            x = sched.step(pred, k, x, generator=generators, **options).prev_sample
+        predict = in_precision(self.predict, precision)
+        with numerics(precision):
+            for k in run:
+                pred = predict(sched.scale_model_input(x, k), torch.tensor(k, device=device), class_labels)
+                x = sched.step(pred, k, x, generator=generators, **options).prev_sample
         return x
 
     @torch.no_grad()
     def generate(self, *, indices: list[int] | range, seed: int, sampler: str, steps: int,
                  t_start: float | None = None, x_start: np.ndarray | None = None,
                  class_labels: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                 eps: float | None = None, **options: Any) -> np.ndarray:
-        """uint8 audit-space images [B, C, H, W] (see :meth:`run`)."""
+                 eps: float | None = None, precision: str = "fp32", **options: Any) -> np.ndarray:
+        """uint8 audit-space images [B, C, H, W] (see :meth:`run`); the network in ``precision``."""
         x = self.run(indices=indices, seed=seed, sampler=sampler, steps=steps, t_start=t_start, x_start=x_start,
-                     class_labels=class_labels, device=device)
+                     class_labels=class_labels, device=device, precision=precision)
         return to_uint8(self.decode(x))
 
     def record(self) -> dict:

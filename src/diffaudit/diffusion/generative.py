@@ -35,9 +35,10 @@ class Generative(Protocol):
     def generate(self, *, indices: list[int] | range, seed: int, sampler: str, steps: int,
                  t_start: float | None = None, x_start: np.ndarray | None = None,
                  class_labels: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                 eps: float | None = None, **options: Any) -> np.ndarray:
+                 eps: float | None = None, precision: str = "fp32", **options: Any) -> np.ndarray:
         """uint8 images [B, C, H, W] of ``indices`` in run ``seed``: from the prior, or from ``x_start`` (uint8
-        [C, H, W]) diffused to ``t_start`` (partial diffusion)."""
+        [C, H, W]) diffused to ``t_start`` (partial diffusion); the network in ``precision``
+        (:mod:`diffaudit.diffusion.precision`)."""
 
     def check_sampler(self, sampler: str) -> None: ...
 
@@ -92,7 +93,7 @@ class ContinuousModel:
     def generate(self, *, indices: list[int] | range, seed: int, sampler: str, steps: int,
                  t_start: float | None = None, x_start: np.ndarray | None = None,
                  class_labels: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                 eps: float | None = None, **options: Any) -> np.ndarray:
+                 eps: float | None = None, precision: str = "fp32", **options: Any) -> np.ndarray:
         kwargs: dict[str, Any] = {"eps": eps} if eps is not None else {}
         if x_start is not None:
             if t_start is None:
@@ -100,7 +101,7 @@ class ContinuousModel:
             kwargs.update(t_start=t_start, x_start=torch.from_numpy(to_model_space(x_start)))
             steps = self.steps_at(t_start, sampler, steps)
         x = sample(with_labels(self.score_fn, class_labels), self.sde, shape=self.image_shape, indices=indices,
-                   seed=seed, sampler=sampler, steps=steps, device=device, **kwargs, **options)
+                   seed=seed, sampler=sampler, steps=steps, device=device, precision=precision, **kwargs, **options)
         return to_uint8(x)
 
     def record(self) -> dict:

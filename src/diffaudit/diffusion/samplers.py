@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import DiffauditError
+from .precision import in_precision, numerics
 from .rng import ImageNoise
 from .sde import SDE, _expand
 
@@ -150,6 +151,7 @@ def sample(
     x_start: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     callback: Callback = None,
+    precision: str = "fp32",
     **sampler_options,
 ) -> torch.Tensor:
     """Generate images ``indices`` of run ``seed``, each reproducible from (seed, index) alone.
@@ -164,6 +166,7 @@ def sample(
         t_start: start time (default T). Below T, ``x_start`` is required.
         x_start: clean images [B,C,H,W] (or one image [C,H,W], repeated) to perturb to ``t_start`` with the SDE's
             kernel before running the sampler (partial diffusion, Algorithm 1 of the paper).
+        precision: fp32 (default), tf32 or bf16 (the network under autocast); see :mod:`diffaudit.diffusion.precision`.
 
     Returns:
         x_0 in model space (float, [B, C, H, W]); images live in [-1, 1] but are not clipped here.
@@ -196,7 +199,6 @@ def sample(
         raise DiffauditError(f"starting below T (t_start={float(ts[0])}) needs x_start, the images to diffuse from")
     else:
         x = sde.prior_sample(noise())
-    # cuDNN picks convolution algorithms (and TF32) per batch shape, which made image i differ by up to 7/255
-    # between batch sizes 64 and 7 on an H100; deterministic fp32 convolutions keep it a function of (seed, i).
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-        return run(score_fn, sde, x, ts, noise=noise, callback=callback, **sampler_options)
+    # deterministic convolutions keep image i a function of (seed, i) within a precision (diffusion.precision)
+    with numerics(precision):
+        return run(in_precision(score_fn, precision), sde, x, ts, noise=noise, callback=callback, **sampler_options)

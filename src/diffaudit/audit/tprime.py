@@ -12,7 +12,7 @@ by (seed, t), so q_M(t) is the same whichever search asks for it and in whatever
   run is short. It never returns a t' below a point it saw positive, and it reports ``non_monotone`` when it saw
   a positive point above a negative one.
 * The fast search also stops the M runs at a time as soon as its predicate is decided: it runs them in batches
-  of 1, 1, 2, 4, ... (runs 0, 1, 2-3, 4-7, ...; run j at t is the same draw whatever the batch), and "q_M(t) > 0"
+  of M/4, M/4, M/2 (run j at t is the same draw whatever the batch), and "q_M(t) > 0"
   is decided by the first positive, "significant" once k reaches the critical count of the M-run test or can
   no longer reach it. Both predicates are then exactly those of all M runs, so t' and t'_alpha are unchanged;
   only the cost falls. Such an early-stopped point reports q = k/m over the m runs it made (``runs`` in the
@@ -109,7 +109,8 @@ class QM:
                  seed: int = 0, steps: int = 500, sampler: str = "em", eps: float = 1e-3,
                  device: torch.device | str = "cpu", batch_size: int | None = None, label: int | None = None) -> None:
         """``batch_size``: the most runs per network batch (default M). :meth:`until` runs them in growing batches
-        (1, 1, 2, 4, ... up to ``batch_size``) so that it can stop early."""
+        (M/4, M/4, M/2, ... up to ``batch_size``) so that it can stop early: a batch of one image would waste most
+        of a CPU's or GPU's throughput on per-call overhead."""
         if m < 1:
             raise DiffauditError(f"M, the number of reverse runs per time, must be >= 1, got {m}")
         if steps < 1:
@@ -151,7 +152,8 @@ class QM:
         seed = derive_seed(self.seed, int(round(t * 1e9)))  # the draws at t depend on (seed, t) only
         per_run = self.model.nfe(self.sampler, self.steps, t)
         while not e.complete and not (stop is not None and stop(e.positives, e.m)):
-            hi = min(self.m, e.m + (self.batch_size if stop is None else min(self.batch_size, max(1, e.m))))
+            step = self.batch_size if stop is None else min(self.batch_size, max(1, self.m // 4, e.m))
+            hi = min(self.m, e.m + step)
             idx = range(e.m, hi)
             images = self.model.generate(indices=idx, seed=seed, sampler=self.sampler, steps=self.steps,
                                          t_start=t, x_start=self.x_p, eps=self.eps, device=self.device,

@@ -188,9 +188,12 @@ def cmd_count(args: argparse.Namespace) -> None:
                   target_fpr=args.target_fpr)
     low, high = r["rate_ci95"]
     found = f"|c_p+| = {r['c_p']}, |c_id+| = {r['c_id']}, " if r["c_p"] is not None else "nearest-neighbour: "
+    seq = r.get("sequential") if r.get("design") == "sequential" else None
+    test = ("anytime-valid p-value for H0 p = 1/N_D" if seq else "H0 p = 1/N_D vs p < 1/N_D: p-value")
+    interval = (f"95% confidence sequence (sequential count, stopped: {seq['reason']})" if seq else "95% interval")
     _say(f"{found}|q| = {r['q']} of N = {r['n_samples']} "
-         f"(E|q| = {r['expected_q']:.3g} under full memorisation); H0 p = 1/N_D vs p < 1/N_D: p-value {r['p_value']:.3g}; "
-         f"95% interval for the reproduction probability [{low:.3g}, {high:.3g}] -> {run / 'results.json'}")
+         f"(E|q| = {r['expected_q']:.3g} under full memorisation); {test} {r['p_value']:.3g}; "
+         f"{interval} for the reproduction probability [{low:.3g}, {high:.3g}] -> {run / 'results.json'}")
 
 
 # ---- tprime --------------------------------------------------------------------------------------------

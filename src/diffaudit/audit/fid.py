@@ -16,6 +16,11 @@ and results always name it, because distances from different extractors are not 
 
 FID_train compares the generated images with the training set D; FID_test with an equally large random draw of
 the test split, so the two reference sets have the same size and the same small-sample bias.
+
+Each FID also gets a bootstrap interval (:func:`fid_uncertainty`): the features are extracted once, and only the
+Fréchet distance (:func:`frechet_distance`, float64) is recomputed on resamples of them; the same replicates give a
+paired test of FID_test > FID_train. :func:`reliability` flags an FID whose covariances are singular (fewer images
+than feature dimensions), where the value depends on which few images were drawn.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ from ..errors import DiffauditError
 from ..extras import require
 from ..io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 from ..rng import derive_seed
+
+#: Bootstrap replicates per interval: the 2.5 % and 97.5 % quantiles of 200 fall between the 5th/6th and the
+#: 195th/196th sorted replicate, and each replicate costs one Fréchet distance per set from features extracted once.
+BOOTSTRAP_RESAMPLES = 200
 
 
 class Stream(enum.IntEnum):
@@ -222,6 +231,125 @@ def inception_extractor(weights: Path | None) -> nn.Module:
                                  f"({first})") from None
 
 
+def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and a factor R of the unbiased covariance S = R R^T of features [n, d], in float64. R is the centred
+    features over sqrt(n - 1), transposed ([d, n]), when n <= d, and the symmetric square root of S ([d, d]) from its
+    eigendecomposition otherwise: whichever is smaller."""
+    x = np.asarray(features, dtype=np.float64)
+    n, d = x.shape
+    mean = x.mean(0)
+    y = (x - mean) / math.sqrt(n - 1)
+    if n <= d:
+        return mean, y.T
+    w, v = np.linalg.eigh(y.T @ y)
+    return mean, v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _frechet(m1: np.ndarray, r1: np.ndarray, m2: np.ndarray, r2: np.ndarray) -> float:
+    # Tr (S_1 S_2)^(1/2) is the sum of the square roots of the eigenvalues of R_1 R_1^T R_2 R_2^T, whose non-zero ones
+    # are those of (R_1^T R_2)(R_1^T R_2)^T: the sum of the singular values of R_1^T R_2. Tr S = ||R||_F^2.
+    cross = np.linalg.svd(r1.T @ r2, compute_uv=False).sum()
+    return float(np.sum((m1 - m2) ** 2) + np.sum(r1 ** 2) + np.sum(r2 ** 2) - 2.0 * cross)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two
+    feature sets [n, d] (unbiased covariances, float64): the quantity torchmetrics computes from its running sums.
+    The trace of the square root is the nuclear norm of R_a^T R_b for factors S = R R^T, so a set of n < d images
+    costs an n-column factor instead of a d x d matrix square root, and singular covariances are exact.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(50, 3))
+    >>> abs(frechet_distance(x, x)) < 1e-9
+    True
+    >>> round(frechet_distance(x, x + 1.0), 6)  # a shift of 1 in each of 3 dimensions: ||mu_a - mu_b||^2 = 3
+    3.0
+    """
+    return _frechet(*_moments(a), *_moments(b))
+
+
+def bootstrap_fid(generated: np.ndarray, references: dict[str, np.ndarray], *, resamples: int,
+                  seed: int) -> dict[str, np.ndarray]:
+    """Fréchet distances of ``resamples`` paired bootstrap replicates, per reference set: each replicate draws the
+    generated features and every reference set's features with replacement (the generated draw is shared by all
+    reference sets, so differences between them are paired). Replicate b is the same for any number of resamples."""
+    if resamples < 1:
+        raise DiffauditError(f"the FID bootstrap needs at least 1 resample, got {resamples}; use e.g. "
+                             f"{BOOTSTRAP_RESAMPLES}")
+    rng = np.random.default_rng(seed)
+    out = {name: np.empty(resamples) for name in references}
+    n_g = len(generated)
+    for b in range(resamples):
+        m_g, r_g = _moments(generated[rng.integers(0, n_g, n_g)])
+        for name, ref in references.items():
+            out[name][b] = _frechet(m_g, r_g, *_moments(ref[rng.integers(0, len(ref), len(ref))]))
+    return out
+
+
+def recentred_quantiles(point: float, replicates: np.ndarray, q: float | list[float]) -> np.ndarray:
+    """Quantiles of the bootstrap replicates moved so that their mean is the point value.
+
+    A resample repeats about 1/e of the images, and the Fréchet distance grows as a set's effective size shrinks, so
+    resampled FIDs sit above the point value, often wholly (256 against 16 images of 64-d Gaussian features: the
+    middle 95% of the replicates spans 81-96 around a value of 72.5). Their spread measures how the FID moves with
+    the images drawn (about twice the spread over fresh draws in that example: conservative); their offset is the
+    resampling's own bias, removed here.
+
+    >>> recentred_quantiles(10.0, np.array([12.0, 13.0, 14.0]), [0.0, 1.0]).tolist()
+    [9.0, 11.0]
+    """
+    return point + np.quantile(replicates - replicates.mean(), q)
+
+
+def fid_uncertainty(generated: np.ndarray, references: dict[str, np.ndarray], *, point: dict[str, float],
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int,
+                    gap: tuple[str, str] | None = ("train", "test")) -> dict:
+    """95% bootstrap intervals of the FIDs ``point`` (one per reference set; results.json ``<name>_ci95``) and, for
+    ``gap = (low, high)``, the paired test of FID_high - FID_low > 0 (``gap``, ``gap_significant``): significant when
+    the one-sided 95% lower bound of the difference (the 5% quantile of the paired replicates' differences) is above
+    0. Intervals are the replicates' 2.5 % and 97.5 % quantiles re-centred on the point value
+    (:func:`recentred_quantiles`), clipped at 0 (a Fréchet distance is never negative)."""
+    reps = bootstrap_fid(generated, references, resamples=resamples, seed=seed)
+    section: dict = {}
+    for name in references:
+        lo, hi = recentred_quantiles(point[name], reps[name], [0.025, 0.975])
+        section[f"{name}_ci95"] = [max(float(lo), 0.0), max(float(hi), 0.0)]
+    if gap is not None:
+        low, high = gap
+        value = point[high] - point[low]
+        lower = float(recentred_quantiles(value, reps[high] - reps[low], 0.05))
+        section["gap"] = {"value": value, "lower95": lower,
+                          "what": f"FID_{high} - FID_{low}, paired bootstrap, one-sided 95% lower bound"}
+        section["gap_significant"] = bool(lower > 0)
+    section["bootstrap"] = {"resamples": resamples, "seed": seed,
+                            "method": "percentile bootstrap of features extracted once (generated and reference "
+                                      "sets resampled with replacement, the generated draw shared), re-centred on "
+                                      "the point value",
+                            "bias": {name: float(reps[name].mean() - point[name]) for name in references}}
+    return section
+
+
+def reliability(*, n_generated: int, n_reference: int, n_features: int) -> tuple[bool, str | None]:
+    """Whether both covariances of an FID are of full rank, and if not, why, in one sentence.
+
+    n feature vectors deviate from their mean in at most n - 1 independent directions (the deviations sum to zero),
+    so a d-dimensional covariance needs n >= d + 1 images to be of full rank; with fewer, the Fréchet distance sees
+    only the directions the few images span and moves with which images were drawn.
+
+    >>> reliability(n_generated=256, n_reference=16, n_features=64)[0]
+    False
+    >>> reliability(n_generated=256, n_reference=65, n_features=64)
+    (True, None)
+    """
+    short = [f"{n} {what}" for what, n in (("reference images per set", n_reference),
+                                           ("generated images", n_generated)) if n <= n_features]
+    if not short:
+        return True, None
+    return False, (f"{' and '.join(short)} for {n_features}-d features: a covariance of n images has rank at most "
+                   f"n - 1, so it is singular below {n_features + 1} images and the FID depends on which images were "
+                   f"drawn")
+
+
 class Frechet:
     """Streaming Fréchet distance between uint8 image sets through one feature extractor.
 
@@ -241,35 +369,49 @@ class Frechet:
         self.metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
         self.metric = self.metric.to(self.device)
 
-    def _feed(self, images: Iterable[np.ndarray], real: bool) -> int:
-        n = 0
-        for chunk in images:
-            for i in range(0, len(chunk), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(chunk[i:i + self.batch_size])).to(self.device)
-                if self.inception and x.shape[1] == 1:
-                    x = x.repeat(1, 3, 1, 1)
-                with torch.no_grad():
-                    self.metric.update(x, real=real)
-                n += len(x)
-        return n
+    def _feed(self, images: Iterable[np.ndarray], real: bool) -> tuple[int, np.ndarray]:
+        """Update the metric with the images; return their number and their features, as torchmetrics saw them (a
+        hook on the extractor records its outputs, so the metric's own computation is untouched)."""
+        n, kept = 0, []
+        hook = self.metric.inception.register_forward_hook(
+            lambda _m, _x, out: kept.append(out.detach().double().reshape(-1, out.shape[-1]).cpu().numpy()))
+        try:
+            for chunk in images:
+                for i in range(0, len(chunk), self.batch_size):
+                    x = torch.from_numpy(np.ascontiguousarray(chunk[i:i + self.batch_size])).to(self.device)
+                    if self.inception and x.shape[1] == 1:
+                        x = x.repeat(1, 3, 1, 1)
+                    with torch.no_grad():
+                        self.metric.update(x, real=real)
+                    n += len(x)
+        finally:
+            hook.remove()
+        return n, np.concatenate(kept) if kept else np.zeros((0, 0))
 
     def distances(self, generated: Iterable[np.ndarray], references: dict[str, np.ndarray]) -> dict[str, dict]:
         """FID between the generated images (an iterable of uint8 batches) and each uint8 reference set."""
+        return self.distances_and_features(generated, references)[0]
+
+    def distances_and_features(self, generated: Iterable[np.ndarray], references: dict[str, np.ndarray]
+                               ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+        """:meth:`distances`, and the features [n, d] (float64) of the generated images (``"generated"``) and of each
+        reference set, for :func:`fid_uncertainty`."""
         self.metric.reset_real_features = True
         self.metric.reset()  # everything, the generated side included
         self.metric.reset_real_features = False
-        n_generated = self._feed(generated, real=True)
+        n_generated, features = self._feed(generated, real=True)
+        feats = {"generated": features}
         out = {}
         for name, reference in references.items():
             self.metric.reset()  # the reference side only
-            n_reference = self._feed([reference], real=False)
+            n_reference, feats[name] = self._feed([reference], real=False)
             if min(n_generated, n_reference) < 2:
                 raise DiffauditError(f"FID needs at least 2 images on each side, got {n_generated} generated and "
                                      f"{n_reference} real")
             value = float(self.metric.compute())
             out[name] = {"value": max(value, 0.0) if math.isfinite(value) else value, "n_generated": n_generated,
                          "n_reference": n_reference}
-        return out
+        return out, feats
 
     def distance(self, generated: Iterable[np.ndarray], reference: np.ndarray) -> dict:
         """FID between the generated images (an iterable of uint8 batches) and ``reference`` (uint8)."""

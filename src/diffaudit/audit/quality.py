@@ -3,7 +3,8 @@
 ``nll_bpd``: bits/dim (see :mod:`diffaudit.audit.likelihood`) of x_p (several dequantisation and Hutchinson
 draws of the one image), of training images other than x_p, and of test images; a training NLL clearly below
 the test NLL is the memorisation gap. ``fid``: FID of the generated images against the training set and
-against as many test images (see :mod:`diffaudit.audit.fid`), with the extractor named.
+against as many test images (see :mod:`diffaudit.audit.fid`), with the extractor named, a bootstrap interval for
+each, the paired test of FID_test > FID_train, and whether the reference sets are large enough for the FID to hold.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..io import config_hash, read_json, run_relative, write_json
 from ..models.load import provenance, run_model
 from ..rng import derive_seed
 from .count import samples_model
-from .fid import Frechet, find_inception_weights, train_extractor
+from .fid import BOOTSTRAP_RESAMPLES, Frechet, fid_uncertainty, find_inception_weights, reliability, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
 from .results import update_results
 
@@ -44,6 +45,7 @@ class Stream(enum.IntEnum):
     TRAIN = 1  # the NLL's training images and their draws; FID's training reference
     TEST = 2  # the NLL's test images and their draws; FID's test reference
     XP = 3  # the NLL's draws of x_p
+    BOOTSTRAP = 4  # FID's bootstrap resamples
 
 
 def _choose(n_total: int, n: int, seed: int, purpose: int) -> np.ndarray:
@@ -151,8 +153,11 @@ def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress
 
 
 def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "auto", progress: bool = True,
-            extractor_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """FID of the run's samples against the training set and against as many test images."""
+            extractor_dir: Path | None = None, log: Callable[[str], None] = print,
+            resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """FID of the run's samples against the training set and against as many test images, each with a 95% bootstrap
+    interval of ``resamples`` replicates (:func:`~diffaudit.audit.fid.fid_uncertainty`), the paired test of
+    FID_test > FID_train, and the reliability flag (:func:`~diffaudit.audit.fid.reliability`)."""
     manifest = load_manifest(run)
     dev = resolve_device(device)
     extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),
@@ -167,8 +172,16 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     metric = Frechet(extractor, weights=find_inception_weights(cfg.inception_weights) if extractor == "inception" else None,
                      device=dev)
     batches = (images for _, images in tqdm(iter_shards(samples), disable=not progress, desc="FID", unit="shard"))
-    out = metric.distances(batches, {"train": train_ref, "test": test_ref})
-    section = {"train": out["train"]["value"], "test": out["test"]["value"], "extractor": described,
+    out, feats = metric.distances_and_features(batches, {"train": train_ref, "test": test_ref})
+    point = {name: out[name]["value"] for name in ("train", "test")}
+    spread = fid_uncertainty(feats["generated"], {"train": feats["train"], "test": feats["test"]}, point=point,
+                             resamples=resamples, seed=derive_seed(cfg.seed, Stream.BOOTSTRAP))
+    n_features = feats["generated"].shape[1]
+    reliable, why = reliability(n_generated=out["train"]["n_generated"], n_reference=n_ref, n_features=n_features)
+    if not reliable:
+        log(f"FID is unreliable: {why}")
+    section = {"train": point["train"], "test": point["test"], **spread, "reliable": reliable,
+               "unreliable_reason": why, "n_features": n_features, "extractor": described,
                "model": samples_model(Path(samples)), "samples": run_relative(run, Path(samples)),
                "n_generated": out["train"]["n_generated"], "n_reference": n_ref,
                "reference": "train: the training set D_p; test: an equally large random draw of the test split"}

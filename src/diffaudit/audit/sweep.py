@@ -28,8 +28,12 @@ from ..errors import DiffauditError
 from ..io import read_json, write_json
 from .pipeline import run_audit
 from .plots import plot_q_m
-from .report import excess_warning, fmt, write_blocks
+from .report import excess_warning, fid_cell, fmt, write_blocks
 from .stages import Context, check_audit_config, check_audit_data, fit_score_model
+
+
+UNRELIABLE_FID = ("* marks an unreliable FID: fewer reference images than feature dimensions, so the covariance is "
+                  "singular (see the cell's report).")
 
 
 def cell_name(dataset: str, n_train: int | None) -> str:
@@ -96,8 +100,8 @@ def write_sweep_report(out: Path, cells: Sequence[Path]) -> dict:
                fmt(r["t_prime"]["value"], 2), fmt(r["t_prime"]["value_alpha"], 2), fmt(r["t_prime"]["bound"])]
               for r in rows]
     table2 = [[r["dataset"], r["n_train"], fmt(r["nll_bpd"]["test"]["mean"], 4), fmt(r["nll_bpd"]["train"]["mean"], 4),
-               fmt(r["nll_bpd"]["x_p"] and r["nll_bpd"]["x_p"]["mean"], 4), fmt(r["fid"]["train"], 4),
-               fmt(r["fid"]["test"], 4), r["fid"]["extractor"]["name"],
+               fmt(r["nll_bpd"]["x_p"] and r["nll_bpd"]["x_p"]["mean"], 4), fid_cell(r["fid"], "train"),
+               fid_cell(r["fid"], "test"), r["fid"]["extractor"]["name"],
                fmt(100 * r["classifiers"]["c_p"]["test_accuracy"] if r["classifiers"] else None),
                fmt(100 * r["classifiers"]["c_id"]["train_accuracy"] if r["classifiers"] else None)] for r in rows]
     blocks = [("h", 1, "diffaudit sweep"),
@@ -111,7 +115,7 @@ def write_sweep_report(out: Path, cells: Sequence[Path]) -> dict:
               ("table", ["dataset", "N_D", "NLL test", "NLL train", "NLL x_p", "FID train", "FID test", "FID extractor",
                          "SAF %", "ID %"], table2),
               ("p", "NLL in bits/dim (probability-flow ODE, uniform dequantisation). FIDs are comparable only within one "
-                    "extractor; a dataset's cells share theirs."),
+                    "extractor; a dataset's cells share theirs. FIDs carry 95% bootstrap intervals; " + UNRELIABLE_FID),
               ("h", 2, "q_M(t) of every cell"),
               ("img", figure.name, "q_M(t) with 95% intervals; t' solid, t'_α dashed, chance levels dotted")]
     paths = write_blocks(out, blocks)
@@ -173,8 +177,8 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     for name, eps, pre in cells:
         r = read_json(out / name / "results.json")
         rep, util, priv = r["reproduction"], r.get("utility"), r.get("privacy")
-        rows.append(["∞" if eps is None else f"{eps:g}", "yes" if pre else "no", fmt(r["fid"]["train"], 4),
-                     fmt(r["fid"]["test"], 4), fmt(util and util["synthetic"]["accuracy"]),
+        rows.append(["∞" if eps is None else f"{eps:g}", "yes" if pre else "no", fid_cell(r["fid"], "train"),
+                     fid_cell(r["fid"], "test"), fmt(util and util["synthetic"]["accuracy"]),
                      fmt(util and util["synthetic"]["auroc"]), f"{rep['q']}/{rep['n_samples']}",
                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]", fmt(r["t_prime"]["value"], 2),
                      fmt(priv and priv["bound_dpsgd"]), fmt(priv and priv["epsilon"]["prv"]),
@@ -187,7 +191,8 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
               ("table", headers, rows),
               ("p", "Formal bound: the DP-SGD reconstruction bound 1 - f(κ) on the probability that one sample is x_p, "
                     "with κ from the detectors' false positives (see each cell's report). Utility: a classifier trained "
-                    "on the synthetic images, tested on the real test split (class-conditional models only).")]
+                    "on the synthetic images, tested on the real test split (class-conditional models only). FIDs "
+                    "carry 95% bootstrap intervals; " + UNRELIABLE_FID)]
     paths = write_blocks(out, blocks)
     summary = {"cells": [c[0] for c in cells], "headers": headers, "rows": rows,
                "report": {k: p.name for k, p in paths.items()}}

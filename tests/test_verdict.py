@@ -22,17 +22,17 @@ from diffaudit.io import read_json, write_json
 F, P0 = 0.02, 1 / 16  # a false-positive bound and full memorisation at N_D = 16
 
 
-@pytest.mark.parametrize("lo,hi,sens,level", [
-    (F + 1e-9, P0, 1.0, "high"),             # lo just above f, hi at p_0: as frequent as a memoriser
-    (F + 1e-9, P0 - 1e-9, 1.0, "elevated"),  # hi just below p_0
-    (F, P0 - 1e-9, 1.0, "low"),              # lo at f: nothing beyond false alarms, memorisation rejected
-    (F, P0, 1.0, "inconclusive"),            # neither can be told apart
-    (P0 + 1e-9, 0.5, 1.0, "inconclusive"),   # above full memorisation: the detectors fire on these images
-    (F + 0.01, P0, 0.89, "inconclusive"),    # detectors that miss clean copies
-    (F + 0.01, P0, 0.9, "high"),
+@pytest.mark.parametrize("shown,lo,hi,sens,level", [
+    (True, F, P0, 1.0, "high"),               # shown, hi at p_0: as frequent as a memoriser
+    (True, F, P0 - 1e-9, 1.0, "elevated"),    # hi just below p_0
+    (False, F, P0 - 1e-9, 1.0, "low"),        # nothing beyond false alarms, memorisation rejected
+    (False, F, P0, 1.0, "inconclusive"),      # neither can be told apart
+    (True, P0 + 1e-9, 0.5, 1.0, "inconclusive"),  # above full memorisation: the detectors fire on these images
+    (True, F + 0.01, P0, 0.89, "inconclusive"),   # detectors that miss clean copies
+    (True, F + 0.01, P0, 0.9, "high"),
 ])
-def test_risk_levels_at_each_boundary(lo, hi, sens, level):
-    assert risk_level(lo, hi, P0, F, sens)[0] == level
+def test_risk_levels_at_each_boundary(shown, lo, hi, sens, level):
+    assert risk_level(shown, lo, hi, P0, sens)[0] == level
 
 
 def _results(q: int, n: int, n_train: int, fp: int = 0, n_real: int = 156) -> tuple[dict, dict]:
@@ -69,7 +69,7 @@ def _fabricated_run(tmp_path, data_root, name: str, q: int, n: int, detector: st
 
 def test_the_release_gate_exits_3_above_the_limit_and_report_json_prints_the_verdict(tmp_path, data_root, capsys):
     rd = _fabricated_run(tmp_path, data_root, "run", 17, 256)
-    assert main(["report", "--run-dir", str(rd), "--fail-above", "0.2"]) == 0
+    assert main(["report", "--run-dir", str(rd), "--fail-above", "0.2", "--write"]) == 0
     capsys.readouterr()
     assert main(["report", "--run-dir", str(rd), "--json", "--fail-above", "0.05"]) == RELEASE_BLOCKED == 3
     out, err = capsys.readouterr()

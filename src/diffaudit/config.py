@@ -546,16 +546,34 @@ class AuditConfig(Checked):
     dp: DPConfig | None = None  # DP-SGD training of the score model (None: non-private)
     pretrained: str | None = None  # train/ folder of a (public) model to start from, with or without DP
     external: ExternalConfig | None = None  # audit this model instead of training one (--model)
-    control: bool = False  # also train a control model on the control set and count its samples (--control)
+    # a control model, counted as the verdict's negatives: None (the default) trains one when diffaudit trains the
+    # audited model, and uses ``control_model`` for a model trained elsewhere; True / False force it (--[no-]control)
+    control: bool | None = None
+    control_model: ExternalConfig | None = None  # the control model of a model trained elsewhere (--control-model)
     sequential: SequentialConfig | None = None  # draw and count shards until decided (--sequential), at most sample.n
 
-    _OMIT_AT_DEFAULT = ("sequential",)
+    _OMIT_AT_DEFAULT = ("sequential", "control_model")
+
+    @property
+    def with_control(self) -> bool:
+        """Whether the audit has a control model: trained by diffaudit beside its own model, or given."""
+        if self.control is None:
+            return self.external is None or self.control_model is not None
+        return self.control
 
     def _check(self) -> None:
         self._one_of("detector", DETECTORS)
-        if self.external is not None and (self.dp is not None or self.pretrained is not None or self.control):
-            raise DiffauditError("--model audits a model trained elsewhere; DP, pretraining and --control train one, "
-                                 "so leave them out (count a control model's samples with count --control-samples)")
+        if self.external is not None and (self.dp is not None or self.pretrained is not None):
+            raise DiffauditError("--model audits a model trained elsewhere; DP and pretraining train one, so leave them "
+                                 "out")
+        if self.control_model is not None and self.external is None:
+            raise DiffauditError("--control-model is the control of a model trained elsewhere (--model); for a model "
+                                 "diffaudit trains, --control trains its control model")
+        if self.control_model is not None and self.control is False:
+            raise DiffauditError("--no-control contradicts --control-model; give one of them")
+        if self.external is not None and self.control and self.control_model is None:
+            raise DiffauditError("a model trained elsewhere needs its control model given: train it with your recipe on "
+                                 "the set 'diffaudit export --control' writes, and pass --control-model PATH")
         if self.dp is not None:
             if (self.dp.epsilon is None) == (self.dp.noise_multiplier is None):
                 raise DiffauditError("DP training needs exactly one of a target epsilon (--dp-epsilon) or a noise "

@@ -75,7 +75,7 @@ def plan(ctx: Context) -> list[dict]:
                   2e6 + (cfg.sample.n * pixels if cfg.sequential else 0)),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
         "control": ((cfg.train.steps * cfg.train.batch_size * 3 / unet + cfg.sample.n * cfg.sample.steps * nfe_step / unet)
-                    if cfg.control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.control else 1e3),
+                    if cfg.with_control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.with_control else 1e3),
         "nll": ((cfg.nll.x_p_repeats + cfg.nll.n_train + cfg.nll.n_test) * 150 * 3 / unet, 1e5),
         "fid": (cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf + (cfg.sample.n + 2 * n_train) / clf, 2e6),
         "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),

@@ -48,7 +48,7 @@ from ..config import SampleConfig
 from ..diffusion.generative import Generative
 from ..diffusion.precision import compiled
 from ..errors import DiffauditError
-from ..generate import claim_folder, generate_shards, shard_path
+from ..generate import claim_folder, generate_shards, read_shard, shard_path
 from ..images import save_grid
 from ..io import read_json, write_json
 
@@ -141,12 +141,10 @@ def sequential_sample(out: str | Path, model: Generative, cfg: SampleConfig, det
         path = shard_path(out, s)
         fresh = True
         if path.exists():
-            with np.load(path) as f:
-                fresh = not np.array_equal(f["indices"], expected)
+            fresh = not np.array_equal(read_shard(path)["indices"], expected)
         if fresh:  # draws shard s only: the ones before it are there
             generate_shards(out, model, dataclasses.replace(cfg, n=int(expected[-1]) + 1), device=device, progress=False)
-        with np.load(path) as f:
-            images = f["images"]
+        images = read_shard(path)["images"]
         flags = np.logical_and.reduce([call_detector(d, images, name) for name, d in detectors.items()])
         k, n = k + int(flags.sum()), n + len(images)
         lo, hi = confidence_sequence(k, n, alpha)
@@ -158,8 +156,7 @@ def sequential_sample(out: str | Path, model: Generative, cfg: SampleConfig, det
             break
     bar.close()
     reason = reason or "max_n"
-    with np.load(shard_path(out, 0)) as f:
-        save_grid(out / "grid.png", f["images"][:64])
+    save_grid(out / "grid.png", read_shard(shard_path(out, 0))["images"][:64])
     record = {"method": METHOD, "alpha": alpha, "target_rate": target_rate, "p_null": p0, "max_n": cfg.n,
               "shard_size": size, "detector": detector, "n_samples": n, "q": k, "reason": reason,
               "saved": cfg.n - n, "saved_share": (cfg.n - n) / cfg.n, "looks": looks}
@@ -182,6 +179,7 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     from .tprime_stage import load_run_model
 
     check_name(name)
+    check_sequential_folder(Path(run), name)
     if launched_world() > 1:
         raise DiffauditError("the sequential count looks at the shards in order and runs in one process; launch it "
                              "without accelerate/torchrun, or sample a fixed N in parallel")
@@ -190,14 +188,76 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     if net is None:
         net = load_run_model(run, manifest, data_root=data_root, device=device)
     detectors = make_detectors(run, AuditData(manifest, data_root), detector, device=device)
+    _say_detectable(run, cfg.n, manifest["n_train"], alpha, target_rate, log)
     return sequential_sample(run / "samples" / name, net, cfg, detectors, n_train=manifest["n_train"],
                              target_rate=target_rate, alpha=alpha, detector=detector, device=resolve_device(device),
                              progress=progress, log=log)
 
 
+def _say_detectable(run: Path, max_n: int, n_train: int, alpha: float, target_rate: float | None,
+                    log: Callable[[str], None]) -> None:
+    """Before drawing: the smallest rate this count can show at its largest N against the held-out real images
+    (the verdict's figure; a control model's samples, counted later, can only lower it), and a warning when
+    --target-rate is below it."""
+    from .verdict import detectable_for, negatives, sensitivity  # the verdict reads this module's intervals
+
+    path = run / "classifiers" / "metrics.json"
+    metrics = read_json(path) if path.exists() else {}
+    neg = negatives({}, metrics)
+    counts = {"q": 0, "n": max_n, "n_train": n_train, "sequential": {"alpha": alpha}}
+    rate = detectable_for(counts, neg, sensitivity(metrics))
+    if rate is None or neg is None:
+        return
+    log(f"at its largest N = {max_n}, this count can show reproduction rates above {rate:.4g} (80% power, against "
+        f"{neg['text']})")
+    if target_rate is not None and target_rate < rate:
+        log(f"warning: --target-rate {target_rate:g} is below that: a stop 'below target' bounds the rate, but a rate "
+            f"between them could not have been told from false alarms; count a control model's samples for more "
+            f"negatives")
+
+
 def read_sequential(folder: Path) -> dict | None:
+    """``<folder>/sequential.json`` (None for a fixed-N folder), refused in one line unless it is as
+    :func:`sequential_sample` writes it: where the count stopped, of how many at most, alpha, the shard size and a
+    record per look."""
     path = Path(folder) / "sequential.json"
-    return read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    seq = read_json(path, expect=dict, fix="delete it and run the sequential count again ('diffaudit sample "
+                                           "--sequential' with the same options)")
+
+    def whole(key: str, least: int) -> bool:
+        v = seq.get(key)
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    alpha = seq.get("alpha")
+    problem = next((what for ok, what in (
+        (whole("n_samples", 1) and whole("max_n", 1) and whole("shard_size", 1),
+         "n_samples, max_n and shard_size must be whole numbers >= 1"),
+        (whole("n_samples", 1) and whole("max_n", 1) and seq["n_samples"] <= seq["max_n"],
+         "n_samples must not exceed max_n"),
+        (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha < 1, "alpha must be in (0, 1)"),
+        (isinstance(seq.get("looks"), list), "looks must be a list"),
+        (isinstance(seq.get("reason"), str), "reason must be a string"),
+    ) if not ok), None)
+    if problem is not None:
+        raise DiffauditError(f"{path} is not a sequential count's record ({problem}): it was edited or damaged; delete "
+                             "it and run the sequential count again ('diffaudit sample --sequential' with the same "
+                             "options)")
+    return seq
+
+
+def check_sequential_folder(run: Path, name: str) -> None:
+    """Refuse a sequential count into the samples folder that results.json counted as a fixed-N sample: its
+    sequential.json would contradict that count."""
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        return
+    rep = read_json(path, expect=dict).get("reproduction")
+    if (isinstance(rep, dict) and rep.get("samples") == f"samples/{name}" and rep.get("design") != "sequential"
+            and read_sequential(Path(run) / "samples" / name) is None):
+        raise DiffauditError(f"{Path(run) / 'samples' / name} holds the fixed-N samples results.json counted; a "
+                             "sequential count there would contradict that count: choose another --name")
 
 
 def sequential_fields(seq: dict, q_indices: list[int], n: int, n_train: int, fixed: dict) -> dict:

@@ -23,7 +23,7 @@ LAYERS = [
     {"errors", "__init__"},
     {"extras", "rng"},
     {"config", "io", "device", "runlock"},
-    {"images", "parallel"},
+    {"images", "parallel", "digests"},
     {"data"},
     {"diffusion"},
     {"training", "adversary"},

@@ -42,7 +42,7 @@ from .data.medmnist import SPLITS, open_dataset
 from .diffusion.discrete import SCHEDULER_SAMPLERS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.sde import SDES
-from .errors import RELEASE_BLOCKED, DiffauditError, ReleaseBlocked
+from .errors import RELEASE_BLOCKED, VERIFY_FAILED, DiffauditError, ReleaseBlocked, VerifyFailed
 from .io import check_name, read_json
 from .parallel import shutdown_processes
 from .runlock import check_run_dir, run_lock
@@ -77,6 +77,7 @@ def _load_manifest(run: Path) -> dict:
 # ---- train ---------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> None:
     from .audit.stages import train_run
+    from .digests import record_model_digests
     from .data.prepare import number_of_classes
     from .diffusion.sde import make_sde
 
@@ -92,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_cfg = override(model_cfg, num_classes=number_of_classes(manifest["dataset"], data_root=args.data_root))
     summary = train_run(run, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde, dp=dp, resume=args.resume,
                         data_root=args.data_root, device=args.device, progress=not args.quiet)
+    record_model_digests(run / "train")  # what 'diffaudit verify' checks the weights against
     path = run / "train" / "model.safetensors"
     if dp is not None:
         _say(f"DP model ({args.preset} preset, {train_cfg.steps} steps): epsilon at delta = {dp.delta:g}: "
@@ -116,13 +118,17 @@ def _dp_config(args: argparse.Namespace):
 
 
 # ---- sample --------------------------------------------------------------------------------------------
-def _run_model(args: argparse.Namespace, run: Path):
-    """The model the command works on: ``--model`` (registered for the run), the run's registered one, or its own."""
-    from .audit.tprime_stage import load_run_model
+def _run_model(args: argparse.Namespace, run: Path, check=None):
+    """The model the command works on: ``--model`` (registered for the run once ``check(model)``, the command's own
+    checks, passed), the run's registered one, or its own."""
+    from .data.prepare import number_of_classes
+    from .models.load import run_model
 
-    return load_run_model(run, _load_manifest(run), model=args.model, scheduler=args.scheduler,
-                          prediction_type=args.prediction_type, data_root=getattr(args, "data_root", None),
-                          device=args.device)
+    manifest = _load_manifest(run)
+    classes = (number_of_classes(manifest["dataset"], data_root=getattr(args, "data_root", None))
+               if args.model is not None else None)
+    return run_model(run, manifest=manifest, model=args.model, scheduler=args.scheduler,
+                     prediction_type=args.prediction_type, num_classes=classes, device=args.device, check=check)
 
 
 def _model_defaults(net) -> dict:
@@ -131,7 +137,7 @@ def _model_defaults(net) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .generate import sample_run
+    from .generate import claim_folder, sample_run
 
     run = Path(args.run_dir)
     if args.name is not None:
@@ -139,12 +145,29 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if (args.target_rate is not None or args.alpha is not None) and not args.sequential:
         raise DiffauditError("--target-rate and --alpha say when the sequential count stops; add --sequential")
     seq = override(SequentialConfig(), target_rate=args.target_rate, alpha=args.alpha) if args.sequential else None
-    net = _run_model(args, run)
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
-    cfg = override(override(base, **_model_defaults(net)), n=args.n, sampler=args.sampler, steps=args.steps,
-                   seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size, precision=args.precision,
-                   compile=args.compile)
-    name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+    flags = dict(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                 shard_size=args.shard_size, precision=args.precision, compile=args.compile)
+    override(base, **flags)  # the flags' types and ranges, before the model is loaded
+    if args.sequential and args.detector == "classifiers":  # its detectors too, before a model given is registered
+        from .adversary.stage import load_detectors
+
+        load_detectors(run, device="cpu")
+
+    def configure(net):
+        """The sampling config for ``net`` and its folder name, checked against the model and any samples already in
+        that folder (before a model given with --model is registered; nothing is written)."""
+        cfg = override(override(base, **_model_defaults(net)), **flags)
+        name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
+        claim_folder(run / "samples" / name, net, cfg, write=False)
+        if args.sequential:
+            from .audit.sequential import check_sequential_folder
+
+            check_sequential_folder(run, name)
+        return cfg, name
+
+    net = _run_model(args, run, check=configure)
+    cfg, name = configure(net)
     if args.sequential:
         from .audit.sequential import sequential_run
 
@@ -214,13 +237,32 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     t = override(TPrimeConfig(), M=args.M, resolution=args.resolution, t_max=args.t_max, steps=args.steps,
                  sampler=args.sampler, search=args.search, alpha=args.alpha, chance=args.chance,
                  seed=args.seed)  # checked up front
-    net = _run_model(args, run)
-    t = override(override(t, **_model_defaults(net)), sampler=args.sampler, steps=args.steps)
+    positions = _positions(args.images)
+    if args.images is None:  # the chance level and the detectors too, before a model given is loaded and registered
+        from .adversary.stage import load_detectors
+        from .audit.tprime_stage import chance_level
+
+        chance_level(run, _load_manifest(run), t.chance)
+        if args.detector == "classifiers":
+            load_detectors(run, device="cpu")
+    base = t
+
+    def configure(net):
+        """The t' config for ``net``, with its sampler, steps and every grid time checked against the model's schedule
+        (before a model given with --model is registered)."""
+        cfg = override(override(base, **_model_defaults(net)), sampler=args.sampler, steps=args.steps)
+        net.check_sampler(cfg.sampler)
+        for time in make_grid(cfg.resolution, cfg.t_max):
+            net.nfe(cfg.sampler, cfg.steps, t=time)
+        return cfg
+
+    net = _run_model(args, run, check=configure)
+    t = configure(net)
     grid = make_grid(t.resolution, t.t_max)
     common_args = dict(grid=grid, m=t.M, seed=t.seed, steps=t.steps, sampler=t.sampler, alpha=t.alpha,
                        data_root=args.data_root, device=args.device, progress=not args.quiet, net=net)
     if args.images is not None:
-        rows = run_posthoc(run, _positions(args.images), **common_args)
+        rows = run_posthoc(run, positions, **common_args)
         top = ", ".join(f"#{r['position']} (t'={r['t_prime']:.2f}, t'_a={r['t_prime_alpha']:.2f})" for r in rows[:5])
         _say(f"post-hoc t' of {len(rows)} training images; most at risk: {top} -> {run / 'results.json'}")
         return
@@ -256,7 +298,30 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .data.export import export_run
 
     run = Path(args.run_dir)
-    r = export_run(run, fmt=args.format, out=args.out, channels=args.channels, size=args.size, data_root=args.data_root)
+    if args.control:  # the control set (the same draw, x_i replaced, no SAF) for the control model's training
+        from .config import PrepareConfig, from_dict
+        from .data.prepare import prepare_run
+
+        prepared = from_dict(PrepareConfig, _load_manifest(run)["config"], where="manifest config")
+        control = run / "control"
+        made = [p for p in (control / "manifest.json", control / "prepare", control) if not p.exists()]
+        try:
+            prepare_run(control, override(prepared, fingerprint=False), data_root=args.data_root, log=_say)
+            r = export_run(control, fmt=args.format, out=args.out, channels=args.channels, size=args.size,
+                           data_root=args.data_root)
+        except BaseException:  # a refused export leaves no control set behind it
+            import shutil
+
+            for p in made:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+            raise
+        run = control
+    else:
+        r = export_run(run, fmt=args.format, out=args.out, channels=args.channels, size=args.size,
+                       data_root=args.data_root)
     where = args.out or run / "export" / f"{r['format']}-{r['channels']}c-{r['size']}px"
     _say(f"{r['n_images']} training images as {r['format']} ({r['channels']} channels, {r['size']}x{r['size']}"
          f"{', ' + r['resize'] if r['resize'] else ''}; digest {r['digest']}) -> {where}")
@@ -302,7 +367,7 @@ def _with_model(cfg, args: argparse.Namespace):
     if args.model is None:
         if args.scheduler or args.prediction_type:
             raise DiffauditError("--scheduler and --prediction-type describe a model given with --model")
-        if cfg.external is None and (args.sampler or args.sampling_steps):
+        if cfg.external is None and (args.sampler is not None or args.sampling_steps is not None):
             return override(cfg, sample=override(cfg.sample, sampler=args.sampler, steps=args.sampling_steps),
                             tprime=override(cfg.tprime, sampler=args.sampler, steps=args.sampling_steps))
         return cfg
@@ -311,7 +376,8 @@ def _with_model(cfg, args: argparse.Namespace):
     ext = ExternalConfig(path=str(Path(args.model).resolve()), scheduler=args.scheduler,
                          prediction_type=args.prediction_type)
     own = sampling_defaults(args.model, args.scheduler)
-    sampler, steps = args.sampler or own.get("sampler"), args.sampling_steps or own.get("steps")
+    sampler = args.sampler if args.sampler is not None else own.get("sampler")
+    steps = args.sampling_steps if args.sampling_steps is not None else own.get("steps")
     return override(cfg, external=ext, sample=override(cfg.sample, sampler=sampler, steps=steps),
                     tprime=override(cfg.tprime, sampler=sampler, steps=steps))
 
@@ -336,14 +402,23 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from .audit.pipeline import run_audit
     from .audit.plan import format_plan, plan
     from .audit.report import detector_warning, excess_warning, verdict
-    from .audit.stages import Context, check_audit_config, check_audit_data
+    from .audit.stages import Context, check_audit_config, check_audit_data, check_models
     from .data.medmnist import dataset_path, resolve_root
 
     _check_limit(args.fail_above)
+    _refuse_folder(args.run_dir, "--run-dir", REPORT_FOLDER_FILES, "the folder of a sweep or a comparison",
+                   "its report.html is theirs: choose a new --run-dir")
     cfg = _audit_config(args)
     if args.detector:
         cfg = override(cfg, detector=args.detector)
     cfg = _with_model(cfg, args)
+    if args.control_model is not None:
+        from .config import ExternalConfig
+
+        if not Path(args.control_model).exists():
+            raise DiffauditError(f"no model at --control-model {args.control_model}; give the folder it was saved to")
+        cfg = override(cfg, control_model=ExternalConfig(path=str(Path(args.control_model).resolve()),
+                                                         scheduler=args.scheduler, prediction_type=args.prediction_type))
     cfg = _prepared_data(cfg, args)
     dp = _dp_config(args)
     if dp is not None:
@@ -359,6 +434,9 @@ def cmd_audit(args: argparse.Namespace) -> None:
         cfg = _class_conditional(cfg, cfg.prepare.dataset, args.data_root)
     ctx = Context(run=Path(args.run_dir), cfg=cfg, device=args.device, data_root=args.data_root,
                   progress=not args.quiet, log=_say)
+    if cfg.with_control:  # its folder, before any stage runs
+        check_run_dir(ctx.run / "control")
+    check_models(ctx)  # a model trained elsewhere: every config the stages will load, checked before any work
     if args.dry_run:
         print(format_plan(plan(ctx), ctx))
         return
@@ -374,7 +452,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 _say(warning)
     if (ctx.run / "report.html").exists():
         _say(f"report: {ctx.run / 'report.html'} (and report.md); results: {ctx.run / 'results.json'}")
-    _gate(results, args.fail_above)
+    _gate(ctx.run, args.fail_above)
 
 
 def _n_trains(text: str) -> list[int | None]:
@@ -405,9 +483,22 @@ def _epsilons(text: str) -> list[float | None]:
     return out
 
 
+#: files that make a folder the combined report of a sweep or a comparison, which no audit may write into
+REPORT_FOLDER_FILES = ("sweep.json", "privacy_sweep.json", "compare.json")
+
+
+def _refuse_folder(folder: str, option: str, names: tuple[str, ...], what: str, fix: str) -> None:
+    found = next((n for n in names if (Path(folder) / n).exists()), None)
+    if found is not None:
+        raise DiffauditError(f"{option} {folder} is {what} (it holds {found}); {fix}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from .audit.compare import RUN_FILES
     from .audit.sweep import run_privacy_sweep, run_sweep
 
+    _refuse_folder(args.out, "--out", RUN_FILES, "a run directory",
+                   "a sweep writes its own run directory per cell and its report into --out: choose a new folder")
     cfg = _audit_config(args)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     n_trains = _n_trains(args.n_trains)
@@ -433,19 +524,41 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     _say(f"{len(summary['cells'])} audits; combined report: {Path(args.out) / 'report.html'} (and report.md, sweep.json)")
 
 
-def _gate(results: dict, limit: float | None) -> None:
+def _gate(run: Path, limit: float | None) -> None:
     """``--fail-above RATE``: refuse the release (exit 3) when the 95% upper limit of the reproduction rate exceeds
-    RATE, or when there is no verdict to gate on."""
+    RATE, or when there is no verdict to gate on. The limit is recomputed from the run's primary counts (q, N, N_D,
+    the negatives), never read from a stored verdict, and impossible or inconsistent counts are refused (exit 2)."""
     if limit is None:
         return
-    v = results.get("verdict")
+    from .audit.report import current_verdict
+
+    v = current_verdict(run)[1]
     if v is None:
         raise DiffauditError("--fail-above needs a verdict: the audit has not counted reproductions yet")
     hi = v["interval"][1]
     if hi > limit:
         raise ReleaseBlocked(f"release blocked: the reproduction rate is at most {hi:.4g} (95% upper limit, risk level "
                              f"{v['level']}), above --fail-above {limit:g}")
-    _say(f"release gate passed: the reproduction rate is at most {hi:.4g} (95% upper limit), not above {limit:g}")
+    _say(f"release gate passed: the reproduction rate is at most {hi:.4g} (95% upper limit, risk level {v['level']}), "
+         f"not above {limit:g}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from .audit.verify import verify_run
+
+    run = Path(args.run)
+    if args.reseal_manifest:
+        from .data.prepare import reseal_manifest
+
+        if not run.is_dir():
+            raise DiffauditError(f"{run} is not a run directory")
+        with run_lock(run):
+            manifest, resealed = reseal_manifest(run)
+        _say(f"{run / 'manifest.json'} {'resealed' if resealed else 'was sealed already'}: digest {manifest['digest']}")
+        return
+    r = verify_run(run, data_root=args.data_root, device=args.device, progress=not args.quiet)
+    _say(f"verified: {run} is what its records say (model {r['model']}; |q| = {r['q']} of N = {r['n']}"
+         + (f"; risk level {r['level']}" if r["level"] else "") + ")")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -462,23 +575,42 @@ def _check_limit(limit: float | None) -> None:
         raise DiffauditError(f"--fail-above is a reproduction rate in [0, 1], got {limit}")
 
 
+def _report_writes(args: argparse.Namespace) -> bool:
+    """Plain ``report`` writes; ``--json`` and ``--fail-above`` only read, unless ``--write`` asks for both."""
+    return args.write or not (args.json or args.fail_above is not None)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     import json
 
-    from .audit.report import verdict, write_report
+    from .audit.report import current_verdict, verdict, write_report
+    from .audit.verify import check_results
 
     run = Path(args.run_dir)
     _check_limit(args.fail_above)
     if not (run / "results.json").exists():
         raise DiffauditError(f"{run} has no results.json; run 'diffaudit count' (or 'diffaudit audit') first")
-    paths = write_report(run)
-    results = read_json(run / "results.json")
+    check_results(read_json(run / "results.json"), run / "results.json")  # a wrong-typed section: one line
+    paths = None
+    if _report_writes(args):
+        try:
+            with run_lock(run):  # one writer: an audit or another report in this run directory is refused
+                paths = write_report(run)
+        except PermissionError as err:
+            raise DiffauditError(f"cannot write into {run} ({err.strerror}: {err.filename}); 'report --json' and "
+                                 "'report --fail-above' without --write only read") from None
+        results = read_json(run / "results.json")
+    else:  # read only: the verdict recomputed from results.json's counts, nothing written, no lock taken
+        results, v = current_verdict(run)
+        results = {**results, "verdict": v}
     if args.json:
         print(json.dumps(results.get("verdict"), indent=1))
-    else:
+    elif paths is not None:
         _say(verdict(results))
         _say(f"report: {paths['html']} and {paths['md']}")
-    _gate(results, args.fail_above)
+    else:
+        _say(verdict(results))
+    _gate(run, args.fail_above)
 
 
 # ---- bound ---------------------------------------------------------------------------------------------
@@ -763,6 +895,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="3 repeats grey to RGB (default: as prepared)")
     p.add_argument("--size", type=int, default=None, help="resize to SIZE x SIZE, PIL bicubic (default: 28, unchanged)")
     p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
+    p.add_argument("--control", action="store_true",
+                   help="write the control set instead (the same draw with x_i replaced and no SAF, prepared in "
+                        "<run>/control/): train the control model on it with the same recipe, then audit with "
+                        "--control-model")
     p.set_defaults(func=cmd_export)
 
     def audit_options(p: argparse.ArgumentParser) -> None:
@@ -779,9 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: Inception when its weights are found, else the domain extractor")
         p.add_argument("--inception-weights", default=None, help=f"path of {INCEPTION_FILE} (torch-fidelity's)")
         p.add_argument("--control", action=argparse.BooleanOptionalAction, default=None,
-                       help="also train a control model (same settings, DP included) on the control set and count its "
-                            "samples: false positives on generated images, and the rate net of them (default: on in a "
-                            "privacy sweep, off otherwise)")
+                       help="train a control model (same settings, DP included) on the control set and count its "
+                            "samples: the verdict's negatives, as many as the audit's samples (default: on when "
+                            "diffaudit trains the model; a model trained elsewhere takes --control-model)")
         p.add_argument("--sequential", action="store_true",
                        help="draw and count shards of sample.shard_size until an anytime-valid interval settles the "
                             "question; --n-samples is then the most to draw (default: the fixed-N count of the paper)")
@@ -818,6 +954,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "pipeline's)")
     p.add_argument("--fail-above", type=float, default=None, metavar="RATE",
                    help="exit 3 when the 95%% upper limit of the reproduction rate exceeds RATE (a release gate)")
+    p.add_argument("--control-model", default=None, metavar="PATH",
+                   help="with --model: the control model, trained with the same recipe on the set 'diffaudit export "
+                        "--control' writes; its samples are the verdict's negatives (same --scheduler and "
+                        "--prediction-type)")
     model_options(p)
     dp_options(p)
     p.set_defaults(func=cmd_audit)
@@ -848,24 +988,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", formatter_class=Formatter, help="(re)write report.html and report.md of a run",
                        description="Add the verdict (risk level) and the provenance to a run's results.json and write "
-                                   "report.html (self-contained, prints to PDF) and report.md from it. With "
-                                   "--fail-above, exit 3 when the reproduction rate's 95%% upper limit exceeds RATE.",
+                                   "report.html (self-contained, prints to PDF) and report.md from it, holding the "
+                                   "run's lock (another process writing in the run is refused). With --json or "
+                                   "--fail-above it only reads: the verdict is recomputed from results.json's counts, "
+                                   "nothing is written and no lock is taken, so a read-only copy of a run can be "
+                                   "gated; --write writes the report as well. With --fail-above, exit 3 when the "
+                                   "reproduction rate's 95%% upper limit exceeds RATE. Run 'diffaudit verify' first: "
+                                   "the gate trusts the counts in results.json.",
                        epilog=_example("""
                             diffaudit report --run-dir runs/demo
-                            diffaudit report --run-dir runs/demo --json --fail-above 0.001   # a release pipeline"""))
+                            diffaudit verify runs/demo && diffaudit report --run-dir runs/demo --fail-above 0.001
+                            diffaudit report --run-dir runs/demo --json --fail-above 0.001 --write"""))
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout (reads only)")
     p.add_argument("--fail-above", type=float, default=None, metavar="RATE",
-                   help="exit 3 when the 95%% upper limit of the reproduction rate exceeds RATE")
+                   help="exit 3 when the 95%% upper limit of the reproduction rate exceeds RATE (reads only)")
+    p.add_argument("--write", action="store_true",
+                   help="with --json or --fail-above: also write report.html, report.md and results.json's verdict "
+                        "and provenance, under the run's lock, before printing and gating (plain report always writes)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("verify", formatter_class=Formatter,
+                       help="check a run's artefacts against their recorded digests and recount its samples",
+                       description="Recompute what can be recomputed from a run directory and compare: the manifest's "
+                                   "digest; the SHA-256 of the model's weights, of every sample shard and of the "
+                                   "detectors against the digests recorded when they were written; the audit's stage "
+                                   "records against the files they name; the count (the counted shards through the "
+                                   "stored detectors) against results.json; and results.json's interval, p-value and "
+                                   "verdict against their recomputation from its counts. Exit 0 when everything "
+                                   "agrees, 4 naming the first artefact that disagrees or has no recorded digest (a "
+                                   "run made before digests were recorded), 2 for bad input. Writes nothing. Needs "
+                                   "the dataset file the run was prepared from.",
+                       epilog=_example("""
+                            diffaudit verify runs/demo
+                            diffaudit verify runs/demo && diffaudit report --run-dir runs/demo --fail-above 0.001
+                            diffaudit verify runs/old --reseal-manifest   # a manifest from before sealed manifests"""))
+    p.add_argument("run", metavar="RUN", help="the run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_and_data(p)
+    p.add_argument("--reseal-manifest", action="store_true",
+                   help="instead of verifying: add the digest to a manifest written by a diffaudit that did not seal "
+                        "manifests yet (it must pass every other check; reseal only a manifest you trust)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("compare", formatter_class=Formatter, help="one report across audited runs",
                        description="One report across runs (diffaudit-trained and external models, datasets, N_D): a "
                                    "row per run with its risk level, rate, t', t'_alpha, FID and NLL gap, and the "
-                                   "q_M(t) curves overlaid. The runs are not changed.",
+                                   "q_M(t) curves overlaid. Each run's risk level is recomputed from its counts. The "
+                                   "runs are not changed.",
                        epilog=_example("diffaudit compare runs/demo runs/ext --out runs/compare"))
     p.add_argument("runs", nargs="+", help="run directories with results.json")
-    p.add_argument("--out", required=True, help="the folder for the comparison (created if missing)")
+    p.add_argument("--out", required=True, help="the folder for the comparison: new, empty, or an earlier comparison's "
+                                                "(rewritten); never a run directory or a folder inside a compared run")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bound", formatter_class=Formatter, help="upper bounds on reconstruction success under DP",
@@ -909,6 +1083,42 @@ def _run(args: argparse.Namespace) -> None:
         args.func(args)
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an error of the operating system: the path it is about, the cause and the fix."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    cause = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    no_write = "give a folder you can write to (or fix its permissions)"
+    fix = {errno.ENAMETOOLONG: "use a shorter name (the file system limits a name to 255 bytes)",
+           errno.EROFS: "the file system is read-only: give a --run-dir (or --out) on a writable one",
+           errno.EACCES: no_write, errno.EPERM: no_write,
+           errno.ENOSPC: "the disk is full: free space, or give a --run-dir on another disk",
+           errno.EDQUOT: "the disk quota is exhausted: free space, or give a --run-dir on another disk",
+           errno.ENOTDIR: "a part of the path is a file, not a folder: give another path",
+           errno.EEXIST: "a file is in the way of a folder: give another path",
+           }.get(err.errno, "check the path and the disk, then rerun")
+    return f"{where}: {cause}; {fix}" if where else f"{cause}; {fix}"
+
+
+#: the options that name a file or folder (dest: as written on the command line)
+PATH_OPTIONS = {"run_dir": "--run-dir", "out": "--out", "run": "RUN", "runs": "RUN", "model": "--model",
+                "control_model": "--control-model", "scheduler": "--scheduler", "config": "--config",
+                "data_root": "--data-root", "samples": "--samples", "control_samples": "--control-samples",
+                "inception_weights": "--inception-weights", "dp_pretrained": "--dp-pretrained"}
+
+
+def _empty_path(args: argparse.Namespace) -> str | None:
+    """The first path option given as an empty string: an unset shell variable (``--run-dir "$RUN"``) would otherwise
+    mean the current directory."""
+    for dest, option in PATH_OPTIONS.items():
+        values = getattr(args, dest, None)
+        for v in values if isinstance(values, list) else [values]:
+            if isinstance(v, str) and not v.strip():
+                return option
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -916,15 +1126,28 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         print(f"{err.prog}: error: {err}", file=sys.stderr)
         return 2
+    empty = _empty_path(args)
+    if empty is not None:
+        print(f"diffaudit {args.command}: error: {empty} is empty; give the path (is a shell variable unset?)",
+              file=sys.stderr)
+        return 2
     try:
         _run(args)
     except ReleaseBlocked as err:
         shutdown_processes(wait=False)
         print(f"diffaudit {args.command}: {err}", file=sys.stderr)
         return RELEASE_BLOCKED
+    except VerifyFailed as err:
+        shutdown_processes(wait=False)
+        print(f"diffaudit {args.command}: {err}", file=sys.stderr)
+        return VERIFY_FAILED
     except DiffauditError as err:
         shutdown_processes(wait=False)
         print(f"diffaudit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused: a name too long, a read-only or full disk, no permission
+        shutdown_processes(wait=False)
+        print(f"diffaudit {args.command}: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         shutdown_processes(wait=False)

@@ -15,5 +15,12 @@ class ReleaseBlocked(DiffauditError):
     command exits with :data:`RELEASE_BLOCKED`, distinct from bad input (2)."""
 
 
+class VerifyFailed(DiffauditError):
+    """``diffaudit verify`` found an artefact of the run that disagrees with what was recorded or recomputed (or whose
+    digest was never recorded): the command exits with :data:`VERIFY_FAILED`, naming the first such artefact."""
+
+
 #: exit status of a command whose audit exceeded --fail-above
 RELEASE_BLOCKED = 3
+#: exit status of ``diffaudit verify`` when an artefact disagrees with its record or with the recomputation
+VERIFY_FAILED = 4

@@ -1,14 +1,17 @@
 """The ``sample`` stage: N images in uint8 shards, resumable, each image reproducible from (seed, index).
 
 ``<out>/config.json`` records the sampling config; shard k, ``shard_00000.npz``, holds ``images`` uint8
-[n_k, C, H, W] and ``indices`` for images k*S ... (k+1)*S - 1 (S = shard size). A shard is written atomically,
-so a killed run restarts at the first missing shard. Raising N (or changing the batch size) later keeps the
+[n_k, C, H, W] and ``indices`` for images k*S ... (k+1)*S - 1 (S = shard size); ``<out>/digests.json`` the shards'
+SHA-256 once the folder is finished. A shard is written atomically, so a killed run restarts at the first missing
+shard. Raising N (or changing the batch size) later keeps the
 finished shards: image i does not depend on N or on the batch it was drawn in.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -31,11 +34,44 @@ def shard_path(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.npz"
 
 
+def read_shard(path: str | Path, *, labels: bool = False) -> dict[str, np.ndarray]:
+    """Shard ``path`` as written by :func:`generate_shards`: ``indices`` (1-d integers) and ``images`` (uint8
+    [n, C, H, W], n = len(indices)), and ``labels`` too with ``labels``. A file that is not such an ``.npz`` (damaged,
+    replaced, pickled object arrays, which are never loaded) is refused with one line naming it."""
+    path = Path(path)
+    fix = "delete it (or its samples folder) and sample again"
+    keys = ("indices", "images", *(("labels",) if labels else ()))
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                raise ValueError("not an .npz archive")
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing == ["labels"]:
+                raise DiffauditError(f"{path} holds no class labels: the model was not class-conditional")
+            if missing:
+                raise DiffauditError(f"sample shard {path} has no '{missing[0]}' array; {fix}")
+            out = {k: f[k] for k in keys}
+    except DiffauditError:
+        raise
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as err:  # MemoryError: a
+        why = " ".join(str(err).split()) or type(err).__name__  # header claiming more than the machine holds
+        raise DiffauditError(f"sample shard {path} is not a readable .npz file ({why}); {fix}") from None
+    idx, images = out["indices"], out["images"]
+    if (idx.ndim != 1 or idx.dtype.kind not in "iu" or images.dtype != np.uint8 or images.ndim != 4
+            or len(images) != len(idx) or (labels and len(out["labels"]) != len(idx))):
+        raise DiffauditError(f"sample shard {path} holds indices {idx.dtype}{list(idx.shape)} and images "
+                             f"{images.dtype}{list(images.shape)}, not n integer indices and n uint8 [C, H, W] "
+                             f"images; {fix}")
+    return out
+
+
 def _check_config(cfg: SampleConfig, model: Generative) -> None:
     model.check_sampler(cfg.sampler)
     for name in ("n", "steps", "batch_size", "shard_size"):
         if getattr(cfg, name) < 1:
             raise DiffauditError(f"sampling needs {name} >= 1, got {getattr(cfg, name)}")
+    model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)  # the steps against the model's schedule
 
 
 def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True) -> None:
@@ -75,7 +111,7 @@ def generate_shards(
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
-    claim_folder(out, model, cfg, write=rank == 0)
+    claim_folder(out, model, cfg, write=False)  # checked first; config.json is written once sampling can start
     num_classes = model.num_classes
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
 
@@ -84,14 +120,14 @@ def generate_shards(
     for k in range(rank, n_shards, world):
         expected = np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, cfg.n))
         path = shard_path(out, k)
-        if path.exists():
-            with np.load(path) as f:
-                if np.array_equal(f["indices"], expected):
-                    continue
+        if path.exists() and np.array_equal(read_shard(path)["indices"], expected):
+            continue
         todo.append((k, expected))
     nfe = model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
     if todo:
         model = compiled(model, cfg.compile)
+    if rank == 0:
+        claim_folder(out, model, cfg)
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
     for k, expected in todo:
@@ -111,10 +147,14 @@ def generate_shards(
 
 
 def finish_shards(out: Path, cfg: SampleConfig) -> None:
-    """After every shard is written: drop shards beyond a lowered N and draw the grid of the first images."""
+    """After every shard is written: drop shards beyond a lowered N, record the shards' SHA-256 in ``digests.json``
+    (:mod:`diffaudit.audit.verify`) and draw the grid of the first images."""
+    from .digests import record_shard_digests
+
     n_shards = -(-cfg.n // cfg.shard_size)
     for stale in sorted(Path(out).glob("shard_*.npz"))[n_shards:]:
         stale.unlink()  # shards beyond a lowered N
+    record_shard_digests(out)
     first = next(iter_shards(out))[1][:64]
     save_grid(Path(out) / "grid.png", first)
 
@@ -127,8 +167,8 @@ def iter_shards(out_dir: str | Path, limit: int | None = None) -> Iterator[tuple
     if not shards:
         raise DiffauditError(f"{out} holds no sample shards; run 'diffaudit sample' first")
     for path in shards:
-        with np.load(path) as f:
-            indices, images = f["indices"], f["images"]
+        shard = read_shard(path)
+        indices, images = shard["indices"], shard["images"]
         if limit is not None:
             keep = indices < limit
             if not keep.any():
@@ -147,11 +187,12 @@ def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "
     procs = processes(device)
     run = Path(run)
     manifest = load_manifest(run)
+    out = run / "samples" / name
     if net is None:
         classes = number_of_classes(manifest["dataset"], data_root=data_root) if model is not None else None
         net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
-                        num_classes=classes, device=str(procs.device))
-    out = run / "samples" / name
+                        num_classes=classes, device=str(procs.device),
+                        check=lambda m: claim_folder(out, m, cfg, write=False))  # before a model given is registered
     generate_shards(out, net, cfg, device=procs.device, progress=progress and procs.main, rank=procs.rank,
                     world=procs.world)
     if procs.world > 1:
@@ -166,7 +207,5 @@ def iter_labelled_shards(out_dir: str | Path) -> Iterator[tuple[np.ndarray, np.n
     """Yield (indices, uint8 images, class labels) of a class-conditional model's shards."""
     out = Path(out_dir)
     for path in sorted(out.glob("shard_*.npz")):
-        with np.load(path) as f:
-            if "labels" not in f:
-                raise DiffauditError(f"{path} holds no class labels: the model was not class-conditional")
-            yield f["indices"], f["images"], f["labels"]
+        shard = read_shard(path, labels=True)
+        yield shard["indices"], shard["images"], shard["labels"]

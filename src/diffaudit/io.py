@@ -85,14 +85,36 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(canonical_json(obj))
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, *, expect: type | None = None,
+              fix: str = "delete it and rerun the stage that writes it") -> Any:
+    """The JSON in ``path``. A file that is not UTF-8 JSON, or (with ``expect``, e.g. ``dict``) whose top level is
+    not of that type, is refused with one line naming the file and ``fix``."""
     path = Path(path)
     if not path.is_file():
         raise DiffauditError(f"{path} does not exist; run the stage that writes it first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DiffauditError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that writes it") from None
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DiffauditError(f"{path} is not a JSON text file (not UTF-8: a binary file?); {fix}") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        why = str(err).splitlines()[0] if str(err) else "nested too deeply"
+        raise DiffauditError(f"{path} is not valid JSON ({why}); {fix}") from None
+    if expect is not None and not isinstance(value, expect):
+        want = {dict: "a JSON object ({...})", list: "a JSON list ([...])"}.get(expect, expect.__name__)
+        raise DiffauditError(f"{path} holds a JSON {_json_kind(value)}, not {want}; {fix}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "boolean" if isinstance(value, bool) else "number"
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

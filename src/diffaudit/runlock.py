@@ -9,7 +9,8 @@ means nothing.
 
 The lock is re-entrant within a process (``audit`` inside a ``sweep``, or the CLI around ``run_audit``), and under
 a data-parallel launch only the main process takes it: the other ranks work under the main one's lock. Commands
-that only read (``report``, ``audit --dry-run``) take no lock. On a platform without ``fcntl`` (Windows) there is
+that only read (``report --json`` / ``--fail-above`` without ``--write``, ``verify``, ``audit --dry-run``) take no
+lock; ``report`` takes it when it writes. On a platform without ``fcntl`` (Windows) there is
 no lock.
 """
 

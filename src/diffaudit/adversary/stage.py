@@ -9,7 +9,8 @@ What each classifier sees (App. A leaves open which ratio belongs to which class
 * c_id trains on D: x_i in 10% of the draws against the other training images, and validates with x_i in 50%,
   so its early stopping weighs missed identities and false alarms equally.
 
-Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json) and ``<run>/classifiers/metrics.json``:
+Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json), ``<run>/classifiers/metrics.json`` and
+``<run>/classifiers/digests.json`` (the SHA-256 of those five files, see :mod:`diffaudit.audit.verify`):
 
 * ``c_p.test_accuracy`` — the test split, half of it with the SAF at a random location (Table 2 "SAF %");
 * ``c_id.train_accuracy`` — the clean training images with x_i and x_p as positives (Table 2 "ID %");
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..digests import CLASSIFIER_FILES, record_digests
 from ..config import ClassifierConfig
 from ..data.medmnist import open_dataset
 from ..data.prepare import (
@@ -110,6 +112,7 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
         detectors[name] = load_classifier(folder, device=dev)
     metrics = measure(audit, detectors, seed=configs["c_p"].seed)
     write_json(run / "classifiers" / "metrics.json", metrics)
+    record_digests(run / "classifiers", CLASSIFIER_FILES)  # what diffaudit verify checks the detectors against
     return metrics
 
 

@@ -106,6 +106,10 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     limit = int(seq["n_samples"]) if seq else None
     count = count_reproductions(iter_shards(folder, limit), detectors, target=audit.x_p, keep=keep, progress=progress,
                                 total=limit or _total(folder))
+    if limit is not None and count.n != limit:
+        raise DiffauditError(f"{folder / 'sequential.json'} says the count stopped at {limit} images, but the folder "
+                             f"holds {count.n} of them: shards are missing or it was edited; run the sequential count "
+                             "again")
     if control_samples is not None:
         control = _with_shards(find_samples(run, control_samples))
         _check_control(control, manifest, log)

@@ -1,12 +1,13 @@
 """The engine of ``diffaudit audit``: every stage of the audit into one run directory, resumable.
 
-Stages, in order: prepare, train, classifiers, sample, control (with ``--control`` only: a control model trained and
-sampled with the same settings on the control set), count, tprime, nll, fid, utility (class-conditional models only),
+Stages, in order: prepare, train, classifiers, sample, control (a control model trained and sampled with the same
+settings on the control set, or given for a model trained elsewhere; ``--no-control`` leaves it out), count, tprime, nll, fid, utility (class-conditional models only),
 report. The whole audit's config
 (:class:`AuditConfig`) is written to ``<run>/audit.json`` first; a run directory holds one audit, and another
 config is refused with the sections that differ. Each finished stage writes ``<run>/audit/stages/<stage>.json``
-(its config hash, the hashes of the stages it depends on, its wall time) last, atomically: a stage whose record
-matches is skipped, so a killed audit continues at the stage it was in. Training resumes from its last
+(its config hash, the hashes of the stages it depends on, its wall time, and under ``files`` the SHA-256 of the
+artefacts it wrote, which ``diffaudit verify`` checks: :mod:`diffaudit.audit.verify`) last, atomically: a stage whose
+record matches is skipped, so a killed audit continues at the stage it was in. Training resumes from its last
 checkpoint and sampling from its first missing shard; the other stages restart. Every stage is seeded, so
 results.json of a resumed audit equals that of an uninterrupted one (wall times live in the stage records and
 in ``<run>/audit/audit.log``, never in results.json).
@@ -33,6 +34,8 @@ from ..models.load import EXTERNAL, run_model
 from ..parallel import Processes, processes
 from ..runlock import run_lock
 from .stages import RUNNERS, Context, check_audit_config, check_audit_data
+from ..digests import record_model_digests
+from .verify import stage_files
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
@@ -51,8 +54,10 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
                       {"model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"], "pretrained": c["pretrained"]}),
             "classifiers": {"c_p": c["c_p"], "c_id": c["c_id"]},
             "sample": {"sample": c["sample"]},
-            "control": ({"control": True, "model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"],
-                         "pretrained": c["pretrained"], "sample": c["sample"]} if c.get("control") else {"control": False}),
+            "control": (({"control": True, "control_model": c["control_model"], "sample": c["sample"]}
+                         if c.get("control_model") else
+                         {"control": True, "model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"],
+                          "pretrained": c["pretrained"], "sample": c["sample"]}) if cfg.with_control else {"control": False}),
             "count": {"detector": c["detector"], **({"sequential": c["sequential"]} if c.get("sequential") else {})},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
@@ -164,8 +169,11 @@ def _run_stages(ctx: Context, procs: Processes, stop_after: str | None) -> dict:
             summary = RUNNERS[stage](ctx) or {}
             seconds = time.perf_counter() - t0
             if procs.main:
+                if stage in ("train", "control"):  # the training loop records no digest of the weights it writes
+                    record_model_digests(run / ("train" if stage == "train" else "control/train"))
                 write_json(_record_path(run, stage), {"stage": stage, "key": keys[stage], "seconds": round(seconds, 2),
-                                                      "config": stage_config(cfg, stage), "summary": summary})
+                                                      "config": stage_config(cfg, stage), "summary": summary,
+                                                      "files": stage_files(run, stage, ctx.samples_name)})
             log(f"[{stage}] finished in {seconds:.1f} s" + (f": {_brief(summary)}" if summary else ""))
         procs.barrier()
         if stage == stop_after:

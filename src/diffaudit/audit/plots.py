@@ -20,6 +20,16 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def q_m_curve(s: dict) -> dict:
+    """What :func:`plot_q_m` draws of a ``t_prime`` section, as numbers: raises KeyError, TypeError or ValueError
+    for a section that is not as the t' stage writes it (callers name the file)."""
+    pts = [(float(t), float(q), (float(ci[0]), float(ci[1])))
+           for t, q, ci in zip(s["grid"], s["q_M"], s["q_M_ci95"], strict=True) if q is not None]
+    return {"t": [p[0] for p in pts], "q": [p[1] for p in pts],
+            "err": [[q - ci[0] for _, q, ci in pts], [ci[1] - q for _, q, ci in pts]],
+            **{k: float(s[k]) for k in ("value", "value_alpha", "chance_level")}}
+
+
 def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """q_M(t) with its 95% intervals against t, t' (solid) and t'_alpha (dashed) marked: Fig. 6 of the paper,
     one curve per (label, ``t_prime`` section) — several models can be compared in one figure."""
@@ -31,15 +41,12 @@ def plot_q_m(curves: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for k, (label, s) in enumerate(curves):
         color = f"C{k}"
-        pts = [(t, q, ci) for t, q, ci in zip(s["grid"], s["q_M"], s["q_M_ci95"], strict=True) if q is not None]
-        ts = [p[0] for p in pts]
-        qs = [p[1] for p in pts]
-        err = [[q - ci[0] for _, q, ci in pts], [ci[1] - q for _, q, ci in pts]]
-        ax.errorbar(ts, qs, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=color,
-                    label=f"{label}: t'={s['value']:.2f}, t'_α={s['value_alpha']:.2f}")
-        ax.axvline(s["value"], color=color, lw=1)
-        ax.axvline(s["value_alpha"], color=color, lw=1, ls="--")
-        ax.axhline(s["chance_level"], color=color, lw=0.8, ls=":")
+        c = q_m_curve(s)
+        ax.errorbar(c["t"], c["q"], yerr=c["err"], fmt="o-", ms=3, lw=1, capsize=2, color=color,
+                    label=f"{label}: t'={c['value']:.2f}, t'_α={c['value_alpha']:.2f}")
+        ax.axvline(c["value"], color=color, lw=1)
+        ax.axvline(c["value_alpha"], color=color, lw=1, ls="--")
+        ax.axhline(c["chance_level"], color=color, lw=0.8, ls=":")
     ax.set_xlabel("t (start of the reverse process from x_p)")
     ax.set_ylabel("q_M(t): share of runs returning x_p")
     ax.set_ylim(-0.03, 1.03)

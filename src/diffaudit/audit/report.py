@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 from ..data.prepare import load_manifest
 from ..errors import DiffauditError
-from ..io import atomic_path, read_json, run_relative
+from ..io import atomic_path, read_json, run_relative, write_json
 from .plots import plot_roc
-from .results import update_results
-from .verdict import provenance_section, verdict_section
+from .results import RESULTS, update_results
+from .verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
 
@@ -61,12 +61,13 @@ def verdict(results: dict) -> str:
 def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str | None:
     """A warning when the detectors together found fewer than ``least`` of the clean copies of x_p: then a
     small count says more about the detectors than about the model."""
-    copies = metrics.get("true_positive_rate", {}).get("copies_of_x_p", {}).get("0", {})
-    q = copies.get("q")
-    if not q or q["rate"] is None or q["rate"] >= least:
+    copies = dig(metrics, "true_positive_rate", "copies_of_x_p", "0") or {}
+    rate = sensitivity(metrics)
+    if rate is None or rate >= least:
         return None
-    return (f"Caution: the detectors together recognised only {q['positives']} of {q['n']} copies of x_p "
-            f"(c_p {copies.get('c_p', {}).get('positives')}, c_id {copies.get('c_id', {}).get('positives')}), so the count "
+    return (f"Caution: the detectors together recognised only {dig(copies, 'q', 'positives')} of "
+            f"{dig(copies, 'q', 'n')} copies of x_p "
+            f"(c_p {dig(copies, 'c_p', 'positives')}, c_id {dig(copies, 'c_id', 'positives')}), so the count "
             "above can miss reproductions; train the classifiers longer (train-classifiers --max-epochs, --patience) or "
             "count with the reference detector (--detector nn) before relying on it.")
 
@@ -117,16 +118,33 @@ def cautions_of(results: dict, metrics: dict) -> list[str]:
     return out
 
 
-def stamp(run: Path) -> dict:
-    """Add ``verdict`` and ``provenance`` to the run's results.json (the report stage, and ``diffaudit report``)."""
-    results = read_json(run / "results.json")
-    metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
+def current_verdict(run: Path) -> tuple[dict, dict | None]:
+    """(results, verdict): the run's results.json and its verdict recomputed from the primary counts, writing
+    nothing (what ``report --json``, the release gate and ``compare`` rely on; a stored verdict is never read)."""
+    path = Path(run) / "results.json"
+    results = read_json(path)
+    if not isinstance(results, dict):
+        raise DiffauditError(f"{path} must hold a JSON object, got {type(results).__name__}: the file was edited or "
+                             "damaged; rerun 'diffaudit count'")
+    metrics_path = Path(run) / "classifiers" / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    if not isinstance(metrics, dict):
+        raise DiffauditError(f"{metrics_path} must hold a JSON object: rerun 'diffaudit train-classifiers'")
+    counts = primary_counts(results)  # the counts and their figures checked before the cautions read them
+    if counts is not None:
+        check_derived(results["reproduction"], derived_figures(counts))
+    return results, verdict_section(results, metrics, cautions=cautions_of(results, metrics))
+
+
+def stamp(run: Path, *, write: bool = True) -> dict:
+    """Add ``verdict`` and ``provenance`` to the run's results.json (the report stage, and ``diffaudit report``);
+    with ``write=False`` only return the stamped results."""
+    results, v = current_verdict(run)
     manifest = load_manifest(run)
     sections = {"provenance": provenance_section(run, results, manifest, model_of(results))}
-    v = verdict_section(results, metrics, cautions=cautions_of(results, metrics))
     if v is not None:
         sections["verdict"] = v
-    return update_results(run, manifest, **sections)
+    return update_results(run, manifest, write=write, **sections)
 
 
 def verdict_blocks(results: dict) -> list[Block]:
@@ -138,6 +156,19 @@ def verdict_blocks(results: dict) -> list[Block]:
         out += [("verdict", v["level"], f"Risk level: {v['level'].upper()}. {v['release']}"),
                 ("p", f"**{v['statement']}**"),
                 ("p", f"Why: {v['reason']}. Scope: {v['scope']}.")]
+        d = v.get("decision") or {}
+        if d.get("negatives"):
+            neg = d["negatives"]
+            what = {"control_samples": "samples of a control model trained without x_p",
+                    "heldout_real": "held-out real images"}.get(neg["source"], neg["source"])
+            test = f"p = {fmt(d['p_value'])}, " if d.get("p_value") is not None else ""
+            out.append(("p", f"Decision: {v['flagged']} flagged of {v['n_samples']} audited samples against "
+                             f"{neg['positives']} of {neg['n']} {what} ({d['test']}; {test}reproduction "
+                             f"{'shown' if d['shown'] else 'not shown'} at the 5% level). Detectable rate: "
+                             + ("none up to 1" if v.get("detectable_rate") is None else
+                                f"{per_thousand(v['detectable_rate'])} in 1 000")
+                             + " (the smallest reproduction rate this audit shows with 80% probability, given its "
+                               "samples, its negatives and the detectors' sensitivity)."))
         net = v.get("net_of_control")
         if net:
             lo, hi = net["interval"]
@@ -164,8 +195,40 @@ def verdict_blocks(results: dict) -> list[Block]:
     return out
 
 
-def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
-    results = read_json(run / "results.json")
+def fid_cell(fid: dict | None, name: str) -> str:
+    """FID ``name`` (train or test) of results.json ``fid`` with its 95% bootstrap interval, starred when the FID is
+    unreliable (``fid["reliable"]`` false: the reference set is smaller than the feature dimension); e.g.
+    "5.81 [3.2, 9.1]*". Sections written before the intervals show the value alone."""
+    if not fid or fid.get(name) is None:
+        return fmt(None)
+    ci = fid.get(f"{name}_ci95")
+    interval = f" [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]" if ci else ""
+    return f"{fmt(fid[name], 4)}{interval}{'*' if fid.get('reliable') is False else ''}"
+
+
+def fid_gap_sentence(fid: dict) -> str:
+    """Whether FID_test - FID_train is significantly above 0 (results.json ``fid.gap``), in one sentence; empty for
+    sections written before the test."""
+    gap = fid.get("gap")
+    if not gap:
+        return ""
+    verdict = "significantly above 0" if fid.get("gap_significant") else "not significantly above 0"
+    return (f" FID_test − FID_train = {fmt(gap['value'], 3)}, one-sided 95% lower bound {fmt(gap['lower95'], 3)} "
+            f"(paired bootstrap): {verdict}.")
+
+
+def blocks_for_run(run: Path, *, title: str | None = None, results: dict | None = None) -> list[Block]:
+    """The report of ``run`` from its results.json (or ``results``, about to be written there); a results.json
+    that is not as diffaudit writes it (an edited or damaged file) is refused with one line."""
+    try:
+        return _blocks_for_run(run, title=title, results=read_json(run / "results.json") if results is None else results)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+        raise DiffauditError(f"{run / 'results.json'} is not as diffaudit writes it ({type(err).__name__}: {err}), so no "
+                             "report can be drawn from it: the file was edited or damaged; run 'diffaudit verify' "
+                             "and rerun the stage that writes the damaged section") from None
+
+
+def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Block]:
     metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
     rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
     fp = results.get("fingerprint") or {}
@@ -194,7 +257,7 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
     out.append(("table", ["dataset", "NLL x_p", "NLL train", "NLL test", "FID train", "FID test", "SAF %", "ID %"],
                 [[results["dataset"], fmt(nll and nll["x_p"] and nll["x_p"]["mean"], 4),
                   fmt(nll and nll["train"]["mean"], 4), fmt(nll and nll["test"]["mean"], 4),
-                  fmt(fid and fid["train"], 4), fmt(fid and fid["test"], 4),
+                  fid_cell(fid, "train"), fid_cell(fid, "test"),
                   fmt(saf and 100 * saf, 3), fmt(ident and 100 * ident, 3)]]))
     if nll:
         sem = lambda s: "" if s is None or s.get("sem") is None else f" ± {fmt(s['sem'], 2)}"  # noqa: E731
@@ -206,8 +269,14 @@ def blocks_for_run(run: Path, *, title: str | None = None) -> list[Block]:
                          f"test {fmt(nll['test']['mean'], 4)}{sem(nll['test'])} (n = {nll['test']['n']}); "
                          "± is one standard error."))
     if fid:
+        boot = fid.get("bootstrap")
+        intervals = (f" Intervals: 95% bootstrap, {boot['resamples']} resamples of the generated and reference "
+                     "features, re-centred on the value." if boot else "")
         out.append(("p", f"FID extractor: {fid['extractor']['note']}. {fid['n_generated']} generated images against "
-                         f"{fid['n_reference']} reference images each ({fid['reference']})."))
+                         f"{fid['n_reference']} reference images each ({fid['reference']}).{intervals}"
+                         f"{fid_gap_sentence(fid)}"))
+        if fid.get("reliable") is False:
+            out.append(("p", f"**Caution: the FIDs marked * are unreliable: {fid['unreliable_reason']}.**"))
 
     util = results.get("utility")
     if util:
@@ -340,25 +409,31 @@ def posthoc_blocks(ph: dict, *, shown: int = 20) -> list[Block]:
     return out
 
 
+def _md(text: Any) -> str:
+    """Text for Markdown with ``&``, ``<`` and ``>`` escaped: markup that came with results.json (``<script>``) is
+    shown literally, never rendered. (Code blocks are shown literally already and are not escaped.)"""
+    return html.escape(str(text), quote=False)
+
+
 def render_md(blocks: Sequence[Block]) -> str:
     lines: list[str] = []
     for b in blocks:
         if b[0] == "h":
-            lines += ["#" * b[1] + " " + b[2], ""]
+            lines += ["#" * b[1] + " " + _md(b[2]), ""]
         elif b[0] == "p":
-            lines += [b[1], ""]
+            lines += [_md(b[1]), ""]
         elif b[0] == "table":
-            cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (|q| must not end a Markdown cell)
+            cell = lambda v: _md(v).replace("|", "\\|")  # noqa: E731  (|q| must not end a Markdown cell)
             lines += ["| " + " | ".join(map(cell, b[1])) + " |", "|" + "---|" * len(b[1])]
             lines += ["| " + " | ".join(map(cell, r)) + " |" for r in b[2]] + [""]
         elif b[0] == "img":
-            lines += [f"![{b[2]}]({b[1]})", f"*{b[2]}*", ""]
+            lines += [f"![{_md(b[2])}]({_md(b[1])})", f"*{_md(b[2])}*", ""]
         elif b[0] == "pre":
             lines += ["```json", b[1], "```", ""]
         elif b[0] == "verdict":
-            lines += [f"> **{b[2]}**", ""]
+            lines += [f"> **{_md(b[2])}**", ""]
         elif b[0] == "note":
-            lines += ["---", "", f"<sub>{b[1]}</sub>", ""]
+            lines += ["---", "", f"<sub>{_md(b[1])}</sub>", ""]
     return "\n".join(lines)
 
 
@@ -381,8 +456,8 @@ def render_html(blocks: Sequence[Block], base: Path) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b[0] == "img":
             path = base / b[1]
-            if path.exists():
-                data = base64.b64encode(path.read_bytes()).decode()
+            if path.is_file():
+                data = _png(path)
                 body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}" />'
                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
         elif b[0] == "pre":
@@ -405,17 +480,46 @@ def render_html(blocks: Sequence[Block], base: Path) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_blocks(folder: Path, blocks: Sequence[Block]) -> dict[str, Path]:
-    paths = {"md": folder / "report.md", "html": folder / "report.html"}
-    for kind, text in (("md", render_md(blocks)), ("html", render_html(blocks, folder))):
+def _png(path: Path) -> str:
+    """The base64 of the PNG figure ``path`` for report.html. Only a PNG image is embedded: a figure path that
+    results.json names (or a link in the run directory) pointing at any other file is refused, so a report never
+    carries a file that is not a figure."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head != PNG_SIGNATURE:
+        raise DiffauditError(f"figure {path} is not a PNG image: results.json names it (edited?) or a link points "
+                             "elsewhere; rerun the stage that draws it, or run 'diffaudit verify'")
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _rendered(folder: Path, blocks: Sequence[Block]) -> dict[str, str]:
+    return {"md": render_md(blocks), "html": render_html(blocks, folder)}
+
+
+def _write_rendered(folder: Path, texts: dict[str, str]) -> dict[str, Path]:
+    paths = {kind: folder / f"report.{kind}" for kind in texts}
+    for kind, text in texts.items():
         with atomic_path(paths[kind]) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return paths
 
 
+def write_blocks(folder: Path, blocks: Sequence[Block]) -> dict[str, Path]:
+    return _write_rendered(folder, _rendered(folder, blocks))
+
+
 def write_report(run: str | Path) -> dict[str, Path]:
     """Add the verdict and the provenance to results.json, then write ``report.md`` and ``report.html`` into the run
-    directory."""
+    directory. Both reports are drawn before anything is written: a results.json they cannot be drawn from changes
+    nothing."""
     run = Path(run)
-    stamp(run)
-    return write_blocks(run, blocks_for_run(run))
+    for name in (RESULTS, "report.md", "report.html"):
+        if (run / name).exists() and not (run / name).is_file():
+            raise DiffauditError(f"{run / name} is not a file (a folder?); move it away and rerun")
+    results = stamp(run, write=False)
+    texts = _rendered(run, blocks_for_run(run, results=results))
+    write_json(run / RESULTS, results)
+    return _write_rendered(run, texts)

@@ -14,7 +14,8 @@ from ..io import read_json, write_json
 RESULTS = "results.json"
 
 
-def update_results(run: Path, manifest: dict, **sections: dict) -> dict:
+def update_results(run: Path, manifest: dict, *, write: bool = True, **sections: dict) -> dict:
+    """results.json with ``sections`` replaced (and the run's data recorded), written unless ``write`` is False."""
     path = run / RESULTS
     results = read_json(path) if path.exists() else {}
     fp = manifest.get("fingerprint")
@@ -27,5 +28,6 @@ def update_results(run: Path, manifest: dict, **sections: dict) -> dict:
                                                                     "intensity", "shape", "width")},
     })
     results.update(sections)
-    write_json(path, results)
+    if write:
+        write_json(path, results)
     return results

@@ -92,6 +92,49 @@ def check_audit_data(cfg: AuditConfig, data: MedMNISTFile) -> None:
         raise DiffauditError(f"{p.dataset} is RGB; prepare.channels must be 3 for it")
 
 
+def check_models(ctx: "Context") -> None:
+    """Every model trained elsewhere that the audit will load (``--model``, and a control model when one is given),
+    loaded on the CPU and checked as its stages will check it: its configs and weights, its channels, image size and
+    classes against the run, the sample and tprime stages' sampler, steps and t grid against its schedule, and that
+    the run directory may audit it. Trains, samples and writes nothing (``--dry-run`` runs it too)."""
+    from ..data.medmnist import dataset_path, open_dataset, resolve_root
+    from ..data.prepare import make_manifest
+    from ..models.load import load_model, registration
+
+    c = ctx.cfg
+    given = [(c.external, ctx.run, c.prepare), (getattr(c, "control_model", None), ctx.run / CONTROL,
+                                                dataclasses.replace(c.prepare, fingerprint=False))]
+    given = [(e, run, prep) for e, run, prep in given if e is not None]
+    if not given:
+        return
+    data = (open_dataset(c.prepare.dataset, data_root=ctx.data_root)
+            if dataset_path(c.prepare.dataset, resolve_root(ctx.data_root)).is_file() else None)
+    classes = int(np.asarray(data.labels("train")).max()) + 1 if data is not None else None
+    if len(given) == 2 and Path(given[0][0].path).resolve() == Path(given[1][0].path).resolve():
+        raise DiffauditError(f"--control-model {c.control_model.path} is the audited model (--model); the control model "
+                             "is trained without x_p on the set 'diffaudit export --control' writes")
+    for e, run, prep in given:
+        manifest = load_manifest(run) if (run / "manifest.json").is_file() else None
+        if manifest is None and data is not None:  # the one its prepare stage will write: its training set checked now
+            manifest = make_manifest(prep, data)
+        if manifest is not None:
+            shape = tuple(manifest["image_shape"])
+        else:
+            size = data.images(c.prepare.split).shape[2:] if data is not None else (28, 28)
+            shape = (c.prepare.channels, *map(int, size))
+        net = load_model(e.path, image_shape=shape, num_classes=classes, scheduler=e.scheduler,
+                         prediction_type=e.prediction_type, device="cpu")
+        for s in (c.sample, c.tprime):
+            net.check_sampler(s.sampler)
+            net.nfe(s.sampler, s.steps)
+        for t in make_grid(c.tprime.resolution, c.tprime.t_max):
+            net.nfe(c.tprime.sampler, c.tprime.steps, t=t)
+        own = net.continuous and Path(e.path).resolve() in (run.resolve(), (run / "train").resolve())
+        if manifest is not None and not own:
+            registration(run, net, {"path": e.path, "scheduler": e.scheduler, "prediction_type": e.prediction_type},
+                         manifest)
+
+
 def load_config(path: str | Path) -> AuditConfig:
     """The audit config in the JSON file ``path`` (a run's ``audit.json`` is one)."""
     path = Path(path)
@@ -194,10 +237,15 @@ def _control(ctx: Context) -> dict:
     """A control model: the same training (DP and pretraining included) and sampling on the control set, which holds
     neither x_p nor x_i, so every detection among its samples is a false positive on generated images (App. B)."""
     c = ctx.cfg
-    if not c.control:
-        return {"skipped": "no control model (--control trains one)"}
+    if not c.with_control:
+        return {"skipped": "no control model (--no-control; for a model trained elsewhere, --control-model gives one)"}
     folder = ctx.run / CONTROL
     prepare_run(folder, dataclasses.replace(c.prepare, fingerprint=False), data_root=ctx.data_root, log=ctx.log)
+    if c.control_model is not None:  # trained elsewhere on 'export --control', with the audited model's recipe
+        m = c.control_model
+        sample_run(folder, ctx.samples_name, c.sample, model=m.path, scheduler=m.scheduler,
+                   prediction_type=m.prediction_type, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
+        return {"n": c.sample.n, "samples": f"{CONTROL}/samples/{ctx.samples_name}", "model": m.path}
     train_run(folder, model_cfg=c.model, train_cfg=c.train, sde=make_sde(c.sde), dp=c.dp, pretrained=c.pretrained,
               data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
     sample_run(folder, ctx.samples_name, c.sample, device=ctx.device, progress=ctx.progress)
@@ -205,7 +253,7 @@ def _control(ctx: Context) -> dict:
 
 
 def _count(ctx: Context) -> dict:
-    control = str(ctx.run / CONTROL / "samples" / ctx.samples_name) if ctx.cfg.control else None
+    control = str(ctx.run / CONTROL / "samples" / ctx.samples_name) if ctx.cfg.with_control else None
     seq = ctx.cfg.sequential
     if seq is not None:
         sequential_run(ctx.run, ctx.samples_name, ctx.cfg.sample, target_rate=seq.target_rate, alpha=seq.alpha,

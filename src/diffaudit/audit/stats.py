@@ -17,9 +17,13 @@ from scipy.stats import binomtest
 from ..errors import DiffauditError
 
 
+#: the largest count the tests take: every integer up to it is exact in a float
+MAX_COUNT = 2**53
+
+
 def _check(k: int, n: int) -> None:
-    if n < 1:
-        raise DiffauditError(f"the number of generated images N must be >= 1, got {n}")
+    if not 1 <= n <= MAX_COUNT:
+        raise DiffauditError(f"the number of generated images N must be in [1, 2^53], got {n}")
     if not 0 <= k <= n:
         raise DiffauditError(f"the number of positives must be in [0, N={n}], got {k}")
 

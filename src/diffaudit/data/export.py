@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..errors import DiffauditError
 from ..images import resize_uint8
-from ..io import atomic_dir, config_hash, write_json
+from ..io import atomic_dir, config_hash, read_json, write_json
 from .prepare import build_training_set, load_manifest, training_labels
 
 EXPORT_FORMATS = ("imagefolder", "npz")
@@ -72,13 +72,9 @@ def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | N
     out = Path(out) if out is not None else run / "export" / f"{fmt}-{channels}c-{size}px"
     if out.exists() and not out.is_dir():
         raise DiffauditError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()):
-        record = out / EXPORT_RECORD
-        if record.is_file() and json.loads(record.read_text()).get("manifest_digest") == manifest.get("digest"):
-            old = json.loads(record.read_text())
-            if (old["format"], old["channels"], old["size"]) == (fmt, channels, size):
-                return old
-        raise DiffauditError(f"{out} is not empty; give an empty or new --out folder")
+    above = next((a for a in out.parents if a.exists() or a.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise DiffauditError(f"--out {out} lies inside {above}, which is a file, not a folder; give a folder path")
     shaped = np.stack([resize_uint8(im, size=size, channels=channels) for im in images])
     labels = _labels(manifest, data_root)
     files: dict[str, bytes] = {}
@@ -101,6 +97,10 @@ def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | N
               "resize": RESIZE if size != h else None, "source_shape": [int(c), int(h), int(w)],
               "labels": labels is not None, "manifest_digest": manifest.get("digest"), "dataset": manifest["dataset"],
               "files": digests, "digest": config_hash(digests)}
+    if out.is_dir() and any(out.iterdir()):
+        if _same_export(out, record):
+            return record
+        raise DiffauditError(f"{out} is not empty; give an empty or new --out folder")
     with atomic_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,22 @@ def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | N
     return record
 
 
+def _same_export(out: Path, record: dict) -> bool:
+    """Whether ``out`` holds this very export already (its ``export.json`` equal to ``record`` and every file with
+    its recorded SHA-256): then it is kept."""
+    path = out / EXPORT_RECORD
+    if not path.is_file():
+        return False
+    old = read_json(path, expect=dict, fix=f"give an empty or new --out folder (or delete {out} to export there again)")
+    if old != json.loads(json.dumps(record)):
+        return False
+    for name, want in record["files"].items():
+        target = out / name
+        if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != want:
+            return False
+    return True
+
+
 def check_training_record(folder: Path, manifest: dict) -> dict:
     """What a model folder says about its training data: ``export.json`` copied there by the training script. Refuses
     a model trained on another run's set; returns {"confirmed": bool, ...} for the provenance."""
@@ -117,7 +133,7 @@ def check_training_record(folder: Path, manifest: dict) -> dict:
     if not path.is_file():
         return {"confirmed": False, "note": f"no {EXPORT_RECORD} beside the model: the audit cannot confirm which set "
                                             "it was trained on"}
-    record = json.loads(path.read_text())
+    record = read_json(path, expect=dict, fix=f"copy the {EXPORT_RECORD} of the export the model was trained on beside it")
     if record.get("manifest_digest") != manifest.get("digest"):
         raise DiffauditError(f"{folder} was trained on an export of another training set (manifest "
                              f"{record.get('manifest_digest')}, this run's {manifest.get('digest')}); audit it in the "

@@ -95,7 +95,7 @@ class MedMNISTFile:
         try:
             self._npz = np.load(self.path, allow_pickle=False)
             keys = set(self._npz.files)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, MemoryError) as err:
             raise DiffauditError(
                 f"{self.path} is not a readable .npz ({err}); the file is truncated or corrupt, delete it and "
                 "download it again (--download)"
@@ -120,7 +120,7 @@ class MedMNISTFile:
             raise DiffauditError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
         try:
             x = self._npz[f"{split}_images"]
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, MemoryError) as err:
             raise DiffauditError(
                 f"{self.path}: '{split}_images' cannot be read ({err}); the file is truncated or corrupt, "
                 "download it again (--download)"

@@ -85,8 +85,35 @@ def _broken(what: str) -> DiffauditError:
 
 def check_manifest(manifest: dict) -> dict:
     """Refuse a manifest that is not what ``prepare`` wrote: a wrong format, an edit (its digest), indices that are
-    repeated or outside the split, a fingerprint whose image is not the one at its position. Returns ``manifest``.
-    :func:`split_of` checks it against the data file."""
+    repeated or outside the split, a fingerprint whose image is not the one at its position, and a manifest without
+    a digest. Returns ``manifest``. :func:`split_of` checks it against the data file."""
+    _check_body(manifest)
+    if "digest" not in manifest:
+        raise DiffauditError(
+            "manifest.json has no digest, so an edit to it could not be recognised; it was edited, or written by a "
+            "diffaudit that did not seal manifests yet: prepare the run again in a new --run-dir, or reseal a manifest "
+            "you trust with 'diffaudit verify RUN --reseal-manifest'")
+    return manifest
+
+
+def reseal_manifest(run: str | os.PathLike) -> tuple[dict, bool]:
+    """Seal ``<run>/manifest.json`` written by a diffaudit that did not seal manifests yet (the first versions wrote
+    no ``digest``): the manifest must pass every other check of :func:`check_manifest`, and gets its digest. Resealing
+    vouches for the manifest as it is now, so reseal only one you trust. Returns (manifest, whether it was resealed);
+    a sealed manifest is checked and left as it is."""
+    path = Path(run) / "manifest.json"
+    if not path.is_file():
+        raise DiffauditError(f"{run} has no manifest.json; nothing to reseal")
+    manifest = _check_body(read_json(path))
+    if "digest" in manifest:
+        return manifest, False
+    sealed = check_manifest(seal(manifest))
+    write_json(path, sealed)
+    return sealed, True
+
+
+def _check_body(manifest: dict) -> dict:
+    """Every check of :func:`check_manifest` but the presence of the digest (a digest present must match)."""
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise DiffauditError(f"not a diffaudit manifest (format {found!r}, expected {MANIFEST_FORMAT})")

@@ -51,6 +51,7 @@ from .rng import ImageNoise
 from .sde import SDE, _expand
 
 SCHEDULER_SAMPLERS = ("ddpm", "ddim")  # diffusers' DDPMScheduler (ancestral) and DDIMScheduler
+MAX_TRAIN_TIMESTEPS = 100_000  # far beyond any published schedule; a larger number only exhausts memory
 
 
 def scheduler_class(sampler: str):
@@ -71,6 +72,66 @@ def sampler_of_class(class_name: str) -> str:
         raise DiffauditError(f"scheduler class '{class_name}' is not supported; diffaudit samples with the "
                              "DDPMScheduler or DDIMScheduler of the same config (pass --scheduler ddpm or ddim)")
     return names[class_name]
+
+
+def check_schedule_config(config: dict, source: str = "the scheduler config") -> None:
+    """Refuse a scheduler config whose schedule cannot be a diffusion model's, naming the field of ``source`` (the file
+    it came from): ``num_train_timesteps`` not a whole number in [1, MAX_TRAIN_TIMESTEPS], or ``trained_betas`` not
+    one number in (0, 1) per training timestep. Checked before diffusers builds it (a huge schedule would only
+    exhaust memory); :func:`check_schedule` checks the betas diffusers then computes."""
+    n = config.get("num_train_timesteps", 1000)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_TRAIN_TIMESTEPS:
+        raise DiffauditError(f"{source}: num_train_timesteps is {n!r}; it must be the number of training timesteps, a "
+                             f"whole number from 1 to {MAX_TRAIN_TIMESTEPS} (diffusers' default 1000): give the scheduler "
+                             "config the model was trained with")
+    betas = config.get("trained_betas")
+    schedule = config.get("beta_schedule", "linear")
+    if betas is None and schedule in ("linear", "scaled_linear"):  # every beta lies between beta_start and beta_end
+        ends = [config.get("beta_start", 0.0001), config.get("beta_end", 0.02)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in ends):
+            raise DiffauditError(f"{source}: the {schedule} betas from beta_start {ends[0]!r} to beta_end {ends[1]!r} "
+                                 "fall outside (0, 1); choose beta_start and beta_end strictly between 0 and 1 "
+                                 "(diffusers' default: 0.0001 to 0.02)")
+    if betas is None:
+        return
+    try:
+        values = np.asarray(betas, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DiffauditError(f"{source}: trained_betas must be a list of numbers, one per training timesteps; give "
+                             "the scheduler config the model was trained with") from None
+    if len(values) != n:
+        raise DiffauditError(f"{source}: trained_betas holds {len(values)} betas but num_train_timesteps is {n}; they "
+                             "must agree (one beta per training timestep)")
+    bad = np.flatnonzero(~((values > 0) & (values < 1)))
+    if len(bad):
+        raise DiffauditError(f"{source}: trained_betas holds {len(bad)} value(s) outside (0, 1) (beta_{bad[0]} = "
+                             f"{float(values[bad[0]]):.4g}); every beta must lie strictly between 0 and 1")
+
+
+def check_schedule(scheduler: Any, source: str = "the scheduler config") -> None:
+    """Refuse a built diffusers scheduler whose betas fall outside (0, 1) or whose alpha-bar reaches 0 (a linear or
+    scaled_linear schedule with a beta_start or beta_end out of range, say), naming the config fields of ``source``."""
+    cfg = scheduler.config
+    betas = torch.as_tensor(scheduler.betas, dtype=torch.float64)
+    ok = (betas > 0) & (betas < 1)
+    if getattr(cfg, "rescale_betas_zero_snr", False) and len(betas):
+        ok[-1] = betas[-1] > 0  # a zero-terminal-SNR schedule ends with beta = 1 (diffusers keeps alpha-bar above 0)
+    if not bool(ok.all()):
+        k = int((~ok).nonzero()[0, 0])
+        how = ("trained_betas" if getattr(cfg, "trained_betas", None) is not None else
+               f"the {getattr(cfg, 'beta_schedule', '?')} betas from beta_start {getattr(cfg, 'beta_start', '?')!r} to "
+               f"beta_end {getattr(cfg, 'beta_end', '?')!r}")
+        raise DiffauditError(f"{source}: {how} give beta_{k} = {float(betas[k]):.4g}, outside (0, 1); every beta must "
+                             "lie strictly between 0 and 1 (diffusers' default: linear, 0.0001 to 0.02)")
+    abar = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)
+    if len(abar) != int(cfg.num_train_timesteps):
+        raise DiffauditError(f"{source}: the schedule has {len(abar)} betas but num_train_timesteps is "
+                             f"{cfg.num_train_timesteps}; they must agree")
+    if not bool((abar > 0).all()):
+        k = int((abar <= 0).nonzero()[0, 0])
+        raise DiffauditError(f"{source}: alpha-bar of the schedule reaches 0 at timestep {k} of "
+                             f"{cfg.num_train_timesteps} (the betas are too large for so many timesteps); give the "
+                             "schedule the model was trained with")
 
 
 def to_epsilon(prediction: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, kind: str) -> torch.Tensor:
@@ -110,6 +171,11 @@ class Codec:
     decode: Callable[[torch.Tensor], torch.Tensor]
     latent_shape: tuple[int, int, int]
     kind: str = "latent"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
 def _output(out: Any) -> torch.Tensor:
@@ -182,19 +248,25 @@ class DiscreteModel:
                  image_shape: tuple[int, int, int], pixel_shape: tuple[int, int, int] | None = None,
                  to_pixels: Callable[[np.ndarray], np.ndarray] | None = None,
                  from_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None, codec: Codec | None = None,
-                 num_classes: int = 0, eta: float = 0.0, model_id: str = "", described: dict | None = None) -> None:
+                 num_classes: int = 0, eta: float = 0.0, model_id: str = "", described: dict | None = None,
+                 source: str = "the scheduler config") -> None:
         config = dict(scheduler_config)
+        self.source = source  # where the scheduler config came from, named when it is refused
         prediction_type = prediction_type or config.get("prediction_type", "epsilon")
-        if prediction_type not in PREDICTION_TYPES:
-            raise DiffauditError(f"unknown prediction type '{prediction_type}'; choose one of {', '.join(PREDICTION_TYPES)}")
+        if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
+            raise DiffauditError(f"{source}: unknown prediction type {prediction_type!r}; choose one of "
+                                 f"{', '.join(PREDICTION_TYPES)} (--prediction-type)")
         config["prediction_type"] = prediction_type
+        check_schedule_config(config, source)
         self.config = {k: v for k, v in config.items() if not k.startswith("_")}
         self.net, self.prediction_type, self.codec = net, prediction_type, codec
         self.default_sampler = default_sampler
         scheduler_class(default_sampler)
         probe = self._scheduler(default_sampler)
+        check_schedule(probe, source)
         self.alphas_cumprod = probe.alphas_cumprod.to(torch.float64)
         self.n_train = int(probe.config.num_train_timesteps)
+        self._probe_step(default_sampler)
         self.default_steps = int(default_steps or self.n_train)
         self.image_shape = tuple(int(v) for v in image_shape)
         self.pixel_shape = tuple(int(v) for v in (pixel_shape or image_shape))
@@ -212,13 +284,39 @@ class DiscreteModel:
         try:
             s = cls.from_config(self.config)
         except Exception as err:  # diffusers raises NotImplementedError/ValueError for unknown schedules
-            raise DiffauditError(f"the scheduler config cannot build a {cls.__name__}: {err}") from None
+            raise DiffauditError(f"{self.source} cannot build a {cls.__name__}: {_one_line(err)}; fix that field of the "
+                                 "scheduler config") from None
         if steps is not None:
             if not 1 <= steps <= s.config.num_train_timesteps:
                 raise DiffauditError(f"{steps} inference steps for a model of {s.config.num_train_timesteps} training "
                                      "timesteps; use 1 to that many")
-            s.set_timesteps(steps)
+            try:
+                s.set_timesteps(steps)
+            except Exception as err:  # an unknown timestep_spacing, say
+                raise DiffauditError(f"{self.source}: its {cls.__name__} cannot set {steps} inference steps "
+                                     f"({_one_line(err)}); fix the scheduler config") from None
+            ts = [int(k) for k in s.timesteps]
+            n = int(s.config.num_train_timesteps)
+            if not all(0 <= k < n for k in ts):  # a negative steps_offset, say: indices would wrap around the schedule
+                bad = next(k for k in ts if not 0 <= k < n)
+                raise DiffauditError(f"{self.source}: {steps} inference steps of its {cls.__name__} include timestep "
+                                     f"{bad}, outside the {n} training timesteps 0 to {n - 1} (steps_offset "
+                                     f"{s.config.get('steps_offset')!r}, timestep_spacing "
+                                     f"{s.config.get('timestep_spacing')!r}); fix the scheduler config")
         return s
+
+    def _probe_step(self, sampler: str) -> None:
+        """One scheduler step on a tiny zero tensor, so that a config diffusers accepts but cannot step (an unknown
+        variance type, say) is refused when the model is loaded rather than after the work started."""
+        s = self._scheduler(sampler, min(2, self.n_train))
+        x = torch.zeros(1, 1, 2, 2)
+        learned = self.config.get("variance_type") in ("learned", "learned_range")  # the network outputs 2C channels
+        out = torch.zeros(1, 2 if learned else 1, 2, 2)
+        try:
+            s.step(out, int(s.timesteps[0]), x, generator=torch.Generator().manual_seed(0))
+        except Exception as err:
+            raise DiffauditError(f"{self.source}: its {type(s).__name__} cannot take a step ({_one_line(err)}); fix the "
+                                 "scheduler config") from None
 
     def scheduler(self, sampler: str, steps: int):
         key = (sampler, int(steps))

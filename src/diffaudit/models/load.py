@@ -24,17 +24,20 @@
   the proper DDPM step between the inference timesteps.
 
 Weights load from safetensors; a ``.bin``/``.pt``/``.pth`` file only with ``torch.load(weights_only=True)``, which
-refuses anything that would run code. A model whose channels, image size or classes cannot be the run's is refused
-before any work. The model's digest is the SHA-256 of its weight files and of its scheduler config and prediction
-type: every results.json section records it (provenance), and a run directory audits one model.
+refuses anything that would run code. Every config and weights file is read from inside the model's folder (after
+symlinks; a Hugging Face cache snapshot's links into its ``blobs/`` count as inside), and every JSON config must be
+one JSON object. A model whose channels, image size, classes or schedule cannot be the run's is refused before any
+work, and before the run records it. The model's digest is the SHA-256 of its weight files and of its scheduler
+config and prediction type: every results.json section records it (provenance), and a run directory audits one model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +47,7 @@ from ..diffusion.discrete import (
     PREDICTION_TYPES,
     Codec,
     DiscreteModel,
+    check_schedule_config,
     sampler_of_class,
     scheduler_class,
 )
@@ -57,24 +61,68 @@ from ..training.loop import load_score_model
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin", "model.bin", "model.pt", "model.pth")
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", *UNSAFE_SUFFIXES)
 MONAI_FORMAT = "diffaudit-monai/1"
 EXTERNAL = "external.json"  # <run>/train/external.json: the model a run audits when it did not train it
+SAVE_FIX = "re-save the model with save_pretrained"
+MONAI_FIX = "write it as diffaudit.models.load describes (a JSON object with format, network, scheduler, weights)"
+
+
+def _config(path: Path, fix: str) -> dict:
+    """A model's JSON config: one JSON object, refused in one line otherwise (binary, not JSON, a list...)."""
+    return read_json(path, expect=dict, fix=fix)
+
+
+def _object(value: Any, where: str, fix: str = MONAI_FIX) -> dict:
+    if not isinstance(value, dict):
+        raise DiffauditError(f"{where} must be a JSON object ({{...}}), not {type(value).__name__}; {fix}")
+    return value
+
+
+def inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` when it lies inside the model folder ``root`` after following symlinks; refused otherwise, so that a
+    config cannot make diffaudit read another file of the machine. A Hugging Face cache snapshot
+    (``.../snapshots/<rev>``) links its files into the repository's ``blobs/``, which counts as inside."""
+    real, top = Path(path).resolve(), Path(root).resolve()
+    allowed = [top] + ([top.parent.parent / "blobs"] if top.parent.name == "snapshots" else [])
+    if not any(real == a or a in real.parents for a in allowed):
+        raise DiffauditError(f"{what} {path} lies outside the model folder {root} (it resolves to {real}); diffaudit "
+                             "reads a model only from its own folder: copy the file into it")
+    return Path(path)
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, or of a torch file read with ``weights_only=True`` (no code is run)."""
     from safetensors.torch import load_file
 
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise DiffauditError(f"{path} is not a weights file (a .safetensors file, or a .bin/.pt/.pth state dict); "
+                             "name the model's weights file")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as err:
             raise DiffauditError(f"{path} is not a readable safetensors file ({err})") from None
+    head = _magic(path)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle (protocol >= 2)
+        raise DiffauditError(f"{path} is not a weights file (neither a torch state dict nor safetensors); give the file "
+                             "torch.save(model.state_dict(), ...) or safetensors wrote")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for code, others for a damaged file
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met something other than tensors: code
+        if "weights only" not in str(err).lower() or "EOF" in str(err):
+            raise DiffauditError(f"{path} is not a readable torch file ({type(err).__name__}); it is damaged or "
+                                 "truncated: re-save the weights as safetensors") from None
         raise DiffauditError(f"{path} cannot be read without running code from it ({type(err).__name__}); re-save the "
                              "weights as safetensors (safetensors.torch.save_file(model.state_dict(), ...))") from None
+    except Exception as err:  # a damaged or truncated file
+        raise DiffauditError(f"{path} is not a readable torch file ({type(err).__name__}); it is damaged or truncated: "
+                             "re-save the weights as safetensors") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -89,8 +137,23 @@ def weight_file(folder: Path) -> Path:
     raise DiffauditError(f"{folder} holds no weights ({', '.join(WEIGHT_NAMES[:2])} or a .bin/.pt state dict)")
 
 
-def _load_into(module: torch.nn.Module, path: Path) -> None:
+def _built(build: Callable[[], torch.nn.Module], path: Path, what: str) -> torch.nn.Module:
+    """``build()`` once its weights file ``path`` is known to fit it: the module is first built on the meta device
+    (names and shapes, no memory) and checked against the weights, so a config that describes a far larger network
+    than its weights hold is refused before any memory is taken for it; then built for real and loaded."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception as err:
+        raise DiffauditError(f"{what} does not build: {' '.join(str(err).split())}") from None
     state = load_weights(path)
+    _fits(skeleton, state, path)
+    module = build()
+    _load_into(module, path, state)
+    return module
+
+
+def _fits(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -98,40 +161,44 @@ def _load_into(module: torch.nn.Module, path: Path) -> None:
     if missing or unexpected or wrong:
         raise DiffauditError(f"{path} does not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
                              f"wrong shapes {wrong[:3]}); the weights and config.json come from different models")
+
+
+def _load_into(module: torch.nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    state = load_weights(path) if state is None else state
+    _fits(module, state, path)
     for name, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise DiffauditError(f"{path} has NaN/Inf values in '{name}'; the model diverged")
     module.load_state_dict(state)
 
 
-def _diffusers_module(folder: Path, expected: tuple[str, ...]):
-    """A diffusers model (UNet2DModel, AutoencoderKL, VQModel) from its config and weights, no code from the files."""
+def _diffusers_module(folder: Path, expected: tuple[str, ...], root: Path):
+    """A diffusers model (UNet2DModel, AutoencoderKL, VQModel) from its config and weights inside the model folder
+    ``root``, no code from the files."""
     import diffusers
 
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise DiffauditError(f"{folder} has no config.json; save the model with save_pretrained")
-    config = read_json(config_path)
+    config = _config(inside(config_path, root, "the config"), SAVE_FIX)
     name = config.get("_class_name")
-    if name not in expected:
+    if not isinstance(name, str) or name not in expected:
         raise DiffauditError(f"{config_path} describes a {name!r}; expected {' or '.join(expected)}")
     cls = getattr(diffusers, name)
-    try:
-        module = cls.from_config(config)
-    except Exception as err:
-        raise DiffauditError(f"{config_path} does not build a {name}: {err}") from None
-    path = weight_file(folder)
-    _load_into(module, path)
+    path = inside(weight_file(folder), root, "the weights")
+    module = _built(lambda: cls.from_config(config), path, f"{config_path} ({name})")
     return module.eval().requires_grad_(False), [path]
 
 
-def _scheduler_config(spec: str | Path | dict | None, folder: Path | None) -> tuple[dict, str]:
-    """(scheduler config, default sampler) from a folder, a JSON file, a name (ddpm/ddim) or a dict."""
+def _scheduler_config(spec: str | Path | dict | None, folder: Path | None,
+                      root: Path | None = None) -> tuple[dict, str, str]:
+    """(scheduler config, default sampler, where it came from) from ``spec`` (--scheduler: a folder, a JSON file, a
+    name ddpm/ddim, or a dict) or, without one, from the model's own scheduler folder ``folder`` inside ``root``."""
     if isinstance(spec, dict):
-        config = dict(spec)
+        config, source = dict(spec), "the scheduler config given"
     elif spec in ("ddpm", "ddim"):
         cls = scheduler_class(str(spec))
-        return dict(cls().config), str(spec)
+        return dict(cls().config), str(spec), f"--scheduler {spec}"
     else:
         path = Path(spec) if spec is not None else folder
         if path is None:
@@ -141,10 +208,15 @@ def _scheduler_config(spec: str | Path | dict | None, folder: Path | None) -> tu
             path = path / "scheduler_config.json"
         if not path.is_file():
             raise DiffauditError(f"no scheduler config at {path}; give the scheduler/ folder saved with the model")
-        config = read_json(path)
-    if not isinstance(config, dict) or "_class_name" not in config:
-        raise DiffauditError("the scheduler config has no _class_name; save it with scheduler.save_pretrained")
-    return config, sampler_of_class(config["_class_name"])
+        if spec is None and root is not None:
+            inside(path, root, "the scheduler config")
+        config, source = _config(path, "re-save the scheduler with scheduler.save_pretrained"), str(path)
+    name = config.get("_class_name")
+    if not isinstance(name, str):
+        raise DiffauditError(f"{source} has no _class_name naming the scheduler class; save it with "
+                             "scheduler.save_pretrained")
+    check_schedule_config(config, source)
+    return config, sampler_of_class(name), source
 
 
 def digest(files: list[Path], *extra: Any) -> str:
@@ -184,6 +256,9 @@ def _labels_check(num_class_embeds: int | None, num_classes: int | None) -> int:
 
 # ---- the formats -------------------------------------------------------------------------------------------
 def _diffaudit_model(folder: Path, image_shape, device) -> ContinuousModel:
+    for name in ("model.json", "model.safetensors"):
+        inside(folder / name, folder, "the model file")
+    _config(folder / "model.json", "give the train/ folder of a finished diffaudit run")  # one JSON object
     model, meta = load_score_model(folder, device=device)
     if tuple(meta["image_shape"]) != tuple(image_shape):
         raise DiffauditError(f"{folder}'s model makes {meta['image_shape']} images but the run's are {list(image_shape)}")
@@ -195,7 +270,7 @@ def _diffaudit_model(folder: Path, image_shape, device) -> ContinuousModel:
 
 def _discrete(net, unet_config: dict, scheduler: dict, default_sampler: str, *, files: list[Path], image_shape,
               num_classes, prediction_type, codec: Codec | None, pixel_shape, fmt: str, path: Path,
-              default_steps: int | None = None) -> DiscreteModel:
+              default_steps: int | None = None, source: str = "the scheduler config") -> DiscreteModel:
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise DiffauditError(f"unknown prediction type '{prediction_type}'; choose one of {', '.join(PREDICTION_TYPES)}")
     to_pixels, from_pixels = pixel_transform(tuple(image_shape), pixel_shape)
@@ -206,14 +281,23 @@ def _discrete(net, unet_config: dict, scheduler: dict, default_sampler: str, *, 
     return DiscreteModel(net, scheduler, prediction_type=kind, default_sampler=default_sampler,
                          default_steps=default_steps, image_shape=image_shape, pixel_shape=pixel_shape,
                          to_pixels=to_pixels, from_pixels=from_pixels, codec=codec, num_classes=n_classes,
-                         model_id=digest(files, clean, kind),
+                         model_id=digest(files, clean, kind), source=source,
                          described={"format": fmt, "path": str(path), "n_params": n_params,
                                     "scheduler_class": scheduler.get("_class_name")})
 
 
-def _check_unet(unet, shape_needed: str) -> tuple[int, int]:
+def _check_unet(unet, shape_needed: str, config_path: Path) -> tuple[int, int]:
     cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    size = cfg.sample_size
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise DiffauditError(f"{config_path}: sample_size {list(size)} is not square; diffaudit audits square "
+                                 "images: train the model on a square export (diffaudit export --size S) and save it "
+                                 "with sample_size S")
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DiffauditError(f"{config_path}: sample_size {size!r} is not an image size; set it to the size (one "
+                             "number) the model was trained at")
     if cfg.in_channels != cfg.out_channels and cfg.out_channels != 2 * cfg.in_channels:
         raise DiffauditError(f"the UNet maps {cfg.in_channels} to {cfg.out_channels} channels; {shape_needed}")
     return int(cfg.in_channels), int(size)
@@ -241,17 +325,22 @@ def _vae_pixel_shape(vae, latent_size: int) -> tuple[int, int, int]:
     return int(vae.config.in_channels), latent_size * factor, latent_size * factor
 
 
+def _model_index(folder: Path) -> dict:
+    return _config(inside(folder / "model_index.json", folder, "the pipeline index"),
+                   "re-save the pipeline with save_pretrained")
+
+
 def _pipeline(folder: Path, *, image_shape, num_classes, scheduler, prediction_type, device) -> DiscreteModel:
-    index = read_json(folder / "model_index.json")
+    index = _model_index(folder)
     if "unet" not in index:
         raise DiffauditError(f"{folder / 'model_index.json'} names no unet; diffaudit audits UNet2DModel pipelines")
-    unet, files = _diffusers_module(folder / "unet", ("UNet2DModel",))
-    sched, default_sampler = _scheduler_config(scheduler if scheduler is not None else folder / "scheduler", None)
-    channels, size = _check_unet(unet, "not a denoiser of its input")
+    sched, default_sampler, source = _scheduler_config(scheduler, folder / "scheduler", folder)
+    unet, files = _diffusers_module(folder / "unet", ("UNet2DModel",), folder)
+    channels, size = _check_unet(unet, "not a denoiser of its input", folder / "unet" / "config.json")
     codec, pixel_shape, fmt = None, (channels, size, size), "diffusers-pipeline"
     for kind in ("vae", "vqvae"):
         if kind in index:
-            vae, vae_files = _diffusers_module(folder / kind, ("AutoencoderKL", "VQModel"))
+            vae, vae_files = _diffusers_module(folder / kind, ("AutoencoderKL", "VQModel"), folder)
             vae = vae.to(device)
             files += vae_files
             codec = _latent_codec(vae, "vae" if type(vae).__name__ == "AutoencoderKL" else "vq", (channels, size, size))
@@ -259,18 +348,22 @@ def _pipeline(folder: Path, *, image_shape, num_classes, scheduler, prediction_t
     steps = 50 if codec is not None or default_sampler == "ddim" else None  # LDMPipeline's / DDIMPipeline's default
     return _discrete(unet.to(device), dict(unet.config), sched, default_sampler, files=files, image_shape=image_shape,
                      num_classes=num_classes, prediction_type=prediction_type, codec=codec, pixel_shape=pixel_shape,
-                     fmt=fmt, path=folder, default_steps=steps)
+                     fmt=fmt, path=folder, default_steps=steps, source=source)
+
+
+def _sibling_scheduler(folder: Path) -> Path | None:
+    """The scheduler/ folder beside a bare UNet folder (a pipeline's unet/ given on its own), if there is one."""
+    return folder.parent / "scheduler" if (folder.parent / "scheduler").is_dir() else None
 
 
 def _bare_unet(folder: Path, *, image_shape, num_classes, scheduler, prediction_type, device) -> DiscreteModel:
-    unet, files = _diffusers_module(folder, ("UNet2DModel",))
-    sched, default_sampler = _scheduler_config(scheduler, folder.parent / "scheduler" if scheduler is None and
-                                               (folder.parent / "scheduler").is_dir() else None)
-    channels, size = _check_unet(unet, "not a denoiser of its input")
+    sched, default_sampler, source = _scheduler_config(scheduler, _sibling_scheduler(folder), folder.parent)
+    unet, files = _diffusers_module(folder, ("UNet2DModel",), folder)
+    channels, size = _check_unet(unet, "not a denoiser of its input", folder / "config.json")
     return _discrete(unet.to(device), dict(unet.config), sched, default_sampler, files=files, image_shape=image_shape,
                      num_classes=num_classes, prediction_type=prediction_type, codec=None,
                      pixel_shape=(channels, size, size), fmt="diffusers-unet", path=folder,
-                     default_steps=50 if default_sampler == "ddim" else None)
+                     default_steps=50 if default_sampler == "ddim" else None, source=source)
 
 
 class _MonaiNet(torch.nn.Module):
@@ -289,12 +382,20 @@ def monai_scheduler_config(cls_name: str, args: dict) -> tuple[dict, str]:
     """The diffusers scheduler config equivalent to a MONAI scheduler (same betas, clipping, variance, spacing)."""
     from monai.networks import schedulers
 
-    if cls_name not in ("DDPMScheduler", "DDIMScheduler"):
-        raise DiffauditError(f"MONAI scheduler '{cls_name}' is not supported; use DDPMScheduler or DDIMScheduler")
+    if not isinstance(cls_name, str) or cls_name not in ("DDPMScheduler", "DDIMScheduler"):
+        raise DiffauditError(f"MONAI scheduler {cls_name!r} is not supported; use DDPMScheduler or DDIMScheduler")
+    args = _object(args, "monai.json: scheduler.args")
+    check_schedule_config({"num_train_timesteps": args.get("num_train_timesteps", 1000)}, "monai.json: scheduler.args")
     try:
         s = getattr(schedulers, cls_name)(**args)
     except Exception as err:
-        raise DiffauditError(f"monai.json: MONAI's {cls_name} refused its args: {err}") from None
+        raise DiffauditError(f"monai.json: MONAI's {cls_name} refused its args: {' '.join(str(err).split())}") from None
+    betas = torch.as_tensor(s.betas, dtype=torch.float64)
+    bad = ~((betas > 0) & (betas < 1))
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise DiffauditError(f"monai.json: scheduler.args give beta_{k} = {float(betas[k]):.4g}, outside (0, 1); choose "
+                             "a schedule (beta_start, beta_end) whose betas all lie strictly between 0 and 1")
     low, high = getattr(s, "clip_sample_values", (-1.0, 1.0))
     if low != -high:
         raise DiffauditError("a MONAI scheduler with an asymmetric clip range cannot be sampled by diffaudit")
@@ -316,35 +417,59 @@ def _monai(folder: Path, *, image_shape, num_classes, scheduler, prediction_type
     require("einops", "MONAI's DiffusionModelUNet")
     from monai.networks.nets import DiffusionModelUNet
 
-    spec = read_json(folder / "monai.json")
-    if not isinstance(spec, dict) or spec.get("format") != MONAI_FORMAT:
-        raise DiffauditError(f"{folder / 'monai.json'} is not in the format {MONAI_FORMAT} (see diffaudit.models.load)")
-    net_spec, sched_spec = spec.get("network", {}), spec.get("scheduler", {})
+    spec = _monai_spec(folder)
+    net_spec = spec.get("network", {})
     if net_spec.get("class") != "DiffusionModelUNet":
         raise DiffauditError(f"monai.json: network class {net_spec.get('class')!r} is not supported; use DiffusionModelUNet")
-    args = dict(net_spec.get("args", {}))
+    args = dict(_object(net_spec.get("args", {}), "monai.json: network.args"))
     if args.get("spatial_dims") != 2:
         raise DiffauditError("monai.json: diffaudit audits 2-D models (spatial_dims 2)")
-    try:
-        net = DiffusionModelUNet(**args)
-    except Exception as err:
-        raise DiffauditError(f"monai.json: DiffusionModelUNet refused its args: {err}") from None
-    path = folder / spec.get("weights", "model.safetensors")
-    if not path.is_file():
-        raise DiffauditError(f"monai.json names weights {path.name}, which are not in {folder}")
-    _load_into(net, path)
-    net = _MonaiNet(net.eval().requires_grad_(False)).to(device)
+    if args.get("in_channels") != args.get("out_channels") or isinstance(args.get("in_channels"), bool) \
+            or not isinstance(args.get("in_channels"), int):
+        raise DiffauditError("monai.json: network.args in_channels and out_channels must be the same whole number (a "
+                             "denoiser of its input)")
     if scheduler is not None:
-        sched, default_sampler = _scheduler_config(scheduler, None)
+        sched, default_sampler, source = _scheduler_config(scheduler, None)
     else:
-        sched, default_sampler = monai_scheduler_config(sched_spec.get("class", "DDPMScheduler"), sched_spec.get("args", {}))
+        sched, default_sampler = _monai_scheduler(spec)
+        source = f"{folder / 'monai.json'}: scheduler"
+    path = _monai_weights(folder, spec)
+    net = _built(lambda: DiffusionModelUNet(**args), path, "monai.json: DiffusionModelUNet with its args")
+    net = _MonaiNet(net.eval().requires_grad_(False)).to(device)
     size = image_shape[1]
-    if args.get("in_channels") != args.get("out_channels"):
-        raise DiffauditError("monai.json: in_channels and out_channels must be equal (a denoiser of its input)")
     return _discrete(net, {"num_class_embeds": args.get("num_class_embeds")}, sched, default_sampler, files=[path],
                      image_shape=image_shape, num_classes=num_classes, prediction_type=prediction_type, codec=None,
                      pixel_shape=(int(args["in_channels"]), size, size), fmt="monai", path=folder,
-                     default_steps=50 if default_sampler == "ddim" else None)
+                     default_steps=50 if default_sampler == "ddim" else None, source=source)
+
+
+def _monai_spec(folder: Path) -> dict:
+    """``monai.json``: a JSON object of the format MONAI_FORMAT whose network and scheduler are JSON objects."""
+    path = inside(folder / "monai.json", folder, "the config")
+    spec = _config(path, MONAI_FIX)
+    if spec.get("format") != MONAI_FORMAT:
+        raise DiffauditError(f"{path} is not in the format {MONAI_FORMAT} (see diffaudit.models.load)")
+    for key in ("network", "scheduler"):
+        _object(spec.get(key, {}), f"{path}: {key}")
+    return spec
+
+
+def _monai_scheduler(spec: dict) -> tuple[dict, str]:
+    sched_spec = spec.get("scheduler", {})
+    return monai_scheduler_config(sched_spec.get("class", "DDPMScheduler"), sched_spec.get("args", {}))
+
+
+def _monai_weights(folder: Path, spec: dict) -> Path:
+    name = spec.get("weights", "model.safetensors")
+    if not isinstance(name, str) or not name:
+        raise DiffauditError(f"monai.json: weights must name the weights file in {folder}, e.g. \"model.safetensors\"")
+    path = inside(folder / name, folder, "monai.json's weights")
+    if not path.is_file():
+        raise DiffauditError(f"monai.json names weights {name}, which are not in {folder}")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise DiffauditError(f"monai.json names weights {name}, which is not a weights file (a .safetensors file, or a "
+                             ".bin/.pt/.pth state dict)")
+    return path
 
 
 def load_model(path: str | Path, *, image_shape: tuple[int, int, int], num_classes: int | None = None,
@@ -380,25 +505,30 @@ def load_model(path: str | Path, *, image_shape: tuple[int, int, int], num_class
 
 def sampling_defaults(path: str | Path, scheduler: str | None = None) -> dict:
     """The sampler and number of steps the model's own pipeline would use, read from its configs without loading its
-    weights: {} for a continuous (diffaudit) model; DDPM: all training timesteps; DDIM and latent pipelines: 50."""
+    weights: {} for a continuous (diffaudit) model; DDPM: all training timesteps; DDIM and latent pipelines: 50. The
+    configs are checked as :func:`load_model` checks them (JSON objects inside the model folder, the schedule)."""
     folder = Path(path)
+    if folder.is_file():
+        raise DiffauditError(f"{folder} is a file; give the folder the model was saved to (with its config)")
     if (folder / "diffaudit_sde.json").is_file() or (folder / "train" / "model.json").is_file() \
             or (folder / "model.json").is_file():
         return {}
-    if not any((folder / name).is_file() for name in ("model_index.json", "monai.json", "config.json")):
+    pipeline, monai = (folder / "model_index.json").is_file(), (folder / "monai.json").is_file()
+    if not (pipeline or monai or (folder / "config.json").is_file()):
         raise DiffauditError(f"{folder} holds no model diffaudit can read: expected a diffusers pipeline "
                              "(model_index.json), a UNet2DModel folder (config.json) with --scheduler, a MONAI "
                              "monai.json, or a diffaudit train/")
+    index = _model_index(folder) if pipeline else {}
     if scheduler is not None:
-        sched, sampler = _scheduler_config(scheduler, None)
-    elif (folder / "monai.json").is_file():
-        spec = read_json(folder / "monai.json").get("scheduler", {})
-        sampler, sched = sampler_of_class(spec.get("class", "DDPMScheduler")), spec.get("args", {})
+        sched, sampler, _ = _scheduler_config(scheduler, None)
+    elif pipeline:
+        sched, sampler, _ = _scheduler_config(None, folder / "scheduler", folder)
+    elif monai:
+        require("monai", "auditing a MONAI model")
+        sched, sampler = _monai_scheduler(_monai_spec(folder))
     else:
-        where = folder / "scheduler" if (folder / "scheduler").is_dir() else folder.parent / "scheduler"
-        sched, sampler = _scheduler_config(where, None)
-    latent = (folder / "model_index.json").is_file() and any(
-        k in read_json(folder / "model_index.json") for k in ("vae", "vqvae"))
+        sched, sampler, _ = _scheduler_config(None, _sibling_scheduler(folder), folder.parent)
+    latent = any(k in index for k in ("vae", "vqvae"))
     steps = 50 if sampler == "ddim" or latent else int(sched.get("num_train_timesteps", 1000))
     return {"sampler": sampler, "steps": steps}
 
@@ -408,14 +538,15 @@ def training_data(folder: Path, manifest: dict) -> dict:
     """What the model's folder (or the folder above a bare UNet) says about its training set (``export.json``)."""
     for where in (folder, folder.parent):
         if (where / EXPORT_RECORD).is_file():
+            inside(where / EXPORT_RECORD, where, "the training-set record")
             return check_training_record(where, manifest)
     return check_training_record(folder, manifest)
 
 
-def register(run: Path, model: Generative, spec: dict, manifest: dict) -> dict:
-    """Record in ``<run>/train/external.json`` that ``run`` audits ``model`` (loaded from ``spec``): refused when the run
-    already audits another model (its own trained one, or another external one), or when the model says it was trained
-    on another run's export."""
+def registration(run: Path, model: Generative, spec: dict, manifest: dict) -> tuple[dict, bool]:
+    """(the record of ``<run>/train/external.json`` for ``model``, loaded from ``spec``; whether it is still to be
+    written), writing nothing: refused when the run already audits another model (its own trained one, or another
+    external one), or when the model says it was trained on another run's export."""
     record = {"path": str(Path(spec["path"]).resolve()), "scheduler": spec.get("scheduler"),
               "prediction_type": spec.get("prediction_type"), "digest": model.model_id, "model": model.describe(),
               "training_data": training_data(Path(spec["path"]), manifest)}
@@ -424,32 +555,47 @@ def register(run: Path, model: Generative, spec: dict, manifest: dict) -> dict:
         raise DiffauditError(f"{run} holds a model diffaudit trained; audit the model at {spec['path']} in a new "
                              "--run-dir (a run directory audits one model)")
     if path.is_file():
-        old = read_json(path)
+        old = read_json(path, expect=dict)
         if old.get("digest") != model.model_id:
             raise DiffauditError(f"{run} audits model {old.get('digest')} ({old.get('path')}), not this one "
                                  f"({model.model_id}); use a new --run-dir for another model")
-        return old
-    write_json(path, record)
+        return old, False
+    return record, True
+
+
+def register(run: Path, model: Generative, spec: dict, manifest: dict) -> dict:
+    """Record in ``<run>/train/external.json`` that ``run`` audits ``model`` (loaded from ``spec``), refused as
+    :func:`registration` says."""
+    record, new = registration(run, model, spec, manifest)
+    if new:
+        write_json(run / "train" / EXTERNAL, record)
     return record
 
 
 def run_model(run: Path, *, manifest: dict, model: str | None = None, scheduler: str | None = None,
               prediction_type: str | None = None, num_classes: int | None = None,
-              device: str = "auto") -> Generative:
+              device: str = "auto", check: Callable[[Generative], Any] | None = None) -> Generative:
     """The model run ``run`` audits: the one given (registered for the run on first use), the one registered earlier
-    (checked unchanged by its digest), or the run's own trained model."""
+    (checked unchanged by its digest), or the run's own trained model. ``check(model)`` runs the caller's own checks
+    (its sampler and steps against the model's schedule, say) before a model given is registered, so a model refused
+    for any reason leaves the run as it was."""
     image_shape = tuple(manifest["image_shape"])
     path = run / "train" / EXTERNAL
     if model is not None:
         m = load_model(model, image_shape=image_shape, num_classes=num_classes, scheduler=scheduler,
                        prediction_type=prediction_type, device=device)
+        if check is not None:
+            check(m)
         if m.continuous and Path(model).resolve() in (run.resolve(), (run / "train").resolve()):
             return m
         record = register(run, m, {"path": model, "scheduler": scheduler, "prediction_type": prediction_type}, manifest)
         m.described["training_data"] = record["training_data"]
         return m
     if path.is_file():
-        rec = read_json(path)
+        rec = read_json(path, expect=dict)
+        if not all(isinstance(rec.get(k), str) for k in ("path", "digest")):
+            raise DiffauditError(f"{path} does not name the model this run audits (its 'path' and 'digest'): it was "
+                                 "edited or damaged; delete it and give the model again with --model")
         m = load_model(rec["path"], image_shape=image_shape, num_classes=num_classes, scheduler=rec.get("scheduler"),
                        prediction_type=rec.get("prediction_type"), device=device)
         if m.model_id != rec["digest"]:

@@ -331,13 +331,19 @@ def load_weights(net: torch.nn.Module, train_dir: Path) -> None:
 def load_score_model(train_dir: str | Path, *, device: str | None = "auto") -> tuple[ScoreModel, dict]:
     """The trained score model s_theta (EMA weights) of ``train_dir`` in eval mode, with its ``model.json``."""
     train_dir = Path(train_dir)
-    meta = read_json(train_dir / "model.json")
+    meta = read_json(train_dir / "model.json", expect=dict, fix="train again (or resume the training run)")
     if "model" not in meta:
         raise DiffauditError(f"{train_dir / 'model.json'} is incomplete; the training run did not finish, resume it")
-    c, h, _ = meta["image_shape"]
-    net = build_unet(from_dict(ModelConfig, meta["model"]), channels=c, size=h)
+    shape = meta.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v >= 1 for v in shape)):
+        raise DiffauditError(f"{train_dir / 'model.json'}: image_shape {shape!r} is not [C, H, W]; the file was edited "
+                             "or damaged: train again")
+    c, h, _ = shape
+    cfg = from_dict(ModelConfig, meta["model"])
     weights = load_tensors(train_dir / "model.safetensors")
-    check_state_dict(net, weights, train_dir / "model.safetensors")
+    with torch.device("meta"):  # names and shapes first: model.json cannot make this allocate more than the weights
+        check_state_dict(build_unet(cfg, channels=c, size=h), weights, train_dir / "model.safetensors")
+    net = build_unet(cfg, channels=c, size=h)
     net.load_state_dict(weights)
     model = ScoreModel(net, sde_from_dict(meta["sde"])).to(resolve_device(device)).eval()
     for p in model.parameters():

@@ -589,8 +589,9 @@ STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "tpri
 
 
 def _cpu_demo() -> AuditConfig:
-    # About seven minutes on 2 CPU cores (the README's benchmark): 16 BreastMNIST images, a short training that
-    # already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t' grid, few NLL images.
+    # About eleven minutes on 2 CPU cores with its control model (the README's benchmark): 16 BreastMNIST images, a
+    # short training that already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t' grid, few NLL
+    # images.
     cpu = PRESETS["cpu"]
     return AuditConfig(
         prepare=PrepareConfig(dataset="breastmnist", n_train=16, seed=0),

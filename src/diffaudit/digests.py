@@ -5,12 +5,11 @@ sample shards. Kept here, below every writer, so that training, the adversary an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterable
 
-from .io import write_json
+from .io import file_digest, write_json
 
 DIGESTS = "digests.json"
 DIGESTS_FORMAT = "diffaudit-digests/1"
@@ -21,11 +20,7 @@ SHARDS = "shard_*.npz"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def record_digests(folder: str | os.PathLike, names: Iterable[str]) -> dict[str, str]:

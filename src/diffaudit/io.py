@@ -198,12 +198,17 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             np.savez_compressed(fh, **arrays)
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    return file_digest(path, "md5")
 
 
 def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ...errors import DiffauditError
+from ...io import file_digest
 from .records import Skipped
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}
@@ -41,11 +42,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def inside(root: Path, name: str, *, what: str = "the data root") -> Path:

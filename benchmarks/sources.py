@@ -1,17 +1,22 @@
-"""Preparing a hospital-sized folder: scan and prepare_cache on N grey PNGs, timed.
+"""Preparing a hospital-sized folder: the whole ``prepare`` stage on N grey PNGs, timed, with its peak memory.
 
 Writes N (default 10 000) 8-bit grey PNGs of 256x256 — smooth fields with noise, so they compress like scans
-rather than like pure noise — into a temporary folder, then times open_source (every file decoded and hashed once)
-and prepare_cache to 64x64 (decoded again, re-hashed, resized by area, streamed into a .npy memory map). Prints the
-times, images/s and the peak resident memory (resource.getrusage).
+rather than like pure noise — into a temporary folder. Then, in a fresh process (so its peak resident memory is the
+stage's alone), runs ``prepare_run`` on it as ``diffaudit prepare --data FOLDER --size 64`` does: the scan (every
+file decoded and hashed once), the split, the cache (decoded again, re-hashed, resized by area, streamed into a .npy
+memory map), the draw of D_p with the SAF placement and the manifest. Prints the phases' times, images/s and the
+child's peak RSS (resource.getrusage(RUSAGE_CHILDREN)).
 
-Usage: python benchmarks/sources.py [--n 10000] [--side 256] [--size 64] [--workers 2] [--dir DIR]
+Usage: python benchmarks/sources.py [--n 10000] [--side 256] [--size 64] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffaudit.data.sources import assign_splits, open_source, prepare_cache
 
 
 def write_pngs(folder: Path, n: int, side: int, seed: int = 0) -> None:
@@ -30,8 +34,22 @@ def write_pngs(folder: Path, n: int, side: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(folder / f"{i:06d}.png")
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+CHILD = """
+import sys, time
+from diffaudit.config import PrepareConfig
+from diffaudit.data.prepare import prepare_run
+t = time.perf_counter()
+phases = []
+def log(msg):
+    phases.append((time.perf_counter() - t, msg))
+m = prepare_run(sys.argv[2], PrepareConfig(data=sys.argv[1], size=int(sys.argv[3]), n_train=None), log=log,
+                progress=False)
+total = time.perf_counter() - t
+for at, msg in phases:
+    print(f"  {at:7.1f} s  {msg[:110]}")
+print(f"prepare: {total:.1f} s for {len(m['source']['records'])} images ({len(m['source']['records']) / total:.0f} images/s), "
+      f"N_D = {m['n_train']}")
+"""
 
 
 def main() -> None:
@@ -39,7 +57,6 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the PNGs (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -48,18 +65,12 @@ def main() -> None:
         t = time.perf_counter()
         write_pngs(folder, args.n, args.side)
         print(f"wrote {args.n} PNGs of {args.side}x{args.side} in {time.perf_counter() - t:.1f} s "
-              f"({sum(p.stat().st_size for p in folder.iterdir()) / 2**20:.0f} MiB); peak RSS {peak_rss_mib():.0f} MiB")
-        t = time.perf_counter()
-        source = assign_splits(open_source(folder, workers=args.workers, log=lambda s: None), seed=0)
-        scan = time.perf_counter() - t
-        print(f"scan (decode + SHA-256 of every file, {args.workers} workers): {scan:.1f} s, {args.n / scan:.0f} images/s")
-        t = time.perf_counter()
-        prepared = prepare_cache(source, Path(tmp) / "cache.npy", size=args.size, channels=1, workers=args.workers,
-                                 progress=False, log=print)
-        cache = time.perf_counter() - t
-        print(f"prepare_cache to {args.size}x{args.size}: {cache:.1f} s, {args.n / cache:.0f} images/s; "
-              f"cache {prepared.shape}, SHA-256 {prepared.sha256[:16]}...")
-        print(f"total {scan + cache:.1f} s ({args.n / (scan + cache):.0f} images/s); peak RSS {peak_rss_mib():.0f} MiB")
+              f"({sum(p.stat().st_size for p in folder.iterdir()) / 2**20:.0f} MiB)")
+        subprocess.run([sys.executable, "-c", CHILD, str(folder), str(Path(tmp) / "run"), str(args.size)], check=True)
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kilobytes on Linux
+        cache = Path(tmp) / "run" / "data" / "images.npy"
+        print(f"peak RSS of the prepare process: {rss:.0f} MiB; cache {cache.stat().st_size / 2**20:.0f} MiB; "
+              f"{os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

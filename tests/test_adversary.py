@@ -26,8 +26,9 @@ def smooth_images(n, seed, size=28):
 def test_c_p_separates_saf_from_no_saf():
     train, held = smooth_images(64, 0), smooth_images(64, 1)
     cfg = ClassifierConfig(**FAST, positive_share=0.5, val_positive_share=0.5)
-    net, history = fit(Task(train, stamp=FP), Task(held, stamp=FP), cfg, like=FP, channels=1,
-                       device=torch.device("cpu"), progress=False)
+    net, record = fit(Task(train, stamp=FP), Task(held, stamp=FP), cfg, like=FP, channels=1,
+                      device=torch.device("cpu"), progress=False)
+    history = record["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     det = ClassifierDetector(net, image_shape=(1, 28, 28))
     test = smooth_images(100, 2)

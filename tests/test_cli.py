@@ -95,3 +95,27 @@ def test_every_command_has_help_with_an_example():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         assert "example:" in p.format_help(), name
+
+
+def test_each_command_module_holds_its_parser_beside_its_handler():
+    import importlib
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        handler = p.get_default("func")
+        module = importlib.import_module(handler.__module__)
+        assert module.__name__.startswith("diffaudit.cli.") and callable(module.add_parser), name
+        assert handler.__name__ == "cmd_" + name.replace("-", "_"), name
+
+
+def test_the_data_options_are_defined_once_and_shared():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    data = ("--data PATH", "--data-format", "--fit", "--window", "--slice", "--frames", "--labels", "--split-ratios",
+            "--skip-unreadable")
+    saf = ("--saf-radius", "--saf-width", "--saf-intensity", "--saf-contrast")
+    for name in ("prepare", "audit", "sweep", "export"):
+        text = sub.choices[name].format_help()
+        assert all(option in text for option in data), name
+        assert ("--size S " in text) == (name != "export"), name  # export has its own --size SIZE
+        assert all(option in text for option in saf) == (name in ("prepare", "audit")), name
+    assert "--data PATH" not in sub.choices["train"].format_help()

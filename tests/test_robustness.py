@@ -96,7 +96,7 @@ def test_offline_the_error_names_the_flag_and_the_folder(tmp_path, capsys, monke
     code, err = run(capsys, "audit", "--run-dir", tmp_path / "r", "--data-root", root, "--download")
     said, line = err.strip().splitlines()  # where it tried, then the one error line
     assert code == 2 and f"downloading it into {root}" in said
-    assert "error: download of breastmnist failed" in line and f"into {root} and run again" in line
+    assert "error: download of breastmnist.npz failed" in line and f"into {root} and run again" in line
     assert not (tmp_path / "r").exists()
 
 

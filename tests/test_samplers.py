@@ -89,13 +89,14 @@ def test_image_i_depends_only_on_seed_index_and_mode(precision, tmp_path):
     seven = model.generate(indices=range(35, 42), seed=3, sampler="em", steps=5, precision=precision)
     assert np.array_equal(batch[35:42], seven)  # uint8 images: batch 64 against batch 7
     # the mode is part of the sampling config: its samples are their own folder's
-    cfg = SampleConfig(n=8, steps=5, batch_size=8, seed=3, precision=precision)
+    cfg = SampleConfig(n=8, steps=5, batch_size=8, seed=3, precision=precision, memory_format="contiguous")
     out = generate_shards(tmp_path / precision, model, cfg, progress=False)
     assert np.array_equal(next(iter_shards(out))[1], batch[:8])
     assert read_json(out / "config.json")["sample"].get("precision", "fp32") == precision
     if precision != "fp32":
         with pytest.raises(DiffauditError, match="precision"):
-            generate_shards(tmp_path / precision, model, SampleConfig(n=8, steps=5, batch_size=8, seed=3), progress=False)
+            generate_shards(tmp_path / precision, model, SampleConfig(n=8, steps=5, batch_size=8, seed=3,
+                                                                      memory_format="contiguous"), progress=False)
     with pytest.raises(DiffauditError, match="precision"):
         SampleConfig(precision="fp16")
 
@@ -113,3 +114,24 @@ def test_bad_input():
         time_grid(sde, 0)
     with pytest.raises(DiffauditError, match="empty"):
         sample(score, sde, shape=SHAPE, indices=[], seed=0)
+
+
+def test_a_short_last_batch_is_padded_so_image_i_does_not_depend_on_n(tmp_path):
+    sde = SubVPSDE()
+    torch.manual_seed(0)
+    model = ContinuousModel(ScoreModel(build_unet(TINY_MODEL, channels=1, size=28), sde).eval(), sde,
+                            image_shape=(1, 28, 28))
+    calls = []
+    generate = model.generate
+
+    def counted(**kw):
+        calls.append(len(kw["indices"]))
+        return generate(**kw)
+
+    model.generate = counted
+    cfg = SampleConfig(n=10, steps=3, batch_size=4, shard_size=8, seed=5, memory_format="contiguous")
+    out = generate_shards(tmp_path / "ten", model, cfg, progress=False)
+    assert set(calls) == {4}  # 4, 4 in the first shard; 2 padded to 4 in the second
+    images = np.concatenate([x for _, x in iter_shards(out)])
+    assert len(images) == 10
+    assert np.array_equal(images[8:], generate(indices=range(8, 12), seed=5, sampler="em", steps=3)[:2])

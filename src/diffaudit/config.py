@@ -107,9 +107,28 @@ class Checked:
         self._require(name, getattr(self, name) in choices, f"one of {', '.join(choices)}")
 
 
+#: the kinds of data source ``--data-format`` may name (``diffaudit.data.sources.SOURCES``)
+DATA_FORMATS = ("medmnist", "folder", "dicom", "nifti", "datalist")
+FITS = ("crop", "pad")  # how a non-square image is made square
+FRAMES = ("single", "all")  # a multi-frame DICOM or TIFF: refused, or one image per frame
+MEDMNIST_SIZES = (28, 64, 128, 224)  # MedMNIST+ files <flag>_<size>.npz (28: <flag>.npz)
+MAX_IMAGE_SIZE = 1024  # the largest --size a prepared set may have
+SAF_SIZE = 3 / 28  # the default SAF radius as a fraction of the image side: the paper's 3 px at 28 px
+
+
 @dataclass(frozen=True)
 class PrepareConfig(Checked):
-    """Which images form the training set D_p, and the synthetic anatomical fingerprint (SAF) put on x_p."""
+    """Which images form the training set D_p, and the synthetic anatomical fingerprint (SAF) put on x_p.
+
+    The images come from a MedMNIST file (``dataset``, at ``size`` 28, 64, 128 or 224) or, when ``data`` is given,
+    from the user's own folder, file or datalist (``diffaudit.data.sources``), read with ``data_format`` (detected when
+    None), made square by ``fit`` and resized to ``size`` (default: the most common input side, capped at 256).
+    ``split_ratios`` draw train/val/test (patients kept together) when the source names no splits.
+
+    The SAF's radius is ``saf_radius`` pixels, or ``saf_size`` times the image side when None (3 px at 28 px); its
+    ring width ``saf_width`` pixels, or half the radius. Its grey level is ``saf_intensity``, or, when None, 0.5
+    where that differs from x_i under the SAF by at least ``saf_contrast`` (mean absolute difference in [0, 1]),
+    else the extreme grey that does (``diffaudit.data.placement``). It lies on the anatomy (Otsu foreground)."""
 
     dataset: str = "breastmnist"
     split: str = "train"
@@ -118,9 +137,21 @@ class PrepareConfig(Checked):
     seed: int = 0
     fingerprint: bool = True  # False builds the control set without SAF (for false-positive rates)
     saf_shape: str = "disc"
-    saf_radius: float = 3.0  # pixels
-    saf_intensity: float = 0.5  # grey level in [0, 1] of the pixel range
-    saf_width: float = 1.5  # ring only: thickness in pixels
+    saf_radius: float | None = None  # pixels; None: saf_size x the image side
+    saf_intensity: float | None = None  # grey level in [0, 1] of the pixel range; None: chosen for contrast
+    saf_width: float | None = None  # ring only: thickness in pixels; None: half the radius
+    saf_size: float = SAF_SIZE
+    saf_contrast: float = 0.2
+    data: str | None = None  # the user's folder, file or datalist; None: the MedMNIST file of `dataset`
+    data_format: str | None = None
+    size: int | None = None
+    fit: str = "crop"
+    window: tuple[float, ...] | None = None  # (center, width) for DICOM / NIfTI / 16-bit intensities
+    slice: str = "2:mid"  # NIfTI: AXIS[:INDEX|mid|all]
+    frames: str = "single"
+    labels: str = "auto"  # auto, folders, none, or a CSV file,label[,patient] relative to the data
+    split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    skip_unreadable: bool = False
 
     def _check(self) -> None:
         self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
@@ -130,13 +161,44 @@ class PrepareConfig(Checked):
                           f">= {MIN_N_TRAIN} (x_p and at least one other image; --n-train)")
         self._require("channels", self.channels in (1, 3), "1 or 3")
         self._at_least(0, "seed")
-        self._positive("saf_radius", "saf_width")
-        self._fraction("saf_intensity", closed=True)
+        self._positive("saf_radius", "saf_width", "saf_size")
+        self._require("saf_size", self.saf_size < 0.5, "below 0.5 (a fraction of the image side)")
+        if self.saf_intensity is not None:
+            self._fraction("saf_intensity", closed=True)
+        self._fraction("saf_contrast", closed=True)
+        if self.data is not None:
+            self._require("data", bool(self.data.strip()), "a folder, file or datalist path")
+        if self.data_format is not None:
+            self._one_of("data_format", DATA_FORMATS)
+        if self.size is not None:
+            if self.data is None:
+                self._require("size", self.size in MEDMNIST_SIZES,
+                              f"one of {', '.join(map(str, MEDMNIST_SIZES))} for a MedMNIST file (--size)")
+            else:
+                self._require("size", 8 <= self.size <= MAX_IMAGE_SIZE, f"between 8 and {MAX_IMAGE_SIZE} pixels (--size)")
+        self._one_of("fit", FITS)
+        self._one_of("frames", FRAMES)
+        if self.window is not None:
+            self._require("window", len(self.window) == 2 and self.window[1] >= 1 and all(map(math.isfinite, self.window)),
+                          "CENTER,WIDTH with a width of at least 1 (--window)")
+        self._require("split_ratios", len(self.split_ratios) == 3 and min(self.split_ratios) >= 0
+                      and self.split_ratios[0] > 0 and abs(sum(self.split_ratios) - 1) < 1e-6,
+                      "three ratios train,val,test summing to 1 with train > 0 (--split-ratios)")
+
+    def saf_pixels(self, side: int) -> tuple[float, float]:
+        """The SAF's (radius, ring width) in pixels in an image of ``side`` pixels."""
+        radius = self.saf_radius if self.saf_radius is not None else self.saf_size * side
+        return radius, self.saf_width if self.saf_width is not None else radius / 2
 
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
-    """diffusers UNet2DModel shape. At 28x28 three levels (28, 14, 7) is the most the grid allows (App. A)."""
+    """diffusers UNet2DModel shape. At 28x28 three levels (28, 14, 7) is the most the grid allows (App. A).
+
+    ``levels`` "auto" (the default) sizes the network to the images (``diffusion.unet.model_config_for``): the listed
+    levels are the 28-px model, and every doubling of the image side adds one finer level (56/64 px: 4, 128: 5, 256: 6)
+    of half the width of the next, with attention at the level nearest 16x16 alone. "fixed" builds the listed levels at any
+    size. The trained model's config.json and model.json record the resolved shape."""
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
@@ -144,8 +206,14 @@ class ModelConfig(Checked):
     mid_attention: bool = False
     norm_num_groups: int = 8
     num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
+    levels: str = "auto"  # auto: levels from the image size; fixed: the listed levels at any size
+
+    # added after configs were first saved: left out of the JSON at its default, so earlier runs' keys stay valid
+    _OMIT_AT_DEFAULT = ("levels",)
+    LEVELS = ("auto", "fixed")
 
     def _check(self) -> None:
+        self._one_of("levels", self.LEVELS)
         self._require("block_out_channels", len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
                       "a non-empty list of positive channel counts")
         self._require("attention_levels", len(self.attention_levels) == len(self.block_out_channels),
@@ -224,11 +292,15 @@ class SampleConfig(Checked):
     snr: float = 0.16  # predictor-corrector only
     corrector_steps: int = 1  # predictor-corrector only
     precision: str = "fp32"  # fp32, tf32 or bf16 (diffusion.precision)
-    compile: str = "none"  # torch.compile mode of the network: none, default, reduce-overhead, max-autotune
+    # torch.compile mode of the network: auto (default when the run is long enough to repay the compile, see
+    # diffusion.precision.resolve_numerics), none, default, reduce-overhead, max-autotune
+    compile: str = "auto"
+    memory_format: str = "auto"  # the network's activations: auto (channels_last on a CPU), channels_last, contiguous
 
     # settings added after configs were first saved: left out of the JSON at their defaults, so the stage keys and
-    # sample folders of earlier runs stay valid
-    _OMIT_AT_DEFAULT = ("precision", "compile")
+    # sample folders of earlier runs stay valid; a folder records the compile mode and memory format it was drawn in
+    _OMIT_AT_DEFAULT = ("precision", "compile", "memory_format")
+    MEMORY_FORMATS = ("contiguous", "channels_last")
 
     def _check(self) -> None:
         self._at_least(1, "n", "steps", "batch_size", "shard_size", "corrector_steps")
@@ -236,7 +308,8 @@ class SampleConfig(Checked):
         self._require("eps", 0 < self.eps < 1, "in (0, 1)")
         self._positive("snr")
         self._one_of("precision", PRECISIONS)
-        self._one_of("compile", COMPILE_MODES)
+        self._one_of("compile", ("auto", *COMPILE_MODES))
+        self._one_of("memory_format", ("auto", *self.MEMORY_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -257,13 +330,22 @@ class SequentialConfig(Checked):
 class ClassifierConfig(Checked):
     """One adversary classifier (c_p or c_id): a torchvision ResNet trained from scratch (Sec. 5.2, App. A).
 
-    Training examples are drawn afresh every step from the training images, so an "epoch" is ``epoch_size``
-    draws; training stops when the validation loss has not improved for ``patience`` epochs (or after
-    ``max_epochs``) and keeps the weights of the best epoch.
+    Training examples are drawn afresh every step from the training images, so an "epoch" (a round) is
+    ``epoch_size`` draws. After each round the classifier is scored on held-out data: noise-free copies of x_p shifted
+    by up to 1/28 of the side (c_id: of x_p and of x_i) and real images of the val split. Training stops at the
+    criterion, a recall of at least ``criterion_recall`` on the copies at a false-positive rate of at most
+    ``criterion_fpr`` on the real images, or at the cap of ``max_epochs`` rounds (and ``max_steps`` optimiser steps,
+    when set), keeping the round nearest the criterion. Without held-out data (``adversary.classifiers.fit`` called
+    alone) it stops when the validation loss has not improved for ``patience`` rounds and keeps the best round.
+
+    Pixel sizes scale with the image: ``max_shift`` is a fraction of the side, the random masks take the SAF's
+    radius, AugMix's translations are a fraction of the side.
     """
 
     arch: str = "resnet18"  # resnet10 (BasicBlock [1,1,1,1]), resnet18, resnet34 or resnet50
-    small_input: bool = True  # 3x3 stride-1 first convolution for 28x28 inputs (the max-pool is kept)
+    # the stem: True, a 3x3 stride-1 first convolution (the max-pool is kept); False, torchvision's 7x7 stride-2 one;
+    # None, by the image side: the small stem below 64 px, torchvision's from 64 px up (recorded in model.json)
+    small_input: bool | None = None
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -280,10 +362,17 @@ class ClassifierConfig(Checked):
     noise_std: float = 0.0  # Gaussian noise of std ~ U(0, noise_std) in [0, 1] pixel units (c_id and c_p)
     threshold: float = 0.5  # positive when sigmoid(logit) > threshold
     seed: int = 0
+    max_shift: float = 0.0  # random translation of every training draw by up to this fraction of the side
+    max_steps: int | None = None  # cap on optimiser steps besides max_epochs rounds (None: max_epochs alone)
+    criterion_recall: float = 0.99  # stop once the held-out copies of x_p are recognised at least this often
+    criterion_fpr: float = 0.01  # and held-out real images flagged at most this often
 
     def _check(self) -> None:
-        self._at_least(1, "batch_size", "epoch_size", "max_epochs", "patience", "val_size")
+        self._at_least(1, "batch_size", "epoch_size", "max_epochs", "patience", "val_size", "max_steps")
         self._at_least(0, "weight_decay", "noise_std", "seed")
+        self._require("max_shift", 0 <= self.max_shift < 0.25, "in [0, 0.25) (a fraction of the image side)")
+        self._require("criterion_recall", 0 < self.criterion_recall <= 1, "in (0, 1]")
+        self._fraction("criterion_fpr")
         self._positive("lr")
         for name in ("positive_share", "val_positive_share", "threshold"):
             self._require(name, 0 < getattr(self, name) < 1, "in (0, 1)")
@@ -301,14 +390,18 @@ def _c_p(**kw: Any) -> ClassifierConfig:
 
 def _c_id(**kw: Any) -> ClassifierConfig:
     # App. A: the identity in 10% of the training draws and 50% of the validation set; random SAF-shaped masks
-    # and Gaussian noise (Sec. 5.2)
-    return ClassifierConfig(positive_share=0.1, val_positive_share=0.5, mask_prob=0.5, noise_std=0.1, **kw)
+    # and Gaussian noise (Sec. 5.2). Random shifts of up to 1/28 of the side (1 px at 28 px), as the copies of x_p
+    # have: without them c_id never saw x_i off its grid, and one cpu-demo c_id (BreastMNIST, N_D = 64, seed 2)
+    # gave three of the nine one-pixel shifts of x_p probabilities of 0.18-0.70 (149/200 copies found); with them
+    # the same run met its criterion in 24 steps (200/200, lowest shift 0.91).
+    return ClassifierConfig(positive_share=0.1, val_positive_share=0.5, mask_prob=0.5, noise_std=0.1,
+                            max_shift=1 / 28, **kw)
 
 
 #: Classifier presets: the pair (c_p, c_id) for each name.
 CLASSIFIER_PRESETS: dict[str, dict[str, ClassifierConfig]] = {
-    # A few minutes on 2 CPU cores (resnet10: 4.9 M parameters, 111 MFLOP per image; see benchmarks/). c_p's
-    # validation loss jumps between epochs, so it gets more patience.
+    # A few minutes on 2 CPU cores (resnet10: 4.9 M parameters, 111 MFLOP per image; see benchmarks/). Each stops at
+    # its criterion; max_epochs is the cap (c_p 480 steps, c_id 400). Patience only counts without held-out data.
     "cpu": {"c_p": _c_p(arch="resnet10", max_epochs=30, patience=8, epoch_size=1024),
             "c_id": _c_id(arch="resnet10", max_epochs=25, patience=5, epoch_size=1024)},
     # The paper: ResNet50 from scratch, until convergence with a patience of 20 epochs (Sec. 5.2).
@@ -600,7 +693,7 @@ def _cpu_demo() -> AuditConfig:
         # c_p with AugMix severity 1 and a cosine learning rate: with severity 3 and a constant rate, 10 such epochs
         # found 0 of 200 copies of x_p; this finds 200/200 at noise std 0-0.05 with 0 false positives on the 156 test
         # images (README: the cpu-demo benchmark)
-        c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], max_epochs=20, patience=20, epoch_size=512,
+        c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], max_epochs=30, patience=20, epoch_size=512,
                                 val_size=256, augmix_severity=1, lr_schedule="cosine"),
         c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], max_epochs=6, patience=3, epoch_size=512,
                                  val_size=256),

@@ -4,12 +4,22 @@
 [n_k, C, H, W] and ``indices`` for images k*S ... (k+1)*S - 1 (S = shard size); ``<out>/digests.json`` the shards'
 SHA-256 once the folder is finished. A shard is written atomically, so a killed run restarts at the first missing
 shard. Raising N (or changing the batch size) later keeps the
-finished shards: image i does not depend on N or on the batch it was drawn in.
+finished shards: image i does not depend on N. Every network call runs a full batch of ``batch_size`` images (the
+last batch of a run is padded with the following indices, computed and dropped; a batch never spans two shards, so
+it is min(batch_size, shard_size)), so the kernels always see one
+shape: on a CPU, oneDNN picks its algorithm by shape, and a smaller last batch could round a pixel of image i one
+uint8 level differently (measured at 64 px). Another batch size may do so too; it is recorded in ``config.json``.
+
+The network's numerics beyond ``precision`` (its memory format, and whether it is compiled) are settled once per
+folder (:func:`folder_numerics`; ``auto`` by :func:`~diffaudit.diffusion.precision.resolve_numerics`), recorded in
+``config.json`` and kept when the folder is continued, so one folder never mixes images of two modes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,7 +32,7 @@ from tqdm.auto import tqdm
 from .config import SampleConfig, to_dict
 from .data.prepare import load_manifest, number_of_classes
 from .diffusion.generative import Generative
-from .diffusion.precision import compiled
+from .diffusion.precision import prepared, resolve_numerics
 from .errors import DiffauditError
 from .images import save_grid
 from .io import check_name, existing_artefact, save_npz, write_json
@@ -74,18 +84,76 @@ def _check_config(cfg: SampleConfig, model: Generative) -> None:
     model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)  # the steps against the model's schedule
 
 
-def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True) -> None:
+def batch_shapes(cfg: SampleConfig) -> int:
+    """How many batch sizes a run of ``cfg`` draws (a compiled network is compiled once for each): one, since every
+    call runs a full batch of min(batch_size, shard_size) images."""
+    return 1
+
+
+def _recorded_sample(out: Path) -> dict | None:
+    try:
+        sample = json.loads((Path(out) / "config.json").read_text()).get("sample")
+    except (OSError, ValueError, AttributeError):
+        return None  # no folder yet; a damaged file is refused by claim_folder
+    return sample if isinstance(sample, dict) else None
+
+
+def folder_numerics(out: Path, model: Generative, cfg: SampleConfig) -> SampleConfig:
+    """``cfg`` with its compile mode and memory format settled: those given, else (``auto``) those the folder was
+    drawn in (a folder from before these settings: uncompiled, contiguous), else those
+    :func:`~diffaudit.diffusion.precision.resolve_numerics` picks for a run of ``cfg.n`` images on the model's
+    device."""
+    compile, memory_format = cfg.compile, cfg.memory_format
+    recorded = _recorded_sample(out)
+    if recorded is not None:
+        compile = recorded.get("compile", "none") if compile == "auto" else compile
+        memory_format = recorded.get("memory_format", "contiguous") if memory_format == "auto" else memory_format
+    evaluations = cfg.n * model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
+    compile, memory_format = resolve_numerics(str(compile), str(memory_format), model=model, evaluations=evaluations,
+                                              shapes=batch_shapes(cfg))
+    return dataclasses.replace(cfg, compile=compile, memory_format=memory_format)
+
+
+def _sample_record(cfg: SampleConfig) -> dict:
+    """The settled sampling config as config.json records it; uncompiled and contiguous (the numerics of folders
+    drawn before these settings existed) are left out, so those folders are continued as they were drawn."""
+    record = to_dict(cfg)
+    for key, old in (("compile", "none"), ("memory_format", "contiguous")):
+        if record.get(key) == old:
+            del record[key]
+    return record
+
+
+def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True) -> SampleConfig:
     """Check ``cfg`` and that ``out`` holds no samples of another model or sampling config (refused), then record
-    them in ``<out>/config.json``. N and the batch size change no image, so they may differ between runs."""
+    them in ``<out>/config.json``. N and the batch size change no image, so they may differ between runs. Returns
+    ``cfg`` with its numerics settled (:func:`folder_numerics`)."""
     _check_config(cfg, model)
+    cfg = folder_numerics(out, model, cfg)
     num_classes, shape = model.num_classes, model.image_shape
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
-        {"sample": to_dict(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
+        {"sample": _sample_record(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
          **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
     existing_artefact(Path(out) / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
                       fix="choose another --name")
     if write:
         write_json(Path(out) / "config.json", record)
+    return cfg
+
+
+def _compile_failed(out: Path, model: Generative, cfg: SampleConfig, err: Exception, *, rank: int) -> SampleConfig:
+    """torch.compile failed at the run's first call: sample uncompiled (one warning line) when the folder holds no
+    compiled images yet, else refuse (a folder is drawn in one mode)."""
+    why = " ".join(str(err).split())[:200] or type(err).__name__
+    if any(Path(out).glob("shard_*.npz")):
+        raise DiffauditError(f"{out} holds samples drawn with torch.compile ({cfg.compile}), which fails here ({why}); "
+                             "sample into another --name, or make torch.compile work (a C++ compiler on a CPU)") from err
+    tqdm.write(f"warning: torch.compile failed ({why}); sampling without it", file=sys.stderr)
+    cfg = dataclasses.replace(cfg, compile="none")
+    if rank == 0:
+        (Path(out) / "config.json").unlink(missing_ok=True)  # it named the compiled mode; no image was drawn in it
+        claim_folder(out, model, cfg)
+    return cfg
 
 
 def generate_shards(
@@ -111,7 +179,7 @@ def generate_shards(
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
-    claim_folder(out, model, cfg, write=False)  # checked first; config.json is written once sampling can start
+    cfg = claim_folder(out, model, cfg, write=False)  # checked first; config.json is written once sampling can start
     num_classes = model.num_classes
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
 
@@ -124,20 +192,35 @@ def generate_shards(
             continue
         todo.append((k, expected))
     nfe = model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
-    if todo:
-        model = compiled(model, cfg.compile)
+    network = prepared(model, cfg.compile, cfg.memory_format) if todo else model
     if rank == 0:
         claim_folder(out, model, cfg)
+    first = cfg.compile != "none"  # a compile that fails does so at the first call
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
+    batch = min(cfg.batch_size, cfg.shard_size)  # the one batch shape: every shard is split alike
     for k, expected in todo:
         chunks = []
-        for lo in range(0, len(expected), cfg.batch_size):
-            idx = expected[lo:lo + cfg.batch_size].tolist()
+        for lo in range(0, len(expected), batch):
+            keep = len(expected[lo:lo + batch])
+            # every call runs a full batch (a short last batch is padded with the following indices, then dropped):
+            # the kernels see one batch shape, so image i is the same bits whatever N is
+            idx = list(range(int(expected[lo]), int(expected[lo]) + batch))
             y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
-            chunks.append(model.generate(indices=idx, seed=cfg.seed, sampler=cfg.sampler, steps=cfg.steps, eps=cfg.eps,
-                                         class_labels=y, device=device, precision=cfg.precision, **options))
-            bar.update(len(idx))
+            draw = dict(indices=idx, seed=cfg.seed, sampler=cfg.sampler, steps=cfg.steps, eps=cfg.eps, class_labels=y,
+                        device=device, precision=cfg.precision, **options)
+            try:
+                chunks.append(network.generate(**draw)[:keep])
+            except DiffauditError:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever torch.compile raised
+                if not first:
+                    raise
+                cfg = _compile_failed(out, model, cfg, err, rank=rank)
+                network = prepared(model, cfg.compile, cfg.memory_format)
+                chunks.append(network.generate(**draw)[:keep])
+            first = False
+            bar.update(keep)
         labels = {"labels": expected % num_classes} if num_classes else {}
         save_npz(shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
     bar.close()

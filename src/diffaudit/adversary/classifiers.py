@@ -1,9 +1,16 @@
 """c_p and c_id as torchvision ResNets trained from scratch, their training loop, and their checkpoints.
 
 The paper used randomly initialised ResNet50s (Sec. 5.2). torchvision's stem (7x7 stride-2 convolution, then a
-max-pool) shrinks a 28x28 image to 7x7 before the first residual block; ``small_input`` swaps the convolution
-for a 3x3 stride-1 one so the residual blocks see 14x14 (a radius-3 SAF stays several feature-map pixels wide).
+max-pool) shrinks a 28x28 image to 7x7 before the first residual block; the small stem swaps the convolution for a
+3x3 stride-1 one so the residual blocks see 14x14 (a radius-3 SAF stays several feature-map pixels wide). The stem
+follows the image side (``stem_for``): the small one below ``STANDARD_FROM`` = 64 px, torchvision's from there up,
+where it leaves the residual blocks 16x16 or more; ``ClassifierConfig.small_input`` forces either.
 ``resnet10`` is torchvision's ``ResNet(BasicBlock, [1, 1, 1, 1])``, the CPU preset.
+
+Training runs in rounds of ``epoch_size`` draws. Given held-out data (:class:`Heldout`), each round ends with the
+criterion: the recall on held-out copies of x_p and the false-positive rate on held-out real images at the decision
+threshold. Training stops once both are within ``criterion_recall`` and ``criterion_fpr``, or at the cap
+(``max_epochs`` rounds, ``max_steps`` steps), and keeps the round nearest the criterion (:func:`shortfall`).
 
 A classifier is saved as ``model.safetensors`` (weights, BatchNorm statistics) and ``model.json`` (its config,
 image shape, training history and the data it was trained for); no pickled code.
@@ -14,6 +21,8 @@ from __future__ import annotations
 import copy
 import enum
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +48,9 @@ ARCHS: dict[str, Callable[[], ResNet]] = {
 }
 
 
+STANDARD_FROM = 64  # images this wide or wider get torchvision's stem
+
+
 class Stream(enum.IntEnum):
     """What a seed derived from this stage's seed is for (``derive_seed(seed, ..., Stream.X)``). The values are part
     of every run's numbers, so they never change; streams of other stages may share a value, since each stage derives
@@ -49,14 +61,22 @@ class Stream(enum.IntEnum):
     VAL = 13  # the validation set
 
 
-def build_classifier(cfg: ClassifierConfig, channels: int) -> ResNet:
-    """A randomly initialised binary ResNet (one logit) for ``channels``-channel images."""
+def stem_for(cfg: ClassifierConfig, side: int) -> str:
+    """"small" (3x3 stride-1 convolution, then torchvision's max-pool) or "standard" (torchvision's 7x7 stride-2
+    convolution and max-pool) for images of ``side`` pixels: as ``cfg.small_input`` says, else by the side."""
+    if cfg.small_input is not None:
+        return "small" if cfg.small_input else "standard"
+    return "small" if side < STANDARD_FROM else "standard"
+
+
+def build_classifier(cfg: ClassifierConfig, channels: int, side: int = 28) -> ResNet:
+    """A randomly initialised binary ResNet (one logit) for ``channels``-channel images of ``side`` pixels."""
     if cfg.arch not in ARCHS:
         raise DiffauditError(f"unknown classifier architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
     with torch.random.fork_rng(devices=[]):  # torchvision initialises from the global RNG
         torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
         net = ARCHS[cfg.arch]()
-        if cfg.small_input:
+        if stem_for(cfg, side) == "small":
             net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         else:
             net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -67,6 +87,11 @@ def check_config(cfg: ClassifierConfig) -> None:
     for name in ("batch_size", "epoch_size", "max_epochs", "patience", "val_size"):
         if getattr(cfg, name) < 1:
             raise DiffauditError(f"classifier {name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise DiffauditError(f"classifier max_steps must be >= 1 or unset, got {cfg.max_steps}")
+    if not 0 < cfg.criterion_recall <= 1 or not 0 <= cfg.criterion_fpr < 1:
+        raise DiffauditError(f"the classifier criterion needs a recall in (0, 1] and a false-positive rate in [0, 1), "
+                             f"got {cfg.criterion_recall} and {cfg.criterion_fpr}")
     for name in ("positive_share", "val_positive_share"):
         if not 0 < getattr(cfg, name) < 1:
             raise DiffauditError(f"classifier {name} must be in (0, 1), got {getattr(cfg, name)}")
@@ -74,6 +99,47 @@ def check_config(cfg: ClassifierConfig) -> None:
         raise DiffauditError(f"the classifier learning-rate schedule must be constant or cosine, got '{cfg.lr_schedule}'")
     if not 0 < cfg.threshold < 1:
         raise DiffauditError(f"the decision threshold must be in (0, 1), got {cfg.threshold}")
+
+
+@dataclass
+class Heldout:
+    """What a classifier's criterion is measured on, never trained on: ``positives``, uint8 [P, C, H, W] images it must
+    flag (noise-free shifted copies of x_p), and ``negatives``, real images [N, C, H, W] of another split it must not
+    flag; ``describe`` says what they are for the record."""
+
+    positives: np.ndarray
+    negatives: np.ndarray
+    describe: dict
+
+    def __post_init__(self) -> None:
+        if len(self.positives) < 1 or len(self.negatives) < 1:
+            raise DiffauditError("the classifier criterion needs at least one held-out copy of x_p and one held-out real "
+                                 "image; prepare a run whose val split holds images")
+
+
+def shortfall(entry: dict, cfg: ClassifierConfig) -> float:
+    """How far a round's (recall, fpr) lies from the criterion: 0 when met."""
+    return max(0.0, cfg.criterion_recall - entry["recall"]) + max(0.0, entry["fpr"] - cfg.criterion_fpr)
+
+
+@torch.no_grad()
+def _flags(net: nn.Module, images: np.ndarray, threshold: float, device: torch.device, batch: int = 256) -> np.ndarray:
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).to(device).float() / 127.5 - 1.0
+        out.append((torch.sigmoid(net(x).squeeze(1)) > threshold).cpu())
+    return torch.cat(out).numpy()
+
+
+def criterion_record(cfg: ClassifierConfig, history: list[dict], kept: dict, heldout: Heldout, *, cap: int,
+                     seconds: float) -> dict:
+    """model.json's (and metrics.json's) ``criterion`` of a classifier trained with held-out data."""
+    return {"recall": cfg.criterion_recall, "fpr": cfg.criterion_fpr, "met": bool(kept["met"]),
+            "measured": {"recall": kept["recall"], "fpr": kept["fpr"],
+                         "n_positives": int(len(heldout.positives)), "n_negatives": int(len(heldout.negatives))},
+            "round": kept["epoch"], "steps": kept["steps"], "steps_trained": history[-1]["steps"], "cap_steps": cap,
+            "seconds": round(seconds, 1), "threshold": cfg.threshold, **heldout.describe}
 
 
 @torch.no_grad()
@@ -86,27 +152,33 @@ def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, thre
 
 
 def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint, channels: int,
-        device: torch.device, progress: bool = True, desc: str = "classifier") -> tuple[ResNet, list[dict]]:
-    """Train one classifier with early stopping on the validation loss; returns the best epoch's model (eval
-    mode) and the per-epoch history."""
+        device: torch.device, heldout: Heldout | None = None, progress: bool = True,
+        desc: str = "classifier") -> tuple[ResNet, dict]:
+    """Train one classifier in rounds: to its criterion on ``heldout`` or its cap, keeping the round nearest the
+    criterion; without ``heldout``, with early stopping on the validation loss, keeping the best round. Returns the
+    model (eval mode) and its training record: ``history`` (one entry per round), ``best_epoch`` (the round kept),
+    ``stem``, ``steps`` and, with ``heldout``, ``criterion`` (:func:`criterion_record`)."""
     check_config(cfg)
-    net = build_classifier(cfg, channels).to(device)
+    started = time.monotonic()
+    side = min(task.negatives.shape[-2:])
+    net = build_classifier(cfg, channels, side).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(derive_seed(cfg.seed, Stream.VAL))
     val_images, val_labels = val_task.draw(cfg.val_size, cfg.val_positive_share, rng, exact=True)
     x_val = augment(val_images, cfg, like, derive_seed(cfg.seed, Stream.VAL, 1)).to(device)
     y_val = torch.from_numpy(val_labels).float().to(device)
     steps = max(1, math.ceil(cfg.epoch_size / cfg.batch_size))
-    total = cfg.max_epochs * steps
+    total = cfg.max_epochs * steps if cfg.max_steps is None else min(cfg.max_epochs * steps, cfg.max_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)) if cfg.lr_schedule == "cosine" else 1.0)
     history: list[dict] = []
-    best, best_state, waited = math.inf, None, 0
-    bar = tqdm(total=cfg.max_epochs, disable=not progress, desc=desc, unit="epoch", dynamic_ncols=True)
-    for epoch in range(cfg.max_epochs):
+    best, best_state, kept, waited, done = math.inf, None, None, 0, 0
+    bar = tqdm(total=math.ceil(total / steps), disable=not progress, desc=desc, unit="round", dynamic_ncols=True)
+    for epoch in range(math.ceil(total / steps)):
         net.train()
         running = 0.0
-        for step in range(steps):
+        n = min(steps, total - done)
+        for step in range(n):
             seed = derive_seed(cfg.seed, epoch, step, Stream.STEP)
             images, labels = task.draw(cfg.batch_size, cfg.positive_share, np.random.default_rng(seed))
             x = augment(images, cfg, like, seed).to(device)
@@ -117,19 +189,36 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
             opt.step()
             schedule.step()
             running += loss.item()
+        done += n
         val_loss, val_acc = _evaluate(net, x_val, y_val, 256, cfg.threshold)
-        history.append({"epoch": epoch + 1, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_acc})
-        if val_loss < best:
-            best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
+        entry = {"epoch": epoch + 1, "steps": done, "train_loss": running / n, "val_loss": val_loss,
+                 "val_accuracy": val_acc}
+        if heldout is not None:
+            recall = float(_flags(net, heldout.positives, cfg.threshold, device).mean())
+            fpr = float(_flags(net, heldout.negatives, cfg.threshold, device).mean())
+            entry.update(recall=recall, fpr=fpr)
+            entry["met"] = shortfall(entry, cfg) == 0
+            better = shortfall(entry, cfg) <= best  # ties: the later, longer-trained round
+            best = min(best, shortfall(entry, cfg))
+            bar.set_postfix(recall=f"{recall:.3f}", fpr=f"{fpr:.3f}", val_loss=f"{val_loss:.4f}")
         else:
-            waited += 1
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}", best=f"{best:.4f}")
+            better = val_loss < best
+            waited = 0 if better else waited + 1
+            best = min(best, val_loss)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}", best=f"{best:.4f}")
+        history.append(entry)
+        if better:
+            best_state, kept = copy.deepcopy(net.state_dict()), entry
         bar.update(1)
-        if waited >= cfg.patience:
+        if (heldout is not None and entry["met"]) or (heldout is None and waited >= cfg.patience):
             break
     bar.close()
     net.load_state_dict(best_state)
-    return net.eval(), history
+    record = {"history": history, "best_epoch": kept["epoch"], "stem": stem_for(cfg, side), "steps": kept["steps"]}
+    if heldout is not None:
+        record["criterion"] = criterion_record(cfg, history, kept, heldout, cap=total,
+                                               seconds=time.monotonic() - started)
+    return net.eval(), record
 
 
 def save_classifier(folder: Path, net: nn.Module, record: dict) -> None:
@@ -144,7 +233,7 @@ def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -
         raise DiffauditError(f"{folder} holds no trained classifier; run 'diffaudit train-classifiers' first")
     meta = read_json(folder / "model.json")
     cfg = from_dict(ClassifierConfig, meta["config"])
-    net = build_classifier(cfg, channels=meta["image_shape"][0])
+    net = build_classifier(cfg, channels=meta["image_shape"][0], side=min(meta["image_shape"][1:]))
     weights = load_tensors(folder / "model.safetensors")
     check_state_dict(net, weights, folder / "model.safetensors")
     net.load_state_dict(weights)

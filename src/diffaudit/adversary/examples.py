@@ -6,9 +6,14 @@
   image may get a random patch of the SAF's shape with a random grey level (the circular masking of Sec. 3.3),
   so a disc — x_p's fingerprint included — neither makes nor breaks an identity.
 
-Both then go through torchvision's AugMix, image by image, and get Gaussian noise of a random strength that
-stands in for diffusion artefacts (the presets give it to both; see ``config.CLASSIFIER_PRESETS``). All draws come from generators seeded by the
-caller, so a batch is a function of (seed, epoch, step).
+Both may be translated by up to ``max_shift`` of the side (edge pixels repeated), then go through torchvision's
+AugMix, image by image, and get Gaussian noise of a random strength that stands in for diffusion artefacts (the
+presets give it to both; see ``config.CLASSIFIER_PRESETS``). All draws come from generators seeded by the caller, so a
+batch is a function of (seed, epoch, step).
+
+Sizes in pixels are fractions of the image side, fixed at the 28-px values: the copies of x_p are shifted by up to
+``COPY_SHIFT`` of the side (1 px at 28 px, 2 px at 64, 5 px at 128), the masks take the SAF's own radius, and AugMix's
+translations are already fractions of the side.
 """
 
 from __future__ import annotations
@@ -21,6 +26,36 @@ from torchvision.transforms import AugMix
 
 from ..config import ClassifierConfig
 from ..data.fingerprint import Fingerprint, random_centre
+
+#: the largest shift of a copy of x_p, as a fraction of the side: the 1 px of a 28-px image
+COPY_SHIFT = 1 / 28
+
+
+def pixels(fraction: float, side: int) -> int:
+    """``fraction`` of an image side of ``side`` pixels, in whole pixels (1/28 of 28 px is exactly 1)."""
+    return int(round(fraction * side + 1e-9))
+
+
+def translate(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """A uint8 image [C, H, W] moved by (dy, dx) pixels, the uncovered border filled by repeating the edge."""
+    c, h, w = image.shape
+    s = max(abs(dy), abs(dx))
+    if s == 0:
+        return image.copy()
+    padded = np.pad(image, ((0, 0), (s, s), (s, s)), mode="edge")
+    return padded[:, s - dy:s - dy + h, s - dx:s - dx + w].copy()
+
+
+def shifted_copies(image: np.ndarray, shift: int) -> np.ndarray:
+    """Every translation of a uint8 image [C, H, W] by up to ``shift`` pixels in each direction: (2 shift + 1)^2
+    noise-free copies, the held-out positives a classifier's criterion is measured on."""
+    return np.stack([translate(image, dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)])
+
+
+def random_shifts(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Each uint8 image [B, C, H, W] translated by a random (dy, dx) in {-shift..shift}^2."""
+    moves = rng.integers(-shift, shift + 1, size=(len(images), 2))
+    return np.stack([translate(x, int(dy), int(dx)) for x, (dy, dx) in zip(images, moves, strict=True)])
 
 
 @dataclass
@@ -70,6 +105,9 @@ def random_masks(images: np.ndarray, like: Fingerprint, prob: float, rng: np.ran
 def augment(images: np.ndarray, cfg: ClassifierConfig, like: Fingerprint, seed: int) -> torch.Tensor:
     """Masking, AugMix and noise as ``cfg`` asks; uint8 [B, C, H, W] in, float [B, C, H, W] in [-1, 1] out."""
     rng = np.random.default_rng(seed)
+    shift = pixels(cfg.max_shift, min(images.shape[-2:]))
+    if shift > 0:
+        images = random_shifts(images, shift, np.random.default_rng([seed, 1]))
     if cfg.mask_prob > 0:
         images = random_masks(images, like, cfg.mask_prob, rng)
     x = torch.from_numpy(images)
@@ -87,15 +125,17 @@ def augment(images: np.ndarray, cfg: ClassifierConfig, like: Fingerprint, seed: 
     return x * 2.0 - 1.0
 
 
-def jittered_copies(image: np.ndarray, n: int, noise_std: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` copies of one uint8 image [C, H, W], each shifted by up to one pixel in each direction (edge pixels
-    repeated) and with Gaussian noise of std ``noise_std`` (in [0, 1] units), rounded back to uint8: the
-    near-copies a diffusion model returns when it reproduces the image."""
+def jittered_copies(image: np.ndarray, n: int, noise_std: float, rng: np.random.Generator, *,
+                    shift: int | None = None) -> np.ndarray:
+    """``n`` copies of one uint8 image [C, H, W], each shifted by up to ``shift`` pixels in each direction (edge
+    pixels repeated; default ``COPY_SHIFT`` of the side, 1 px at 28 px) and with Gaussian noise of std ``noise_std``
+    (in [0, 1] units), rounded back to uint8: the near-copies a diffusion model returns when it reproduces the image."""
     c, h, w = image.shape
-    padded = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="edge")
+    s = pixels(COPY_SHIFT, min(h, w)) if shift is None else shift
+    padded = np.pad(image.astype(np.float64), ((0, 0), (s, s), (s, s)), mode="edge")
     out = np.empty((n, c, h, w), dtype=np.uint8)
     for k in range(n):
-        dy, dx = rng.integers(0, 3, size=2)
+        dy, dx = rng.integers(0, 2 * s + 1, size=2)
         x = padded[:, dy:dy + h, dx:dx + w] + 255.0 * noise_std * rng.standard_normal((c, h, w))
         out[k] = np.clip(np.rint(x), 0, 255)
     return out

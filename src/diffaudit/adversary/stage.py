@@ -6,8 +6,14 @@ What each classifier sees (App. A leaves open which ratio belongs to which class
   drawn into D, since detecting a SAF is not about identities and a small D alone is too few backgrounds — with
   the SAF at a random location on 50% of the draws; it validates (early stopping) on the val split with SAFs on
   10%, closer to the rarity of SAFs among generated images.
-* c_id trains on D: x_i in 10% of the draws against the other training images, and validates with x_i in 50%,
-  so its early stopping weighs missed identities and false alarms equally.
+* c_id trains on D: x_i in 10% of the draws against the other training images, and validates with x_i in 50%.
+
+Both train to a stated criterion (``ClassifierConfig.criterion_recall``, ``criterion_fpr``) on data neither trains
+on: c_p must flag the noise-free copies of x_p shifted by up to 1/28 of the side (all (2s + 1)^2 of them), c_id
+those of x_p and of x_i (the identity with and without its SAF), and neither may flag more than the allowed share of
+the val split's real images. ``c_p.criterion`` / ``c_id.criterion`` record the criterion, whether it was met, the
+recall and false-positive rate measured and the training steps; a classifier that missed it at its cap makes the
+audit's verdict inconclusive (:func:`.criterion.criterion_verdict`).
 
 Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json), ``<run>/classifiers/metrics.json`` and
 ``<run>/classifiers/digests.json`` (the SHA-256 of those five files, see :mod:`diffaudit.audit.verify`):
@@ -16,8 +22,9 @@ Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json), ``<ru
 * ``c_id.train_accuracy`` — the clean training images with x_i and x_p as positives (Table 2 "ID %");
 * ``false_positive_rate.heldout_real`` — c_p, c_id and both on the test split, real images neither classifier
   nor the diffusion model saw: none carries the SAF, none is x_i;
-* ``true_positive_rate.copies_of_x_p`` — copies of x_p shifted by up to a pixel with Gaussian noise of several
-  strengths, as a model that reproduces x_p returns them; the reference nearest-neighbour detector beside them.
+* ``true_positive_rate.copies_of_x_p`` — copies of x_p shifted by up to 1/28 of the side (a pixel at 28 px) with
+  Gaussian noise of several strengths, as a model that reproduces x_p returns them; the reference
+  nearest-neighbour detector beside them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 
 from ..digests import CLASSIFIER_FILES, record_digests
 from ..config import ClassifierConfig
-from ..data.medmnist import open_dataset
+from ..data.dataset import open_data
 from ..data.prepare import (
     build_training_set,
     clean_original,
@@ -42,9 +49,17 @@ from ..device import resolve_device
 from ..errors import DiffauditError
 from ..io import config_hash, existing_artefact, write_json
 from ..rng import derive_seed
-from .classifiers import ClassifierDetector, check_config, classifier_record, fit, load_classifier, save_classifier
+from .classifiers import (
+    ClassifierDetector,
+    Heldout,
+    check_config,
+    classifier_record,
+    fit,
+    load_classifier,
+    save_classifier,
+)
 from .detectors import NearestNeighbourDetector
-from .examples import Task, jittered_copies
+from .examples import COPY_SHIFT, Task, jittered_copies, pixels, shifted_copies
 from .roc import detector_curve
 
 NAMES = ("c_p", "c_id")
@@ -61,7 +76,7 @@ class AuditData:
         if manifest.get("fingerprint") is None:
             raise DiffauditError("this run was prepared without a fingerprint (a control run); train the classifiers "
                                  "in the fingerprinted run and pass this run's samples as --control-samples to count")
-        data = open_dataset(manifest["dataset"], data_root=data_root)
+        data = open_data(manifest, data_root=data_root)
         self.manifest = manifest
         self.fingerprint = fingerprint_of(manifest)
         self.d_p = build_training_set(manifest, data=data)
@@ -74,6 +89,7 @@ class AuditData:
         self.val = split_images(manifest, heldout_split(manifest, "val"), data=data)
         self.test = split_images(manifest, heldout_split(manifest, "test"), data=data)
         self.image_shape = tuple(self.d_p.shape[1:])
+        self.shift = pixels(COPY_SHIFT, min(self.image_shape[1:]))  # the copies' largest shift, in pixels
 
     def tasks(self, name: str) -> tuple[Task, Task]:
         """(training task, validation task) of classifier ``name``."""
@@ -84,6 +100,16 @@ class AuditData:
             raise DiffauditError("c_id needs at least one training image besides x_p; prepare with --n-train >= 2")
         task = Task(self.others, positives=self.x_i[None])
         return task, task
+
+    def heldout(self, name: str) -> Heldout:
+        """What classifier ``name``'s criterion is measured on: every noise-free copy of x_p shifted by up to
+        ``shift`` pixels (c_id: and of x_i), against the val split's real images."""
+        copies = shifted_copies(self.x_p, self.shift)
+        what = f"noise-free copies of x_p shifted by up to {self.shift} px"
+        if name == "c_id":
+            copies = np.concatenate([copies, shifted_copies(self.x_i, self.shift)])
+            what = f"noise-free copies of x_p and of x_i shifted by up to {self.shift} px"
+        return Heldout(copies, self.val, {"positives": what, "negatives": "held-out real images of the val split"})
 
 
 def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_root=None, device: str = "auto",
@@ -105,10 +131,15 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
             detectors[name] = load_classifier(folder, device=dev)
             continue
         task, val_task = audit.tasks(name)
-        net, history = fit(task, val_task, configs[name], like=audit.fingerprint, channels=audit.image_shape[0],
-                           device=dev, progress=progress, desc=f"train {name} ({configs[name].arch})")
-        best = min(history, key=lambda h: h["val_loss"])
-        save_classifier(folder, net, {**record, "history": history, "best_epoch": best["epoch"]})
+        net, training = fit(task, val_task, configs[name], like=audit.fingerprint, channels=audit.image_shape[0],
+                            device=dev, heldout=audit.heldout(name), progress=progress,
+                            desc=f"train {name} ({configs[name].arch})")
+        save_classifier(folder, net, {**record, **training})
+        c = training["criterion"]
+        log(f"{name}: criterion {'met' if c['met'] else 'NOT met'} after {c['steps']} of at most {c['cap_steps']} steps "
+            f"({c['seconds']:.0f} s): recall {c['measured']['recall']:.3f} (>= {c['recall']:g}) on "
+            f"{c['measured']['n_positives']} copies, false positives {c['measured']['fpr']:.3f} (<= {c['fpr']:g}) on "
+            f"{c['measured']['n_negatives']} val images")
         detectors[name] = load_classifier(folder, device=dev)
     metrics = measure(audit, detectors, seed=configs["c_p"].seed)
     write_json(run / "classifiers" / "metrics.json", metrics)
@@ -163,7 +194,7 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
     id_flags = c_id(id_images)
 
     p_real, id_real = c_p(audit.test), c_id(audit.test)
-    nn = NearestNeighbourDetector(audit.x_p, audit.others) if len(audit.others) >= 1 else None
+    nn = NearestNeighbourDetector(audit.x_p, audit.others, shift=audit.shift) if len(audit.others) >= 1 else None
     copies, copy_scores = {}, {}
     for std in COPY_NOISE:
         x = copies_of(audit, std, seed)
@@ -172,19 +203,20 @@ def measure(audit: AuditData, detectors: dict[str, ClassifierDetector], *, seed:
         copies[f"{std:g}"] = {"c_p": _positives(fp), "c_id": _positives(fid), "q": _positives(fp & fid),
                               "nearest_neighbour": _positives(nn(x)) if nn else None}
     roc = roc_of(detectors, audit.test, audit, seed=seed, copy_scores=copy_scores)
+    trained = {name: {"best_epoch": d.meta.get("best_epoch"), "arch": d.meta["config"]["arch"],
+                      "stem": d.meta.get("stem"), "criterion": d.meta.get("criterion")} for name, d in detectors.items()}
     return {
         "c_p": {"test_accuracy": float((c_p(test_images) == test_labels).mean()), "n_test": int(len(test_labels)),
-                "best_epoch": c_p.meta.get("best_epoch"), "arch": c_p.meta["config"]["arch"]},
+                **trained["c_p"]},
         "c_id": {"train_accuracy": float((id_flags == id_labels).mean()), "n_train": int(len(id_labels)),
                  "detects_x_i": bool(id_flags[-2]), "detects_x_p": bool(id_flags[-1]),
-                 "false_positives_in_training_set": int(id_flags[:-2].sum()),
-                 "best_epoch": c_id.meta.get("best_epoch"), "arch": c_id.meta["config"]["arch"]},
+                 "false_positives_in_training_set": int(id_flags[:-2].sum()), **trained["c_id"]},
         "false_positive_rate": {"heldout_real": {"c_p": _positives(p_real), "c_id": _positives(id_real), "q": _positives(p_real & id_real),
                                                  "nearest_neighbour": _positives(nn(audit.test)) if nn else None}},
-        "true_positive_rate": {"copies_of_x_p": copies, "n_copies": N_COPIES, "shift_px": 1},
+        "true_positive_rate": {"copies_of_x_p": copies, "n_copies": N_COPIES, "shift_px": audit.shift},
         "nearest_neighbour": nn.describe() if nn else None,
         "roc": {**roc, "negatives": "held-out real test images",
-                "positives": f"copies of x_p (±1 px, noise std {', '.join(f'{s:g}' for s in ROC_NOISE)})"},
+                "positives": f"copies of x_p (±{audit.shift} px, noise std {', '.join(f'{s:g}' for s in ROC_NOISE)})"},
         "device": str(next(c_p.net.parameters()).device),
     }
 
@@ -203,6 +235,6 @@ def make_detectors(run: Path, audit: AuditData, kind: str, *, device: str = "aut
     if kind == "classifiers":
         return load_detectors(run, device=device)
     if kind == "nn":
-        return {"c_id": NearestNeighbourDetector(audit.x_p, audit.others)}
+        return {"c_id": NearestNeighbourDetector(audit.x_p, audit.others, shift=audit.shift)}
     raise DiffauditError(f"unknown detector '{kind}'; choose one of {', '.join(DETECTORS)}")
 

@@ -22,11 +22,12 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 from ..config import STAGES, AuditConfig, to_dict
-from ..data.medmnist import open_dataset
+from ..data.dataset import open_config_data
 from ..errors import DiffauditError
 from ..data.prepare import load_manifest
 from ..io import config_differences, config_hash, read_json, write_json
@@ -130,17 +131,32 @@ def run_audit(ctx: Context, *, stop_after: str | None = None) -> dict:
     if stop_after is not None and stop_after not in STAGES:
         raise DiffauditError(f"unknown stage '{stop_after}'; the stages are {', '.join(STAGES)}")
     check_audit_config(cfg)
-    check_audit_data(cfg, open_dataset(cfg.prepare.dataset, data_root=ctx.data_root))
+    if cfg.prepare.data is None:  # a --data source is checked when the prepare stage scans it
+        check_audit_data(cfg, open_config_data(cfg.prepare, data_root=ctx.data_root))
     procs = processes(ctx.device)
     if cfg.dp is not None and procs.world > 1:
         raise DiffauditError("a DP-SGD audit runs in one process (its sampling, noise and accountant are not split "
                              "across ranks); start it without accelerate launch/torchrun")
     check_run_dir(run, cfg)
+    fresh = not run.exists() or all(p.name == ".lock" for p in run.iterdir())
     with run_lock(run):  # one process per run directory (re-entrant: the CLI may hold it already)
         if cfg.external is not None and (run / "train" / EXTERNAL).is_file():
             # finished stages are kept only while the model they audited is unchanged (its digest is checked on load)
             run_model(run, manifest=load_manifest(run), device="cpu")
-        return _run_stages(ctx, procs, stop_after)
+        try:
+            return _run_stages(ctx, procs, stop_after)
+        except DiffauditError:
+            if fresh and procs.main and not (run / "manifest.json").exists():
+                _forget(run)  # refused data in a new run directory: no audit record of an audit that never began
+            raise
+
+
+def _forget(run: Path) -> None:
+    """Remove what the audit wrote into a new run directory before its prepare stage refused the data."""
+    (run / "audit.json").unlink(missing_ok=True)
+    shutil.rmtree(run / "audit", ignore_errors=True)
+    if all(p.name == ".lock" for p in run.iterdir()):
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _run_stages(ctx: Context, procs: Processes, stop_after: str | None) -> dict:

@@ -4,6 +4,7 @@ one-second probe of this machine's speed, and of the disk it will use."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..config import STAGES, AuditConfig
 from ..device import resolve_device
 from ..diffusion.samplers import nfe_per_step
 from ..diffusion.unet import build_unet
+from ..io import read_json
 from .pipeline import check_run_dir, stage_done, stage_keys_of
 from .stages import Context, check_audit_config
 
@@ -32,12 +34,29 @@ def _images_per_second(call: Callable[[], object], batch: int, dev) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _probe_rates(cfg: AuditConfig, channels: int, device: str) -> dict[str, float]:
+def _image_size(ctx: Context) -> int:
+    """The side of the run's images: the prepared manifest's, the MedMNIST file's (28, or ``--size``), or for a
+    ``--data`` source not prepared yet ``--size`` (else 64, a guess: the source is scanned by the prepare stage)."""
+    manifest = ctx.run / "manifest.json"
+    if manifest.is_file():
+        return int(read_json(manifest)["image_shape"][-1])
+    return ctx.cfg.prepare.size or (28 if ctx.cfg.prepare.data is None else 64)
+
+
+def _source_files(cfg: AuditConfig) -> int:
+    """How many files a ``--data`` folder holds (0 for a MedMNIST file)."""
+    if cfg.prepare.data is None:
+        return 0
+    root = Path(cfg.prepare.data)
+    return sum(len(files) for _, _, files in os.walk(root)) if root.is_dir() else 1
+
+
+def _probe_rates(cfg: AuditConfig, channels: int, device: str, size: int = 28) -> dict[str, float]:
     """Images per second of one U-Net evaluation and of one classifier forward pass on this machine, measured."""
     dev = resolve_device(device)
-    x = torch.zeros(32, channels, 28, 28, device=dev)
+    x = torch.zeros(32, channels, size, size, device=dev)
     t = torch.full((32,), 500.0, device=dev)
-    unet = build_unet(cfg.model, channels=channels, size=28).to(dev).eval()
+    unet = build_unet(cfg.model, channels=channels, size=size).to(dev).eval()
     classifier = build_classifier(cfg.c_p, channels).to(dev).eval()
     rates = {"unet": _images_per_second(lambda: unet(x, t), 32, dev),
              "classifier": _images_per_second(lambda: classifier(x), 32, dev)}
@@ -53,17 +72,20 @@ def plan(ctx: Context) -> list[dict]:
     check_run_dir(ctx.run, cfg)
     keys = stage_keys_of(ctx.run, ctx.cfg, ctx.shared_extractor)
     channels = cfg.prepare.channels
-    rates = _probe_rates(cfg, channels, ctx.device)
+    size = _image_size(ctx)
+    rates = _probe_rates(cfg, channels, ctx.device, size)
     unet, clf = rates["unet"], rates["classifier"]
     n_train = cfg.prepare.n_train or 1000
-    pixels = channels * 28 * 28
-    params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=28).parameters())
+    pixels = channels * size * size
+    params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=size).parameters())
+    files = _source_files(cfg)
     external = cfg.external is not None  # timed with the preset's U-Net: a model trained elsewhere runs at its own speed
     nfe_step = 1 if external else nfe_per_step(cfg.sample.sampler, corrector_steps=cfg.sample.corrector_steps)
     grid = int(round(cfg.tprime.t_max / cfg.tprime.resolution))
     evaluations = grid if cfg.tprime.search == "exhaustive" else min(grid, 2 * math.ceil(math.log2(grid + 1)) + 2)
     est = {
-        "prepare": (1.0, 1024),
+        # a source is read twice (the scan, then the cache) at about 100 files a second on 2 cores (benchmarks/sources.py)
+        "prepare": (1.0 + files / 50, 1024 + files * (pixels + 400)),
         "train": (0.0, 1e3) if external else
                  (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
         "classifiers": (0.0 if cfg.detector == "nn" else

@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.medmnist import open_dataset
+from ..data.dataset import open_data
 from ..data.prepare import (
     build_training_set,
     heldout_split,
     load_manifest,
-    number_of_classes,
+    classes_of,
     split_images,
     training_labels,
 )
@@ -63,7 +63,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     computed (the ODE would give the density of latents, not of images), and the section says so."""
     manifest = load_manifest(run)
     if net is None:
-        classes = number_of_classes(manifest["dataset"], data_root=data_root) if model is not None else None
+        classes = classes_of(manifest, data_root=data_root) if model is not None else None
         net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                         num_classes=classes, device=device)
     dev = resolve_device(device)
@@ -89,7 +89,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     labels = {}
     if net.num_classes:  # class-conditional: -log p(x | y) with each image's label
         y_train = training_labels(manifest, data_root=data_root)
-        y_test = np.asarray(open_dataset(manifest["dataset"], data_root=data_root)
+        y_test = np.asarray(open_data(manifest, data_root=data_root)
                             .labels(heldout_split(manifest, "test"))).reshape(-1)
         labels = {"train": y_train[train_pos], "test": y_test[test_idx]}
         if position is not None:
@@ -128,6 +128,10 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     return section
 
 
+class _NoLabels(DiffauditError):
+    """The domain extractor cannot be trained: the data has no class labels."""
+
+
 def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress, log) -> tuple[object, dict]:
     if cfg.extractor not in ("auto", "inception", "domain"):
         raise DiffauditError(f"the FID extractor must be auto, inception or domain, got '{cfg.extractor}'")
@@ -140,7 +144,11 @@ def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress
     if cfg.extractor == "auto":
         log("no Inception weights found (--inception-weights, $DIFFAUDIT_INCEPTION or torch's hub cache): FID uses "
             f"the domain feature extractor trained on {manifest['dataset']}'s labels; its values are not Inception FIDs")
-    data = open_dataset(manifest["dataset"], data_root=data_root)
+    data = open_data(manifest, data_root=data_root)
+    if int(np.asarray(data.labels("train")).max()) < 0:
+        raise _NoLabels(f"no Inception weights were found and {manifest['dataset']} has no class labels to train the "
+                        "domain feature extractor on; give --inception-weights (torch-fidelity's pt_inception "
+                        "weights) or labels (class subfolders, --labels FILE.csv)")
     images = split_images(manifest, "train", data=data, unused_only=False)
     val = (split_images(manifest, "val", data=data), data.labels("val"))
     net = train_extractor(folder, images, data.labels("train"), name=f"{manifest['dataset']}-labels", val=val,
@@ -160,8 +168,16 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
     FID_test > FID_train, and the reliability flag (:func:`~diffaudit.audit.fid.reliability`)."""
     manifest = load_manifest(run)
     dev = resolve_device(device)
-    extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),
-                                      data_root=data_root, device=dev, progress=progress, log=log)
+    try:
+        extractor, described = _extractor(cfg, manifest, Path(extractor_dir or run / "fid" / "extractor"),
+                                          data_root=data_root, device=dev, progress=progress, log=log)
+    except _NoLabels as why:
+        log(f"FID skipped: {why}")
+        section = {"train": None, "test": None, "skipped": str(why), "reliable": False, "unreliable_reason": str(why),
+                   "model": samples_model(Path(samples)), "samples": run_relative(run, Path(samples))}
+        write_json(run / "fid" / "fid.json", section)
+        update_results(run, manifest, fid=section)
+        return section
     if "folder" in described:
         described["folder"] = run_relative(run, Path(described["folder"]))
     train = build_training_set(manifest, data_root=data_root)

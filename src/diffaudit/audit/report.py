@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..adversary.criterion import criterion_verdict
 from ..data.prepare import load_manifest
 from ..errors import DiffauditError
 from ..io import atomic_path, read_json, run_relative, write_json
@@ -59,8 +60,14 @@ def verdict(results: dict) -> str:
 
 
 def detector_warning(results: dict, metrics: dict, *, least: float = 0.9) -> str | None:
-    """A warning when the detectors together found fewer than ``least`` of the clean copies of x_p: then a
-    small count says more about the detectors than about the model."""
+    """A warning when a classifier missed its recorded training criterion at its cap, or, for classifiers that
+    record none, when the detectors together found fewer than ``least`` of the clean copies of x_p: then a small
+    count says more about the detectors than about the model."""
+    criterion = criterion_verdict(metrics)
+    if criterion is not None:
+        return None if criterion[0] else (
+            f"Caution: {criterion[1]}; train the classifiers with a higher cap (train-classifiers --max-epochs) or "
+            "count with the reference detector (--detector nn) before relying on the count.")
     copies = dig(metrics, "true_positive_rate", "copies_of_x_p", "0") or {}
     rate = sensitivity(metrics)
     if rate is None or rate >= least:
@@ -228,6 +235,15 @@ def blocks_for_run(run: Path, *, title: str | None = None, results: dict | None 
                              "and rerun the stage that writes the damaged section") from None
 
 
+def _placement_sentence(placed: dict | None) -> str:
+    """Where the SAF was placed and why (``manifest.json`` ``fingerprint.placement``); empty for older runs."""
+    if not placed:
+        return ""
+    return (f" It differs from x_i under it by {fmt(placed['contrast'], 3)} on average (grey-level rule: {placed['rule']}); "
+            f"it lies on the foreground ({placed['mask_rule']}; {fmt(100 * placed['foreground_fraction'], 3)}% of the "
+            "image).")
+
+
 def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Block]:
     metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
     rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
@@ -236,9 +252,11 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
     out += verdict_blocks(results)
     out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
                      f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
-                     f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."))
+                     f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."
+                     + _placement_sentence(fp.get("placement"))))
     if (run / "prepare" / "x_i_and_x_p.png").exists():
-        out.append(("img", "prepare/x_i_and_x_p.png", "x_i (clean original, not trained on) and x_p (with the SAF)"))
+        out.append(("img", "prepare/x_i_and_x_p.png", "x_i (clean original, not trained on), x_p (with the SAF) and, "
+                    "in runs prepared with a placement rule, the foreground mask the SAF lies on (white) with the SAF (grey)"))
 
     out.append(("h", 2, "Reproductions (Table 1)"))
     if rep:

@@ -25,7 +25,8 @@ def update_results(run: Path, manifest: dict, *, write: bool = True, **sections:
         "n_train": manifest["n_train"],
         "image_shape": manifest["image_shape"],
         "fingerprint": None if fp is None else {k: fp[k] for k in ("index", "position", "centre", "radius",
-                                                                    "intensity", "shape", "width")},
+                                                                    "intensity", "shape", "width", "placement")
+                                                if k in fp},
     })
     results.update(sections)
     if write:

@@ -37,6 +37,7 @@ from ..data.prepare import build_training_set, load_manifest, prepare_run, train
 from ..diffusion.discrete import scheduler_class
 from ..diffusion.samplers import get_sampler
 from ..diffusion.sde import SDE, make_sde
+from ..diffusion.unet import check_size
 from ..errors import DiffauditError
 from ..extras import require
 from ..generate import sample_run
@@ -67,6 +68,8 @@ def check_audit_config(cfg: AuditConfig) -> None:
     for name in ("c_p", "c_id"):
         if getattr(cfg, name).arch not in ARCHS:
             raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
+    if cfg.prepare.size is not None and cfg.external is None:
+        check_size(cfg.model, cfg.prepare.size)  # a side the U-Net cannot halve at every level, before any stage
     if cfg.prepare.saf_shape not in SHAPES:
         raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SHAPES)}")
     weights = find_inception_weights(cfg.fid.inception_weights) if cfg.fid.extractor != "domain" else None
@@ -97,8 +100,9 @@ def check_models(ctx: "Context") -> None:
     loaded on the CPU and checked as its stages will check it: its configs and weights, its channels, image size and
     classes against the run, the sample and tprime stages' sampler, steps and t grid against its schedule, and that
     the run directory may audit it. Trains, samples and writes nothing (``--dry-run`` runs it too)."""
-    from ..data.medmnist import dataset_path, open_dataset, resolve_root
-    from ..data.prepare import make_manifest
+    from ..data.dataset import open_config_data
+    from ..data.medmnist import dataset_path, resolve_root
+    from ..data.prepare import classes_of, make_manifest
     from ..models.load import load_model, registration
 
     c = ctx.cfg
@@ -107,14 +111,18 @@ def check_models(ctx: "Context") -> None:
     given = [(e, run, prep) for e, run, prep in given if e is not None]
     if not given:
         return
-    data = (open_dataset(c.prepare.dataset, data_root=ctx.data_root)
-            if dataset_path(c.prepare.dataset, resolve_root(ctx.data_root)).is_file() else None)
+    data = (open_config_data(c.prepare, data_root=ctx.data_root) if c.prepare.data is None and
+            dataset_path(c.prepare.dataset, resolve_root(ctx.data_root), c.prepare.size).is_file() else None)
     classes = int(np.asarray(data.labels("train")).max()) + 1 if data is not None else None
     if len(given) == 2 and Path(given[0][0].path).resolve() == Path(given[1][0].path).resolve():
         raise DiffauditError(f"--control-model {c.control_model.path} is the audited model (--model); the control model "
                              "is trained without x_p on the set 'diffaudit export --control' writes")
     for e, run, prep in given:
         manifest = load_manifest(run) if (run / "manifest.json").is_file() else None
+        if manifest is None and c.prepare.data is not None:
+            continue  # a --data source not scanned yet: the sample stage checks the model against its images
+        if manifest is not None and c.prepare.data is not None:
+            classes = classes_of(manifest, data_root=ctx.data_root)
         if manifest is None and data is not None:  # the one its prepare stage will write: its training set checked now
             manifest = make_manifest(prep, data)
         if manifest is not None:
@@ -161,7 +169,7 @@ class Context:
 
 
 def _prepare(ctx: Context) -> dict:
-    m = prepare_run(ctx.run, ctx.cfg.prepare, data_root=ctx.data_root, log=ctx.log)
+    m = prepare_run(ctx.run, ctx.cfg.prepare, data_root=ctx.data_root, log=ctx.log, progress=ctx.progress)
     return {"n_train": m["n_train"]}
 
 
@@ -240,7 +248,8 @@ def _control(ctx: Context) -> dict:
     if not c.with_control:
         return {"skipped": "no control model (--no-control; for a model trained elsewhere, --control-model gives one)"}
     folder = ctx.run / CONTROL
-    prepare_run(folder, dataclasses.replace(c.prepare, fingerprint=False), data_root=ctx.data_root, log=ctx.log)
+    prepare_run(folder, dataclasses.replace(c.prepare, fingerprint=False), data_root=ctx.data_root, log=ctx.log,
+                progress=ctx.progress, same_data=ctx.run)
     if c.control_model is not None:  # trained elsewhere on 'export --control', with the audited model's recipe
         m = c.control_model
         sample_run(folder, ctx.samples_name, c.sample, model=m.path, scheduler=m.scheduler,

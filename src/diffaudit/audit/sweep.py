@@ -4,7 +4,8 @@
 Cells live in ``<out>/<dataset>-n<N_D>/`` (``-nall`` for the whole split) and are ordinary audit run
 directories: a killed sweep continues where it stopped, and a cell can be opened on its own. The FID extractor
 of a dataset is trained once in ``<out>/extractors/<dataset>/`` and shared by its cells, so their FIDs are
-comparable.
+comparable. A sweep over the user's own images (``prepare.data``) runs over N_D on that one source, its cells
+named after the source's folder or file (:func:`source_name`).
 
 The privacy sweep (:func:`run_privacy_sweep`) does the same over (epsilon, public pretraining) on one dataset and
 N_D: ``<out>/eps<epsilon>-{scratch,pretrained}/``, the public model in ``<out>/public/``, and one table of FID,
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..config import MIN_N_TRAIN, AuditConfig, DPConfig
+from ..config import MIN_N_TRAIN, AuditConfig, DPConfig, PrepareConfig
 from ..data.medmnist import open_dataset
-from ..data.prepare import number_of_classes
+from ..data.prepare import number_of_classes, number_of_classes_for
 from ..diffusion.sde import make_sde
 from ..errors import DiffauditError
 from ..io import read_json, write_json
@@ -40,23 +42,59 @@ def cell_name(dataset: str, n_train: int | None) -> str:
     return f"{dataset}-n{'all' if n_train is None else n_train}"
 
 
-def sweep_cells(base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequence[int | None],
+def source_name(prepare: PrepareConfig) -> str:
+    """What names a sweep's cells and shared extractor: the MedMNIST flag, or the name of the user's folder or file
+    (without its suffixes, other characters than letters, digits, '.', '_' and '-' replaced)."""
+    if prepare.data is None:
+        return prepare.dataset
+    name = Path(prepare.data).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "data"
+
+
+def _source_cells(base: AuditConfig, n_trains: Sequence[int | None], *, class_conditional: bool,
+                  data_root: str | None) -> list[tuple[str, AuditConfig]]:
+    """The cells of a sweep over N_D on the user's own images; the prepare stage reads the source and refuses an
+    N_D beyond its split."""
+    model = base.model
+    if class_conditional:
+        model = dataclasses.replace(model, num_classes=number_of_classes_for(base.prepare, data_root=data_root))
+    cells = []
+    for n_train in n_trains:
+        if n_train is not None and n_train < MIN_N_TRAIN:
+            raise DiffauditError(f"--n-train {n_train} is too small; use values of at least {MIN_N_TRAIN}, or 'all'")
+        cfg = dataclasses.replace(base, model=model, prepare=dataclasses.replace(base.prepare, n_train=n_train))
+        check_audit_config(cfg)
+        cells.append((cell_name(source_name(base.prepare), n_train), cfg))
+    return cells
+
+
+def sweep_cells(base: AuditConfig, *, datasets: Sequence[str] = (), n_trains: Sequence[int | None],
                 class_conditional: bool = False, data_root: str | None = None, download: bool = False,
                 log: Callable[[str], None] = print) -> list[tuple[str, AuditConfig]]:
     """(folder name, config) of every cell, each checked against its dataset before any folder is made: the file
     is there (or downloaded with ``download``), N_D fits the split, and a class-conditional model gets the class
-    count of its own dataset."""
+    count of its own dataset. With ``base.prepare.data`` (the user's own images) the cells are the N_D values on
+    that source, and ``datasets`` must be empty."""
+    if base.prepare.data is not None:
+        if datasets:
+            raise DiffauditError("give --datasets (MedMNIST flags) or --data (your own images), not both")
+        if not n_trains:
+            raise DiffauditError("a sweep needs at least one N_D")
+        if len(set(n_trains)) != len(n_trains):
+            raise DiffauditError("--n-train must not repeat a value")
+        return _source_cells(base, n_trains, class_conditional=class_conditional, data_root=data_root)
     if not datasets or not n_trains:
         raise DiffauditError("a sweep needs at least one dataset and one N_D")
     if len(set(datasets)) != len(datasets) or len(set(n_trains)) != len(n_trains):
         raise DiffauditError("--datasets and --n-train must not repeat a value")
     cells = []
     for dataset in datasets:
-        data = open_dataset(dataset, data_root=data_root, download_missing=download, log=log)
+        data = open_dataset(dataset, data_root=data_root, download_missing=download, size=base.prepare.size, log=log)
         n_split = len(data.images(base.prepare.split))
         model = base.model
         if class_conditional:
-            model = dataclasses.replace(model, num_classes=number_of_classes(dataset, data_root=data_root))
+            model = dataclasses.replace(model, num_classes=number_of_classes(dataset, data_root=data_root,
+                                                                             size=base.prepare.size))
         for n_train in n_trains:
             if n_train is not None and not MIN_N_TRAIN <= n_train <= n_split:
                 raise DiffauditError(f"--n-train {n_train} does not fit {dataset}, whose {base.prepare.split} split has "
@@ -69,7 +107,7 @@ def sweep_cells(base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequenc
     return cells
 
 
-def run_sweep(out: Path, base: AuditConfig, *, datasets: Sequence[str], n_trains: Sequence[int | None],
+def run_sweep(out: Path, base: AuditConfig, *, datasets: Sequence[str] = (), n_trains: Sequence[int | None],
               class_conditional: bool = False, device: str = "auto", data_root: str | None = None,
               download: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or continue) every cell, then write ``sweep.json`` and the combined report into ``out``."""
@@ -79,7 +117,7 @@ def run_sweep(out: Path, base: AuditConfig, *, datasets: Sequence[str], n_trains
     for name, cfg in cells:
         log(f"== sweep cell {name} ==")
         run_audit(Context(run=out / name, cfg=cfg, device=device, data_root=data_root, progress=progress, log=log,
-                          shared_extractor=out / "extractors" / cfg.prepare.dataset))
+                          shared_extractor=out / "extractors" / source_name(cfg.prepare)))
     return write_sweep_report(out, [out / name for name, _ in cells])
 
 
@@ -129,7 +167,7 @@ def pretrain_public(out: Path, base: AuditConfig, *, dataset: str, split: str, d
                     data_root: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Train the model non-privately on a public set (a whole split of a dataset, labels included for a
     class-conditional model) into ``<out>/train``; kept when done. Returns the train folder."""
-    data = open_dataset(dataset, data_root=data_root)
+    data = open_dataset(dataset, data_root=data_root, size=base.prepare.size if base.prepare.data is None else None)
     images = data.images(split)
     if base.prepare.channels == 3 and images.shape[1] == 1:
         images = np.repeat(images, 3, axis=1)
@@ -142,17 +180,21 @@ def pretrain_public(out: Path, base: AuditConfig, *, dataset: str, split: str, d
 
 
 def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float | None], pretrain: Sequence[bool],
-                      public_dataset: str, public_split: str = "train", device: str = "auto",
+                      public_dataset: str | None, public_split: str = "train", device: str = "auto",
                       data_root: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """One audit per (epsilon, pretraining) cell: epsilon None trains non-privately; pretraining starts from a
-    model trained on the public set first. Writes ``privacy_sweep.json`` and the report with one table: FID,
-    utility, |q| with its interval, t', the formal bound."""
+    model trained on the public set (a MedMNIST split; None only without pretraining) first. Writes
+    ``privacy_sweep.json`` and the report with one table: FID, utility, |q| with its interval, t', the formal
+    bound."""
     out = Path(out)
     if not epsilons or not pretrain:
         raise DiffauditError("a privacy sweep needs at least one epsilon and one pretraining choice")
     if any(e is not None and not e > 0 for e in epsilons):
         raise DiffauditError(f"epsilon must be positive (or inf), got {list(epsilons)}")
-    if public_dataset == base.prepare.dataset and public_split == base.prepare.split:
+    if any(pretrain) and public_dataset is None:
+        raise DiffauditError("public pretraining needs a public MedMNIST set: give --public-dataset, or --pretrain no")
+    if (base.prepare.data is None and public_dataset == base.prepare.dataset
+            and public_split == base.prepare.split):
         raise DiffauditError("the public pretraining set must differ from the private one: choose another "
                              "--public-dataset or --public-split")
     n_train = base.prepare.n_train
@@ -171,7 +213,7 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
                                   pretrained=str(public) if pre else None)
         log(f"== privacy sweep cell {name} ==")
         run_audit(Context(run=out / name, cfg=cfg, device=device, data_root=data_root, progress=progress, log=log,
-                          shared_extractor=out / "extractors" / base.prepare.dataset))
+                          shared_extractor=out / "extractors" / source_name(base.prepare)))
         cells.append((name, eps, pre))
     rows = []
     for name, eps, pre in cells:
@@ -186,8 +228,9 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     headers = ["ε target", "pretrained", "FID train", "FID test", "utility acc.", "utility AUROC", "|q|",
                "95% interval", "t'", "formal bound", "ε (PRV)", "caution"]
     blocks = [("h", 1, "diffaudit privacy sweep"),
-              ("p", f"{len(rows)} audits of {base.prepare.dataset} (N_D = {base.prepare.n_train}); public pretraining on "
-                    f"{public_dataset}/{public_split}. Each cell's report is in its folder."),
+              ("p", f"{len(rows)} audits of {source_name(base.prepare)} (N_D = {base.prepare.n_train}); "
+                    + (f"public pretraining on {public_dataset}/{public_split}. " if public_dataset is not None else "")
+                    + "Each cell's report is in its folder."),
               ("table", headers, rows),
               ("p", "Formal bound: the DP-SGD reconstruction bound 1 - f(κ) on the probability that one sample is x_p, "
                     "with κ from the detectors' false positives (see each cell's report). Utility: a classifier trained "

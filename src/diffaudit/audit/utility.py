@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.medmnist import open_dataset
+from ..data.dataset import open_data
 from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
 from ..device import resolve_device
 from ..errors import DiffauditError
@@ -33,7 +33,7 @@ def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, devi
     parts = list(iter_labelled_shards(samples))
     synth_x = np.concatenate([p[1] for p in parts])
     synth_y = np.concatenate([p[2] for p in parts])
-    data = open_dataset(manifest["dataset"], data_root=data_root)
+    data = open_data(manifest, data_root=data_root)
     real_x, real_y = build_training_set(manifest, data=data), training_labels(manifest, data=data)
     test_split = heldout_split(manifest, "test")
     test_x = split_images(manifest, test_split, data=data)

@@ -25,8 +25,9 @@ elevated        shown and hi < p_0: significant reproduction, significantly less
 low             not shown and hi < p_0: no reproduction beyond false alarms; the rate is at most hi, and the audit
                 states the smallest rate it would have shown with 80% probability (its detectable rate)
 inconclusive    not shown and hi >= p_0 (too few samples to tell the two apart); or lo > p_0 (more than a memoriser
-                would: the detectors fire on these images, see the cautions); or the detectors recognised fewer than
-                90% of clean copies of x_p, so they could miss reproductions
+                would: the detectors fire on these images, see the cautions); or a classifier missed its training
+                criterion at its cap (classifiers/metrics.json; without a recorded criterion: the detectors
+                recognised fewer than 90% of clean copies of x_p), so they could miss reproductions
 ==============  ===========================================================================================
 
 The statement gives hi as "at most X in 1 000 generated images reproduce the patient image". The scope is always one
@@ -41,6 +42,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from ..adversary.criterion import criterion_verdict
 from ..errors import DiffauditError
 from ..io import config_hash, read_json
 from .sequential import anytime_p_value, confidence_sequence, looks_of
@@ -67,8 +69,8 @@ DEFINITIONS = (
     "model's samples, else held-out real images; Fisher's exact one-sided test at 5%): high = shown and hi ≥ p_0 (as "
     "frequent as a model that stores its training set); elevated = shown and hi < p_0; low = not shown and hi < p_0 "
     "(no reproduction beyond false alarms; the detectable rate is the smallest rate the audit would have shown with 80% "
-    "probability); inconclusive = not shown and hi ≥ p_0, or lo > p_0, or the detectors recognised fewer than 90% of "
-    "clean copies of x_p.")
+    "probability); inconclusive = not shown and hi ≥ p_0, or lo > p_0, or a classifier missed its training criterion "
+    "(recall on clean copies of x_p, false positives on held-out real images) at its cap.")
 
 _DERIVED = ("expected_q", "p_value", "rate", "rate_ci95", "rate_upper95")
 
@@ -253,9 +255,13 @@ def detectable_for(counts: dict, neg: dict | None, sens: float | None, *, critic
                            sensitivity=sens if sens is not None else 1.0, critical=critical)
 
 
-def risk_level(shown: bool, lo: float, hi: float, p0: float, sens: float | None) -> tuple[str, str]:
-    """(level, reason) by the table of the module docstring."""
-    if sens is not None and sens < MIN_SENSITIVITY:
+def risk_level(shown: bool, lo: float, hi: float, p0: float, sens: float | None,
+               criterion: tuple[bool, str] | None = None) -> tuple[str, str]:
+    """(level, reason) by the table of the module docstring; ``criterion`` is the classifiers' recorded training
+    criterion (``adversary.criterion.criterion_verdict``), None where none was recorded."""
+    if criterion is not None and not criterion[0]:
+        return "inconclusive", criterion[1]
+    if criterion is None and sens is not None and sens < MIN_SENSITIVITY:
         return "inconclusive", (f"the detectors recognised only {sens:.0%} of clean copies of x_p, so they can miss "
                                 "reproductions")
     if lo > p0:
@@ -287,7 +293,7 @@ def verdict_section(results: dict, metrics: dict, *, cautions: list[str] | None 
     f, f_source = false_positive_bound(rep, metrics)
     sens = sensitivity(metrics)
     decided = decision(counts, neg)
-    level, reason = risk_level(decided["shown"], lo, hi, 1.0 / n_d, sens)
+    level, reason = risk_level(decided["shown"], lo, hi, 1.0 / n_d, sens, criterion_verdict(metrics))
     detectable = detectable_for(counts, neg, sens, critical=decided["critical"])
     can_see = ("no reproduction rate up to 1 would be shown with 80% probability" if detectable is None else
                f"this audit would have detected rates above {per_thousand(detectable)} in 1 000 (80% power)")

@@ -48,12 +48,17 @@ def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
     return default_root()
 
 
-def dataset_path(dataset: str, root: Path) -> Path:
-    return root / f"{dataset}.npz"
+def file_name(dataset: str, size: int | None = None) -> str:
+    """``<flag>.npz`` at 28 px (or no size), ``<flag>_<size>.npz`` for the MedMNIST+ sizes 64, 128 and 224."""
+    return f"{dataset}.npz" if size in (None, 28) else f"{dataset}_{size}.npz"
 
 
-def download(dataset: str, root: Path, *, log: Callable[[str], None] = print) -> Path:
-    """Fetch ``dataset`` (28x28) into ``root`` with medmnist's downloader, which checks the MD5."""
+def dataset_path(dataset: str, root: Path, size: int | None = None) -> Path:
+    return root / file_name(dataset, size)
+
+
+def download(dataset: str, root: Path, *, size: int | None = None, log: Callable[[str], None] = print) -> Path:
+    """Fetch ``dataset`` at ``size`` (default 28x28) into ``root`` with medmnist's downloader, which checks the MD5."""
     info = _info()
     if dataset not in info:
         raise DiffauditError(f"'{dataset}' is not a MedMNIST dataset; known 2D ones include {', '.join(_known_2d())}")
@@ -63,16 +68,17 @@ def download(dataset: str, root: Path, *, log: Callable[[str], None] = print) ->
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DiffauditError(f"cannot create the data folder {root} ({err.strerror}); pass --data-root DIR") from None
-    log(f"{dataset}.npz not found locally; downloading it into {root} (MD5 checked)")
+    name = file_name(dataset, size)
+    log(f"{name} not found locally; downloading it into {root} (MD5 checked)")
     try:
-        getattr(medmnist, info[dataset]["python_class"])(split="train", root=str(root), download=True, size=28)
+        getattr(medmnist, info[dataset]["python_class"])(split="train", root=str(root), download=True, size=size or 28)
     except (RuntimeError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DiffauditError(
-            f"download of {dataset} failed ({first}); check the internet connection, or put {dataset}.npz "
-            f"from {info[dataset]['url']} into {root} and run again"
+            f"download of {name} failed ({first}); check the internet connection, or put {name} "
+            f"from {info[dataset].get('url' if size in (None, 28) else f'url_{size}', 'MedMNIST+')} into {root} and run again"
         ) from None
-    path = dataset_path(dataset, root)
+    path = dataset_path(dataset, root, size)
     log(f"downloaded {dataset} to {path}")
     return path
 
@@ -84,7 +90,7 @@ def _known_2d() -> list[str]:
 class MedMNISTFile:
     """One validated MedMNIST ``.npz``: images as uint8 [N, C, H, W] (channels first) per split."""
 
-    def __init__(self, path: str | os.PathLike, *, dataset: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, dataset: str | None = None, size: int | None = None) -> None:
         self.path = Path(path)
         self.dataset = dataset or self.path.stem
         if not self.path.is_file():
@@ -108,7 +114,7 @@ class MedMNISTFile:
             )
         self.md5 = file_md5(self.path)
         info = _info().get(self.dataset)
-        self.official_md5 = info["MD5"] if info else None
+        self.official_md5 = (info or {}).get("MD5" if size in (None, 28) else f"MD5_{size}")
 
     @property
     def is_official(self) -> bool | None:
@@ -136,16 +142,17 @@ class MedMNISTFile:
 
 
 def open_dataset(dataset: str, *, data_root: str | os.PathLike | None = None, download_missing: bool = False,
-                 log: Callable[[str], None] = print) -> MedMNISTFile:
-    """Open ``<root>/<dataset>.npz``, downloading it first only when ``download_missing`` (and saying where)."""
+                 size: int | None = None, log: Callable[[str], None] = print) -> MedMNISTFile:
+    """Open ``<root>/<dataset>.npz`` (``<dataset>_<size>.npz`` for the MedMNIST+ sizes), downloading it first only
+    when ``download_missing`` (and saying where)."""
     root = resolve_root(data_root)
-    path = dataset_path(dataset, root)
+    path = dataset_path(dataset, root, size)
     if not path.is_file():
         if dataset not in _info():
             raise DiffauditError(f"no {path.name} in {root}, and '{dataset}' is not a MedMNIST dataset that could be "
                                  f"downloaded; check the name (known 2D ones: {', '.join(_known_2d())})")
         if download_missing:
-            download(dataset, root, log=log)
-    return MedMNISTFile(path, dataset=dataset)
+            download(dataset, root, size=size, log=log)
+    return MedMNISTFile(path, dataset=dataset, size=size)
 
 

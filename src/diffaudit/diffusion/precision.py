@@ -9,6 +9,16 @@
   and the sampler's state, noise and update stay fp32.
 * ``compile``: ``torch.compile`` of the network (``default``; ``reduce-overhead`` adds CUDA graphs on a GPU;
   ``max-autotune`` searches kernels), compiled once per model and batch shape.
+* ``memory_format``: ``channels_last`` keeps the network's weights and activations NHWC (a copy of the network;
+  the model given is unchanged), ``contiguous`` NCHW.
+
+``auto`` (the default of both; :func:`resolve_numerics`) picks the fastest mode measured to keep image i a function of
+(seed, i) on this kind of device. On a CPU (28 px, batch 128, 2 idle cores: fp32 eager 56.6% of the measured matmul
+peak, channels_last 61.0%, compiled 68.8% after a 49 s first call) that is channels_last, compiled ("default") when
+the run draws at least :data:`AUTO_COMPILE_EVALUATIONS` image x network evaluations per batch shape it compiles (its
+49 s are repaid after about 205 000 at 28 px; a larger image repays them sooner). On a GPU, where neither the gain nor
+the batch invariance of these modes was measured, auto is contiguous and uncompiled: ``benchmarks/sampling_modes.py``
+measures both there. A samples folder records the mode it was drawn in and is continued in it (``generate``).
 
 Within one mode, image i is still a function of (seed, i, config): the noise comes from each image's own stream and
 the kernels are chosen without autotuning on batch shape (``tests/test_samplers.py`` checks batch 64 against
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -65,17 +76,98 @@ def in_precision(fn: Callable[..., torch.Tensor], precision: str) -> Callable[..
     return call
 
 
+MEMORY_FORMATS = ("contiguous", "channels_last")
+#: compile="auto" compiles on a CPU when a run draws at least this many image x network evaluations per batch shape
+#: (each shape is compiled once): 49 s / (1/472 - 1/532 s) = 205 000 at 28 px, rounded up
+AUTO_COMPILE_EVALUATIONS = 250_000
+
+
+def _network(model) -> tuple[str, object]:
+    attr = "score_fn" if hasattr(model, "score_fn") else "net"
+    return attr, getattr(model, attr, None)
+
+
+def network_device(model) -> torch.device | None:
+    """The device of ``model``'s network (a :class:`~diffaudit.diffusion.generative.Generative`), or None for an
+    analytic score or a network without parameters."""
+    _, net = _network(model)
+    if not isinstance(net, torch.nn.Module):
+        return None
+    param = next(net.parameters(), None)
+    return None if param is None else param.device
+
+
+def compile_available() -> bool:
+    """Whether torch.compile can run in this Python (its own check; a missing C++ compiler shows at the first call)."""
+    try:
+        import torch._dynamo
+
+        return bool(torch._dynamo.is_dynamo_supported()) and sys.platform != "win32"
+    except Exception:  # noqa: BLE001 - any failure to import means no compile
+        return False
+
+
+def resolve_numerics(compile: str, memory_format: str, *, model, evaluations: int, shapes: int = 1) -> tuple[str, str]:
+    """The (compile mode, memory format) a run samples ``model`` in: the given ones, or for ``auto`` the rule of this
+    module's docstring. ``evaluations`` is the run's images x network evaluations per image, ``shapes`` the number of
+    batch shapes it draws (each one compiled once)."""
+    device = network_device(model)
+    cpu = device is not None and device.type == "cpu"
+    if memory_format == "auto":
+        memory_format = "channels_last" if cpu else "contiguous"
+    if compile == "auto":
+        pays = evaluations >= AUTO_COMPILE_EVALUATIONS * max(1, shapes)
+        compile = "default" if cpu and pays and compile_available() else "none"
+    check_mode("fp32", compile)
+    if memory_format not in MEMORY_FORMATS:
+        raise DiffauditError(f"unknown memory format '{memory_format}'; choose one of auto, {', '.join(MEMORY_FORMATS)}")
+    return compile, memory_format
+
+
+def in_memory_format(model, memory_format: str):
+    """A shallow copy of ``model`` whose network is a copy in ``memory_format`` (channels_last: NHWC weights, so
+    every convolution runs NHWC); ``model`` itself for contiguous, or where the network is analytic or cannot take
+    the format (a 3-d convolution): then it runs as it is."""
+    if memory_format == "contiguous" or getattr(model, "memory_format", "contiguous") == memory_format:
+        return model
+    attr, net = _network(model)
+    if not isinstance(net, torch.nn.Module):
+        return model
+    try:
+        net = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    except RuntimeError:  # a 5-d weight has no channels_last layout
+        return model
+    out = copy.copy(model)
+    setattr(out, attr, net)
+    out.memory_format = memory_format
+    return out
+
+
 def compiled(model, mode: str):
     """A shallow copy of ``model`` (a :class:`~diffaudit.diffusion.generative.Generative`) whose network is
-    ``torch.compile``d in ``mode``; ``model`` itself for 'none' or an analytic (non-module) network."""
+    ``torch.compile``d in ``mode``; ``model`` itself for 'none', 'auto' (settled per samples folder by
+    :func:`resolve_numerics`) or an analytic (non-module) network."""
+    if mode == "auto":
+        return model
     check_mode("fp32", mode)
     if mode == "none" or getattr(model, "compiled_mode", None) == mode:
         return model
-    attr = "score_fn" if hasattr(model, "score_fn") else "net"
-    net = getattr(model, attr)
+    attr, net = _network(model)
     if not isinstance(net, torch.nn.Module):
         return model
     out = copy.copy(model)
     setattr(out, attr, torch.compile(net, mode=mode, dynamic=False))
     out.compiled_mode = mode  # compiled once: later calls (one per shard) reuse it
+    out.uncompiled = model
     return out
+
+
+def prepared(model, compile: str, memory_format: str):
+    """``model`` in ``memory_format``, compiled in ``compile``: made once per model and mode and kept on ``model``,
+    so that the shards of one run (a sequential count calls the sampler once per shard) reuse one compilation."""
+    model = getattr(model, "uncompiled", model)  # compiled by the caller: made again from the network itself
+    cache = model.__dict__.setdefault("_prepared", {})
+    key = (compile, memory_format)
+    if key not in cache:
+        cache[key] = compiled(in_memory_format(model, memory_format), compile)
+    return cache[key]

@@ -39,6 +39,7 @@ from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfi
 from ..device import resolve_device
 from ..diffusion.score import ScoreModel
 from ..diffusion.sde import SDE
+from ..diffusion.unet import model_config_for
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import to_model_space
@@ -158,6 +159,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     n, c, h, w = check_images(images)
     q = check_dp_config(dp, n, train_cfg.batch_size)
     y_all = check_labels(labels, n, model_cfg.num_classes)
+    model_cfg = model_config_for(model_cfg, h)  # the shape the images' size resolves (recorded as built)
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
                                     "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp),
                                     "dp_not_applied": NOT_APPLIED}))

@@ -7,7 +7,8 @@ weights as an uninterrupted one. The learning rate warms up linearly and then st
 finished run (``--resume`` with more ``steps``) continues exactly as a longer run would have.
 
 Layout of ``<run>/train/``: ``config.json``, ``loss.csv``, ``checkpoints/step_*/``, and when done
-``model.safetensors`` (EMA weights, used for sampling) with ``model.json`` (everything needed to rebuild it).
+``model.safetensors`` (EMA weights, used for sampling) with ``model.json`` (everything needed to rebuild it). Both
+JSON files record the model config resolved for the images' size (its levels and attention, when ``levels`` is auto).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.score import ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
-from ..diffusion.unet import build_unet
+from ..diffusion.unet import build_unet, model_config_for
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import to_model_space
@@ -94,7 +95,8 @@ def check_images(images: np.ndarray) -> tuple[int, int, int, int]:
 def init_model(model_cfg: ModelConfig, train_cfg: TrainConfig, image_shape: tuple[int, int, int],
                init_from: str | Path | None = None) -> torch.nn.Module:
     """The U-Net at its seeded initial weights, the same for a private and a non-private run of one seed, or the
-    weights of the finished model in the train/ folder ``init_from`` (public pretraining)."""
+    weights of the finished model in the train/ folder ``init_from`` (public pretraining). Its levels follow the image
+    size (``ModelConfig.levels``, :func:`~diffaudit.diffusion.unet.model_config_for`)."""
     c, h, _ = image_shape
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
         torch.manual_seed(derive_seed(train_cfg.seed, 0, Stream.INIT))
@@ -188,6 +190,7 @@ def train(
     train_dir = Path(train_dir)
     n, c, h, w = check_images(images)
     y_all = check_labels(labels, n, model_cfg.num_classes)
+    model_cfg = model_config_for(model_cfg, h)  # levels "auto": sized to the images; recorded as resolved
     record = _train_record(model_cfg, train_cfg, sde, (c, h, w), data_id)
     if init_from is not None:
         record["init_from"] = str(init_from)

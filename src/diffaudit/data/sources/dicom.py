@@ -116,7 +116,8 @@ def _voi(ds, x: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None, str
     if function == "LINEAR_EXACT" and w > 0:
         return x, (c - w / 2, c + w / 2), "file window (linear exact)"
     if w < 1:
-        raise Unreadable(f"its WindowWidth {w:g} is below 1; pass window=(center, width) to choose one")
+        raise Unreadable(f"its WindowWidth {w:g} is below 1; pass window=(center, width) (--window CENTER,WIDTH) "
+                         "to choose one")
     return x, linear_window(c, w), "file window"
 
 
@@ -172,10 +173,12 @@ class DicomReader:
             raise Unreadable(f"it is {_NOT_IMAGES[sop]}, not an image")
         if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             kind = ds.SOPClassUID.name if "SOPClassUID" in ds else "no SOP class"
+            if "SOPClassUID" not in ds or "Image Storage" in kind or "Rows" in ds:  # pydicom stops quietly at the end
+                raise Unreadable(f"it holds no pixel data ({kind}); the file is truncated or damaged")
             raise Unreadable(f"it holds no pixel data ({kind}); it is not an image")
         n = int(ds.get("NumberOfFrames", 1) or 1)
         if n > 1 and self.frames != "all":
-            raise DiffauditError(f"{path} holds {n} frames; pass frames='all' to take one image per frame")
+            raise DiffauditError(f"{path} holds {n} frames; pass frames='all' (--frames all) to take one image per frame")
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         if photometric == "PALETTE COLOR":
             raise Unreadable("PALETTE COLOR images are not read; convert it to RGB")

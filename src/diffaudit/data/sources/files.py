@@ -5,7 +5,7 @@ absolute path, or a symlink whose target lies elsewhere — is refused, so a dat
 make an audit read (and its manifest describe) files outside the data it claims to be about.
 
 Files that are clearly not data (hidden files, ``Thumbs.db``, ``desktop.ini``, ``DICOMDIR``, README, LICENSE and
-checksum files, and notes or sidecars: .txt .md .json .csv .tsv) are ignored and listed as such; every other file must be
+checksum files, and notes or sidecars: .txt .md .json .jsonl .csv .tsv) are ignored and listed as such; every other file must be
 readable by the source's reader. A file that is not (corrupt, truncated, of another format) is an
 :class:`Unreadable`: a source collects them all, then refuses naming the first and their count, or, with
 ``skip_unreadable=True``, leaves them out and records each with its reason.
@@ -24,7 +24,7 @@ from .records import Skipped
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}
 _IGNORED_PREFIXES = ("readme", "license", "licence", "sha256sum", "sha1sum", "md5sum")
-_IGNORED_SUFFIXES = (".txt", ".md", ".json", ".csv", ".tsv", ".sha256", ".md5")
+_IGNORED_SUFFIXES = (".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".sha256", ".md5")
 
 
 class Unreadable(Exception):
@@ -108,6 +108,6 @@ def refuse_unreadable(bad: Sequence[Skipped], total: int, *, root: Path, kind: s
     if bad and not skip:
         first = bad[0]
         raise DiffauditError(f"{root / first.path}: {first.reason}; {len(bad)} of {total} files under {root} cannot "
-                             f"be read as {kind}: repair or remove them, or pass skip_unreadable=True to leave them "
-                             "out (each is recorded)")
+                             f"be read as {kind}: repair or remove them, or pass skip_unreadable=True (--skip-unreadable) "
+                             "to leave them out (each is recorded)")
     return tuple(bad)

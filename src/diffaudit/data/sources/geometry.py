@@ -72,4 +72,4 @@ def to_channels(x: np.ndarray, channels: int, *, name: str) -> np.ndarray:
         return np.repeat(x, 3, axis=0)
     if np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2]):
         return x[:1]
-    raise DiffauditError(f"{name} is a colour image but channels=1 was asked; pass channels=3 for colour data")
+    raise DiffauditError(f"{name} is a colour image but channels=1 was asked; pass channels=3 (--channels 3) for colour data")

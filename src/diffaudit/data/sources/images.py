@@ -69,7 +69,7 @@ class ImageReader:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             n = getattr(im, "n_frames", 1)
             if n > 1 and self.frames != "all":
-                raise DiffauditError(f"{path} holds {n} frames; pass frames='all' to take one image per frame")
+                raise DiffauditError(f"{path} holds {n} frames; pass frames='all' (--frames all) to take one image per frame")
             pages = []
             for k in range(n):
                 im.seek(k)

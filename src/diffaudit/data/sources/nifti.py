@@ -111,7 +111,7 @@ class NiftiReader:
             frames = [n // 2]
         elif self.which >= n:
             raise DiffauditError(f"slice index {self.which} is past axis {self.axis} of {path} ({n} slices); "
-                                 f"pass slice='{self.axis}:K' with K below {n}, or '{self.axis}:mid'")
+                                 f"pass slice='{self.axis}:K' (--slice {self.axis}:K) with K below {n}, or '{self.axis}:mid'")
         else:
             frames = [self.which]
         return _Volume(vol, self.axis, frames, sha256_bytes(data))

@@ -63,7 +63,7 @@ def detect_format(path: str | os.PathLike) -> str:
         kind = _file_kind(path)
         if kind is None:
             raise DiffauditError(f"{path} is not a file kind diffaudit reads; pass a folder, a .npz, a .csv/.json "
-                                 "datalist, or format= one of " + ", ".join(SOURCES))
+                                 "datalist, or format= (--data-format) one of " + ", ".join(SOURCES))
         return kind
     if not path.is_dir():
         raise DiffauditError(f"{path} does not exist; pass the folder or file that holds the images")
@@ -75,7 +75,7 @@ def detect_format(path: str | os.PathLike) -> str:
         raise DiffauditError(f"{path} holds no images, DICOM or NIfTI files; point the source at the folder of images")
     if len(kinds) > 1:
         found = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-        raise DiffauditError(f"{path} holds files of several kinds ({found}); pass format= the one to read")
+        raise DiffauditError(f"{path} holds files of several kinds ({found}); pass format= (--data-format) the one to read")
     return next(iter(kinds))
 
 

@@ -93,7 +93,7 @@ def _label_table(root: Path, options: SourceOptions, files: list[str]) -> Path |
         return root / LABELS_FILE if (root / LABELS_FILE).is_file() else None
     path = inside(root, options.labels, what="the data root")
     if not path.is_file():
-        raise DiffauditError(f"the labels table {path} does not exist; pass labels= a CSV under the data root, "
+        raise DiffauditError(f"the labels table {path} does not exist; pass labels= (--labels) a CSV under the data root, "
                              "'folders', 'none' or 'auto'")
     return path
 
@@ -114,7 +114,8 @@ def open_folder(path: Path, *, kind: str, options: SourceOptions, workers: int |
         folders = class_folders(files, under_split=splits is not None)
         if folders is None and options.labels == "folders":
             raise DiffauditError(f"labels='folders' but the images under {root} do not all lie one folder below "
-                                 f"{'their split folder' if splits else 'the root'}; arrange them so, or pass labels='none'")
+                                 f"{'their split folder' if splits else 'the root'}; arrange them so, or pass "
+                                 "labels='none' (--labels none)")
     labels, classes = [None] * len(files), None
     if folders is not None:
         labels, classes = encode_labels(folders[f] for f in files)

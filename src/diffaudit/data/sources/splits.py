@@ -76,7 +76,8 @@ def assign_splits(source: Source, *, ratios=RATIOS, seed: int = 0, by_patient: b
     if empty:
         unit = "patients or files" if by_patient else "files"
         raise DiffauditError(f"too few to split: {len(source)} images in {len(keys)} {unit} leave the {empty[0]} split "
-                             f"empty at ratios {r}; add images, or set that split's ratio to 0")
+                             f"empty at ratios {r} (under {source.root}); add images, or set that split's ratio to 0 "
+                             "(--split-ratios)")
     return source.with_records([dataclasses.replace(rec, split=split_of[i]) for i, rec in enumerate(source)])
 
 

@@ -13,12 +13,13 @@ Usage: python benchmarks/detector_table.py [--dataset breastmnist] [--sizes 28,6
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from diffaudit.adversary.stage import train_classifiers
-from diffaudit.config import DEFAULT_AUDIT_PRESET, get_audit_preset, override
+from diffaudit.config import get_audit_preset
 from diffaudit.data.prepare import prepare_run
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="breastmnist")
     ap.add_argument("--sizes", default="28,64")
     ap.add_argument("--n-train", default="16,32,64,128,256,all")
-    ap.add_argument("--preset", default=DEFAULT_AUDIT_PRESET)
+    ap.add_argument("--preset", default="cpu-demo", help="the audit preset whose classifiers are trained (default: cpu-demo, the default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/detector-table"))
     ap.add_argument("--data-root", default=None)
@@ -40,8 +41,8 @@ def main() -> None:
         for text in args.n_train.split(","):
             n = None if text == "all" else int(text)
             run = args.out / f"{args.dataset}-{size}px-n{text}-s{args.seed}"
-            cfg = override(preset.prepare, dataset=args.dataset, n_train=n, seed=args.seed,
-                           size=None if size == 28 else size)
+            cfg = dataclasses.replace(preset.prepare, dataset=args.dataset, n_train=n, seed=args.seed,
+                                      size=None if size == 28 else size)
             t = time.perf_counter()
             m = prepare_run(run, cfg, data_root=args.data_root, log=lambda _: None, progress=False)
             metrics = train_classifiers(run, {"c_p": preset.c_p, "c_id": preset.c_id}, data_root=args.data_root,

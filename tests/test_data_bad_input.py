@@ -378,13 +378,15 @@ def test_export_refuses_as_prepare_does(capsys, tmp_path):
 
 @pytest.mark.parametrize("command, run_option", [("audit", "--run-dir"), ("sweep", "--out")])
 def test_audit_and_sweep_refuse_before_preparing_anything(capsys, tmp_path, command, run_option):
-    """The audit's own record (audit.json, its log) may stay, but no prepared image nor manifest."""
+    """No prepared image nor manifest; a new audit folder is removed whole (a sweep keeps its own record)."""
     data = truncated_pngs(tmp_path / "data")
     out = tmp_path / "out"
     code, err = run(capsys, command, run_option, out, "--quiet", "--data", data)
     errors = [line for line in err.strip().splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1 and "cut.png: truncated or corrupt image" in errors[0], err
     assert not list(out.rglob("images.npy")) and not list(out.rglob("manifest.json"))
+    if command == "audit":
+        assert not out.exists()
 
 
 # ---- not errors --------------------------------------------------------------------------------------------------

@@ -146,3 +146,15 @@ def test_augmentation_sizes_scale_with_the_side_and_are_unchanged_at_28_px():
     cfg = ClassifierConfig(mask_prob=0.5, noise_std=0.1)
     assert torch.equal(augment(images, cfg, FP, 5), augment(images, dataclasses.replace(cfg, max_shift=0.01), FP, 5))
     assert not torch.equal(augment(images, cfg, FP, 5), augment(images, dataclasses.replace(cfg, max_shift=1 / 28), FP, 5))
+
+
+def test_the_operating_threshold_is_raised_only_as_far_as_the_false_positive_rate_needs():
+    from diffaudit.adversary.classifiers import operating_threshold
+
+    cfg = ClassifierConfig(criterion_fpr=0.01)
+    quiet = np.linspace(0.0, 0.4, 100)
+    assert operating_threshold(quiet, cfg) == cfg.threshold  # nothing above 0.5: the config's threshold
+    loud = np.concatenate([quiet[:98], [0.86, 0.7]])  # two of 100 above 0.5, one allowed
+    t = operating_threshold(loud, cfg)
+    assert t == 0.7 and (loud > t).sum() == 1
+    assert (np.concatenate([quiet[:22], [0.86]]) > operating_threshold(np.concatenate([quiet[:22], [0.86]]), cfg)).sum() == 0

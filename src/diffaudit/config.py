@@ -695,7 +695,7 @@ def _cpu_demo() -> AuditConfig:
         # images (README: the cpu-demo benchmark)
         c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], max_epochs=30, patience=20, epoch_size=512,
                                 val_size=256, augmix_severity=1, lr_schedule="cosine"),
-        c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], max_epochs=6, patience=3, epoch_size=512,
+        c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], max_epochs=12, patience=3, epoch_size=512,
                                  val_size=256),
         sample=SampleConfig(n=256, steps=100, batch_size=128),
         tprime=TPrimeConfig(M=8, resolution=0.05, steps=100),

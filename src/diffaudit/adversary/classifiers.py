@@ -9,8 +9,11 @@ where it leaves the residual blocks 16x16 or more; ``ClassifierConfig.small_inpu
 
 Training runs in rounds of ``epoch_size`` draws. Given held-out data (:class:`Heldout`), each round ends with the
 criterion: the recall on held-out copies of x_p and the false-positive rate on held-out real images at the decision
-threshold. Training stops once both are within ``criterion_recall`` and ``criterion_fpr``, or at the cap
-(``max_epochs`` rounds, ``max_steps`` steps), and keeps the round nearest the criterion (:func:`shortfall`).
+threshold. The threshold is the config's (0.5), raised where needed to the least value that flags at most
+``criterion_fpr`` of the held-out real images (:func:`operating_threshold`: an operating point chosen on the val
+split; the test split's false positives are the independent check). Training stops once the recall at that threshold
+is at least ``criterion_recall``, or at the cap (``max_epochs`` rounds, ``max_steps`` steps), and keeps the round
+nearest the criterion (:func:`shortfall`); model.json records its threshold, which the detector then uses.
 
 A classifier is saved as ``model.safetensors`` (weights, BatchNorm statistics) and ``model.json`` (its config,
 image shape, training history and the data it was trained for); no pickled code.
@@ -123,13 +126,25 @@ def shortfall(entry: dict, cfg: ClassifierConfig) -> float:
 
 
 @torch.no_grad()
-def _flags(net: nn.Module, images: np.ndarray, threshold: float, device: torch.device, batch: int = 256) -> np.ndarray:
+def _probabilities(net: nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
     net.eval()
     out = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).to(device).float() / 127.5 - 1.0
-        out.append((torch.sigmoid(net(x).squeeze(1)) > threshold).cpu())
+        out.append(torch.sigmoid(net(x).squeeze(1)).cpu())
     return torch.cat(out).numpy()
+
+
+def operating_threshold(negatives: np.ndarray, cfg: ClassifierConfig) -> float:
+    """The decision threshold: ``cfg.threshold``, raised where needed to the least value that flags at most
+    ``criterion_fpr`` of the held-out real images (their probabilities ``negatives``; an image is flagged when its
+    probability exceeds the threshold). The operating point is chosen on the val split; the test split's false
+    positives, reported in metrics.json, are measured at it and are the independent check."""
+    allowed = int(math.floor(cfg.criterion_fpr * len(negatives) + 1e-9))
+    ranked = np.sort(negatives)[::-1]
+    if allowed >= len(ranked):
+        return cfg.threshold
+    return float(max(cfg.threshold, ranked[allowed]))
 
 
 def criterion_record(cfg: ClassifierConfig, history: list[dict], kept: dict, heldout: Heldout, *, cap: int,
@@ -139,7 +154,7 @@ def criterion_record(cfg: ClassifierConfig, history: list[dict], kept: dict, hel
             "measured": {"recall": kept["recall"], "fpr": kept["fpr"],
                          "n_positives": int(len(heldout.positives)), "n_negatives": int(len(heldout.negatives))},
             "round": kept["epoch"], "steps": kept["steps"], "steps_trained": history[-1]["steps"], "cap_steps": cap,
-            "seconds": round(seconds, 1), "threshold": cfg.threshold, **heldout.describe}
+            "seconds": round(seconds, 1), "threshold": kept["threshold"], **heldout.describe}
 
 
 @torch.no_grad()
@@ -194,9 +209,11 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
         entry = {"epoch": epoch + 1, "steps": done, "train_loss": running / n, "val_loss": val_loss,
                  "val_accuracy": val_acc}
         if heldout is not None:
-            recall = float(_flags(net, heldout.positives, cfg.threshold, device).mean())
-            fpr = float(_flags(net, heldout.negatives, cfg.threshold, device).mean())
-            entry.update(recall=recall, fpr=fpr)
+            p_neg = _probabilities(net, heldout.negatives, device)
+            threshold = operating_threshold(p_neg, cfg)
+            recall = float((_probabilities(net, heldout.positives, device) > threshold).mean())
+            fpr = float((p_neg > threshold).mean())
+            entry.update(recall=recall, fpr=fpr, threshold=threshold)
             entry["met"] = shortfall(entry, cfg) == 0
             better = shortfall(entry, cfg) <= best  # ties: the later, longer-trained round
             best = min(best, shortfall(entry, cfg))
@@ -214,7 +231,8 @@ def fit(task: Task, val_task: Task, cfg: ClassifierConfig, *, like: Fingerprint,
             break
     bar.close()
     net.load_state_dict(best_state)
-    record = {"history": history, "best_epoch": kept["epoch"], "stem": stem_for(cfg, side), "steps": kept["steps"]}
+    record = {"history": history, "best_epoch": kept["epoch"], "stem": stem_for(cfg, side), "steps": kept["steps"],
+              "threshold": kept.get("threshold", cfg.threshold)}
     if heldout is not None:
         record["criterion"] = criterion_record(cfg, history, kept, heldout, cap=total,
                                                seconds=time.monotonic() - started)
@@ -238,7 +256,16 @@ def load_classifier(folder: str | Path, *, device: torch.device | str = "cpu") -
     check_state_dict(net, weights, folder / "model.safetensors")
     net.load_state_dict(weights)
     return ClassifierDetector(net.to(device).eval(), image_shape=tuple(meta["image_shape"]),
-                              threshold=cfg.threshold, name=meta.get("name", folder.name), meta=meta)
+                              threshold=_threshold(meta, cfg, folder), name=meta.get("name", folder.name), meta=meta)
+
+
+def _threshold(meta: dict, cfg: ClassifierConfig, folder: Path) -> float:
+    """The threshold the classifier was trained to (model.json ``threshold``; the config's for older ones)."""
+    t = meta.get("threshold", cfg.threshold)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise DiffauditError(f"{folder / 'model.json'} threshold {t!r} is not in (0, 1): the file was edited or damaged; "
+                             "rerun 'diffaudit train-classifiers'")
+    return float(t)
 
 
 class ClassifierDetector:

@@ -139,7 +139,7 @@ def train_classifiers(run: Path, configs: dict[str, ClassifierConfig], *, data_r
         log(f"{name}: criterion {'met' if c['met'] else 'NOT met'} after {c['steps']} of at most {c['cap_steps']} steps "
             f"({c['seconds']:.0f} s): recall {c['measured']['recall']:.3f} (>= {c['recall']:g}) on "
             f"{c['measured']['n_positives']} copies, false positives {c['measured']['fpr']:.3f} (<= {c['fpr']:g}) on "
-            f"{c['measured']['n_negatives']} val images")
+            f"{c['measured']['n_negatives']} val images, at threshold {c['threshold']:.3g}")
         detectors[name] = load_classifier(folder, device=dev)
     metrics = measure(audit, detectors, seed=configs["c_p"].seed)
     write_json(run / "classifiers" / "metrics.json", metrics)

@@ -32,10 +32,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prepare", formatter_class=Formatter, help="choose N_D training images and put the SAF on x_p",
-                       description="Choose N_D training images of a MedMNIST split, put a synthetic anatomical "
-                                   "fingerprint on one of them (x_p, Eq. 10), drop its clean original, and write "
-                                   "manifest.json, from which the exact training set can be rebuilt.",
-                       epilog=_example("diffaudit prepare --dataset breastmnist --n-train 32 --seed 0 --run-dir runs/b32"))
+                       description="Choose N_D training images of a MedMNIST split or of your own images (--data: a "
+                                   "folder of PNG/JPEG/TIFF/BMP, DICOM or NIfTI, or a datalist, prepared once into "
+                                   "<run>/data/images.npy), put a synthetic anatomical fingerprint on one of them "
+                                   "(x_p, Eq. 10) where it lies on the anatomy and stands out, drop its clean original "
+                                   "and its patient's other images, and write manifest.json, from which the exact "
+                                   "training set can be rebuilt.",
+                       epilog=_example("""
+                            diffaudit prepare --dataset breastmnist --n-train 32 --seed 0 --run-dir runs/b32
+                            diffaudit prepare --dataset breastmnist --size 64 --n-train 16 --run-dir runs/b64
+                            diffaudit prepare --data scans/ --size 128 --n-train 64 --run-dir runs/cxr"""))
     common(p)
     p.add_argument("--dataset", default=None, help="MedMNIST flag (file <flag>.npz in the data root) "
                                                    "(default: breastmnist)")

@@ -59,7 +59,7 @@ def _fields(run: Path, results: dict, v: dict) -> dict:
             "t_prime": tp and tp["value"], "t_prime_alpha": tp and tp["value_alpha"],
             "fid_train": fid and fid["train"], "fid_test": fid and fid["test"],
             "fid_reliable": fid and fid.get("reliable"), "fid_gap_significant": fid and fid.get("gap_significant"),
-            "fid_extractor": fid and fid["extractor"]["name"], "nll_gap": gap, "t_prime_section": tp, "fid_section": fid}
+            "fid_extractor": fid and (fid.get("extractor") or {}).get("name"), "nll_gap": gap, "t_prime_section": tp, "fid_section": fid}
 
 
 def check_out(out: Path, runs: list[Path]) -> None:

@@ -286,7 +286,9 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
                          f"train {fmt(nll['train']['mean'], 4)}{sem(nll['train'])} (n = {nll['train']['n']}), "
                          f"test {fmt(nll['test']['mean'], 4)}{sem(nll['test'])} (n = {nll['test']['n']}); "
                          "± is one standard error."))
-    if fid:
+    if fid and fid.get("skipped"):
+        out.append(("p", f"FID not computed: {fid['skipped']}."))
+    elif fid:
         boot = fid.get("bootstrap")
         intervals = (f" Intervals: 95% bootstrap, {boot['resamples']} resamples of the generated and reference "
                      "features, re-centred on the value." if boot else "")

@@ -289,6 +289,8 @@ def _nll(ctx: Context) -> dict:
 def _fid(ctx: Context) -> dict:
     r = run_fid(ctx.run, ctx.cfg.fid, ctx.run / "samples" / ctx.samples_name, data_root=ctx.data_root,
                 device=ctx.device, progress=ctx.progress, extractor_dir=ctx.shared_extractor, log=ctx.log)
+    if r.get("skipped"):
+        return {"skipped": r["skipped"]}
     return {"train": r["train"], "test": r["test"], "extractor": r["extractor"]["name"]}
 
 

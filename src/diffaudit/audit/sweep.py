@@ -139,7 +139,7 @@ def write_sweep_report(out: Path, cells: Sequence[Path]) -> dict:
               for r in rows]
     table2 = [[r["dataset"], r["n_train"], fmt(r["nll_bpd"]["test"]["mean"], 4), fmt(r["nll_bpd"]["train"]["mean"], 4),
                fmt(r["nll_bpd"]["x_p"] and r["nll_bpd"]["x_p"]["mean"], 4), fid_cell(r["fid"], "train"),
-               fid_cell(r["fid"], "test"), r["fid"]["extractor"]["name"],
+               fid_cell(r["fid"], "test"), (r["fid"].get("extractor") or {}).get("name", "not computed"),
                fmt(100 * r["classifiers"]["c_p"]["test_accuracy"] if r["classifiers"] else None),
                fmt(100 * r["classifiers"]["c_id"]["train_accuracy"] if r["classifiers"] else None)] for r in rows]
     blocks = [("h", 1, "diffaudit sweep"),

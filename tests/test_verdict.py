@@ -159,3 +159,17 @@ def test_the_rate_net_of_a_control_model_has_a_conservative_interval():
     results["reproduction"]["false_positive_rate"] = {"control_samples": {"q": {"positives": 1, "n": 256, "rate": 1 / 256}}}
     v = verdict_section(results, metrics)
     assert v["net_of_control"]["control_rate"] == 1 / 256
+
+
+def test_a_fid_that_could_not_be_computed_is_reported_as_such(tmp_path, data_root, capsys):
+    rd = _fabricated_run(tmp_path, data_root, "nofid", 3, 256)
+    results = read_json(rd / "results.json")
+    results["fid"] = {"train": None, "test": None, "skipped": "the data has no class labels", "reliable": False,
+                      "unreliable_reason": "the data has no class labels"}
+    write_json(rd / "results.json", results)
+    assert main(["report", "--run-dir", str(rd), "--write"]) == 0
+    assert "FID not computed: the data has no class labels." in (rd / "report.md").read_text()
+    other = _fabricated_run(tmp_path, data_root, "other", 17, 256)
+    out = tmp_path / "cmp"
+    compare_runs([rd, other], out)
+    assert (out / "report.md").is_file()

@@ -244,12 +244,10 @@ def _placement_sentence(placed: dict | None) -> str:
             "image).")
 
 
-def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Block]:
-    metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
-    rep, tp, nll, fid = (results.get(k) for k in ("reproduction", "t_prime", "nll_bpd", "fid"))
+def _fingerprint_blocks(run: Path, results: dict) -> list[Block]:
+    """Which image is x_p, its SAF and where it was placed, and the picture of x_i, x_p and the foreground."""
     fp = results.get("fingerprint") or {}
-    out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}")]
-    out += verdict_blocks(results)
+    out: list[Block] = []
     out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
                      f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
                      f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."
@@ -258,17 +256,13 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
         out.append(("img", "prepare/x_i_and_x_p.png", "x_i (clean original, not trained on), x_p (with the SAF) and, "
                     "in runs prepared with a placement rule, the foreground mask the SAF lies on (white) with the SAF (grey)"))
 
-    out.append(("h", 2, "Reproductions (Table 1)"))
-    if rep:
-        out.append(("table", ["N_D", "N", "|c_p+|", "|c_id+|", "|q|", "E|q|", "p-value", "rate", "95% interval", "t'",
-                              "t'_α", "Eq. 9 indicator"],
-                    [[results["n_train"], rep["n_samples"], fmt(rep["c_p"]), fmt(rep["c_id"]), rep["q"],
-                      fmt(rep["expected_q"]), fmt(rep["p_value"]), fmt(rep["rate"]),
-                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]",
-                      fmt(tp and tp["value"], 2), fmt(tp and tp["value_alpha"], 2), fmt(tp and tp["bound"])]]))
-        kinds = ", ".join(f"{k}: {v.get('kind')}" for k, v in rep["detectors"].items())
-        out.append(("p", "H0: p = 1/N_D (full memorisation) against p < 1/N_D, exact one-sided binomial test; "
-                         f"Clopper–Pearson interval. q = images flagged by every detector ({kinds})."))
+    return out
+
+
+def _quality_blocks(results: dict, metrics: dict) -> list[Block]:
+    """Table 2: the NLL, the FID with its intervals or why it was not computed, and the classifiers' accuracies."""
+    nll, fid = results.get("nll_bpd"), results.get("fid")
+    out: list[Block] = []
     out.append(("h", 2, "Model quality and memorisation gap (Table 2)"))
     saf = metrics.get("c_p", {}).get("test_accuracy")
     ident = metrics.get("c_id", {}).get("train_accuracy")
@@ -297,6 +291,27 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
                          f"{fid_gap_sentence(fid)}"))
         if fid.get("reliable") is False:
             out.append(("p", f"**Caution: the FIDs marked * are unreliable: {fid['unreliable_reason']}.**"))
+    return out
+
+
+def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Block]:
+    metrics = read_json(run / "classifiers" / "metrics.json") if (run / "classifiers" / "metrics.json").exists() else {}
+    rep, tp = results.get("reproduction"), results.get("t_prime")
+    out: list[Block] = [("h", 1, title or f"diffaudit report: {results['dataset']}, N_D = {results['n_train']}")]
+    out += verdict_blocks(results)
+    out += _fingerprint_blocks(run, results)
+    out.append(("h", 2, "Reproductions (Table 1)"))
+    if rep:
+        out.append(("table", ["N_D", "N", "|c_p+|", "|c_id+|", "|q|", "E|q|", "p-value", "rate", "95% interval", "t'",
+                              "t'_α", "Eq. 9 indicator"],
+                    [[results["n_train"], rep["n_samples"], fmt(rep["c_p"]), fmt(rep["c_id"]), rep["q"],
+                      fmt(rep["expected_q"]), fmt(rep["p_value"]), fmt(rep["rate"]),
+                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]",
+                      fmt(tp and tp["value"], 2), fmt(tp and tp["value_alpha"], 2), fmt(tp and tp["bound"])]]))
+        kinds = ", ".join(f"{k}: {v.get('kind')}" for k, v in rep["detectors"].items())
+        out.append(("p", "H0: p = 1/N_D (full memorisation) against p < 1/N_D, exact one-sided binomial test; "
+                         f"Clopper–Pearson interval. q = images flagged by every detector ({kinds})."))
+    out += _quality_blocks(results, metrics)
 
     util = results.get("utility")
     if util:

@@ -142,7 +142,8 @@ def main() -> None:
         models = []
         for size in (int(v) for v in args.sizes.split(",")):
             torch.manual_seed(0)
-            models.append((ScoreModel(build_unet(preset.model, channels=channels, size=size), sde).to(device).eval(),
+            models.append((ScoreModel(build_unet(preset.model, channels=channels, size=size), sde,
+                                      prediction=preset.model.prediction).to(device).eval(),
                            (channels, size, size)))
     for score, shape in models:
         table(args, score, sde, shape, device, peaks, batches, compile_modes, precisions)

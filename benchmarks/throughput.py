@@ -40,7 +40,7 @@ def main() -> None:
     sde = SubVPSDE()
     torch.manual_seed(0)
     net = build_unet(preset.model, channels=args.channels, size=28)
-    model = ScoreModel(net, sde)
+    model = ScoreModel(net, sde, prediction=preset.model.prediction)
     n_params = sum(p.numel() for p in net.parameters())
     x = torch.randn(args.batch, args.channels, 28, 28)
     t = torch.rand(args.batch) * 0.99 + 0.01

@@ -198,7 +198,14 @@ class ModelConfig(Checked):
     ``levels`` "auto" (the default) sizes the network to the images (``diffusion.unet.model_config_for``): the listed
     levels are the 28-px model, and every doubling of the image side adds one finer level (56/64 px: 4, 128: 5, 256: 6)
     of half the width of the next, with attention at the level nearest 16x16 alone. "fixed" builds the listed levels at any
-    size. The trained model's config.json and model.json record the resolved shape."""
+    size. The trained model's config.json and model.json record the resolved shape.
+
+    ``prediction`` is what the network outputs (``diffusion.score``): "eps", the noise (Song et al.'s and the paper's
+    parameterisation), or "v", the noise and the image mixed so that at every t the target has unit variance and the
+    input x_t reaches the output through a fixed skip (Salimans & Ho 2022; Karras et al. 2022's preconditioning with
+    sigma_data = 0.5). The loss is Eq. 4 in both. With "eps" a small U-Net cannot give the noise's image mean (its
+    GroupNorms remove it, and it is 1/H^2 of the loss), so at high t the score has no pull on the mean brightness and
+    the reverse SDE drifts to black or white images; "v" takes that mean from x_t itself (README: the 64-px demo)."""
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
@@ -207,13 +214,16 @@ class ModelConfig(Checked):
     norm_num_groups: int = 8
     num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
     levels: str = "auto"  # auto: levels from the image size; fixed: the listed levels at any size
+    prediction: str = "eps"  # eps or v (the cpu preset's); eps is the default so that earlier model.json files read as eps
 
     # added after configs were first saved: left out of the JSON at its default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("levels",)
+    _OMIT_AT_DEFAULT = ("levels", "prediction")
     LEVELS = ("auto", "fixed")
+    PREDICTIONS = ("eps", "v")
 
     def _check(self) -> None:
         self._one_of("levels", self.LEVELS)
+        self._one_of("prediction", self.PREDICTIONS)
         self._require("block_out_channels", len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
                       "a non-empty list of positive channel counts")
         self._require("attention_levels", len(self.attention_levels) == len(self.block_out_channels),
@@ -449,9 +459,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Fits 2 CPU cores: 0.26 M parameters, three levels without attention (about 130 training images/s and
-    # 438 images/s per network evaluation on 2 cores at batch 128; see benchmarks/).
+    # 438 images/s per network evaluation on 2 cores at batch 128; see benchmarks/). It predicts v: with eps, this
+    # small network leaves the samples' mean brightness to drift (ModelConfig).
     "cpu": Preset(
-        model=ModelConfig(),
+        model=ModelConfig(prediction="v"),
         train=TrainConfig(),
         sample=SampleConfig(steps=500),
     ),
@@ -682,14 +693,15 @@ STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "tpri
 
 
 def _cpu_demo() -> AuditConfig:
-    # About eleven minutes on 2 CPU cores with its control model (the README's benchmark): 16 BreastMNIST images, a
-    # short training that already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t' grid, few NLL
-    # images.
+    # About 7.5 minutes on 2 CPU cores with its control model (the README's benchmark; 22 at 64 px): 16 BreastMNIST
+    # images, a short training that already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t'
+    # grid, few NLL images. Each step takes the whole set (batch 16): at 28 px as many images as 1250 steps of 32 at
+    # less than half the cost; at 64 px 2500 steps are where memorisation sets in (README: the 64-px demo).
     cpu = PRESETS["cpu"]
     return AuditConfig(
         prepare=PrepareConfig(dataset="breastmnist", n_train=16, seed=0),
         model=cpu.model,
-        train=dataclasses.replace(cpu.train, steps=1250, checkpoint_every=250),
+        train=dataclasses.replace(cpu.train, steps=2500, batch_size=16, checkpoint_every=500),
         # c_p with AugMix severity 1 and a cosine learning rate: with severity 3 and a constant rate, 10 such epochs
         # found 0 of 200 copies of x_p; this finds 200/200 at noise std 0-0.05 with 0 false positives on the 156 test
         # images (README: the cpu-demo benchmark)

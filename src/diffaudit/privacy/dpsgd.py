@@ -187,7 +187,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
         module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
         noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, Stream.DP_NOISE)))
-    model = ScoreModel(private, sde)
+    model = ScoreModel(private, sde, prediction=model_cfg.prediction)
     k = dp.noise_multiplicity
     train_dir.mkdir(parents=True, exist_ok=True)
     write_json(train_dir / "config.json", record)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
-from ..diffusion.score import ScoreModel, with_labels
+from ..diffusion.score import SIGMA_DATA, ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
 from ..diffusion.unet import build_unet, model_config_for
 from ..errors import DiffauditError
@@ -102,8 +102,21 @@ def init_model(model_cfg: ModelConfig, train_cfg: TrainConfig, image_shape: tupl
         torch.manual_seed(derive_seed(train_cfg.seed, 0, Stream.INIT))
         net = build_unet(model_cfg, channels=c, size=h)
     if init_from is not None:
+        _same_prediction(model_cfg, Path(init_from))
         load_weights(net, Path(init_from))
     return net
+
+
+def _same_prediction(model_cfg: ModelConfig, train_dir: Path) -> None:
+    """Refuse to start from a model whose network outputs another quantity (eps against v): its weights would mean
+    something else here."""
+    path = train_dir / "model.json"
+    if not path.is_file():
+        return  # load_weights names the missing model
+    theirs = read_json(path, expect=dict, fix="train the pretrained model again").get("model", {}).get("prediction", "eps")
+    if theirs != model_cfg.prediction:
+        raise DiffauditError(f"{train_dir} was trained to predict {theirs}, this model predicts {model_cfg.prediction}; "
+                             f"pretrain with the same model preset (model.prediction)")
 
 
 def dsm_draws(train_cfg: TrainConfig, sde: SDE, g: torch.Generator, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,16 +152,20 @@ def log_row(step: int, loss: float, grad_norm: float | None, lr: float, t_wall: 
 
 def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], record: dict) -> Path:
     """The finished U-Net also in diffusers' own layout, ``<train>/unet/`` (``UNet2DModel.from_pretrained`` loads it),
-    with ``diffaudit_sde.json`` beside it: the network is a noise predictor of a continuous SDE, which no stock
+    with ``diffaudit_sde.json`` beside it: the network predicts the noise (or v) of a continuous SDE, which no stock
     diffusers scheduler samples."""
     c, h, _ = record["image_shape"]
     net = build_unet(from_dict(ModelConfig, record["model"]), channels=c, size=h)
     net.load_state_dict(weights)
     folder = train_dir / "unet"
     net.save_pretrained(folder, safe_serialization=True)
+    if record["model"].get("prediction", "eps") == "v":
+        output = (f"v: eps = c_skip x_t + c_out * output, d = alpha_t^2 s_d^2 + sigma_t^2, c_skip = sigma_t / d, c_out = "
+                  f"alpha_t s_d / sqrt(d), s_d = {SIGMA_DATA}, for x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t")
+    else:
+        output = "eps, the noise of x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t"
     write_json(folder / "diffaudit_sde.json", {
-        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": "eps, the noise of x_t = alpha_t x_0 + "
-        "sigma_t eps; score = -eps / sigma_t", "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or "
+        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": output, "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or "
         "probability-flow ODE of this SDE); no diffusers scheduler samples a sub-VP or VE model"})
     return folder
 
@@ -215,7 +232,7 @@ def train(
         raise DiffauditError(f"the batch size {train_cfg.batch_size} must be a multiple of the {procs.world} processes")
 
     net = init_model(model_cfg, train_cfg, (c, h, w), init_from).to(dev)
-    model = ScoreModel(net, sde)
+    model = ScoreModel(net, sde, prediction=model_cfg.prediction)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
     opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     start = 0
@@ -237,7 +254,7 @@ def train(
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=dev.type == "cpu")
-        model = ScoreModel(accelerator.prepare(net), sde)
+        model = ScoreModel(accelerator.prepare(net), sde, prediction=model_cfg.prediction)
     local = slice(procs.rank * train_cfg.batch_size // procs.world, (procs.rank + 1) * train_cfg.batch_size // procs.world)
 
     data = torch.from_numpy(to_model_space(images)).to(dev)
@@ -348,7 +365,7 @@ def load_score_model(train_dir: str | Path, *, device: str | None = "auto") -> t
         check_state_dict(build_unet(cfg, channels=c, size=h), weights, train_dir / "model.safetensors")
     net = build_unet(cfg, channels=c, size=h)
     net.load_state_dict(weights)
-    model = ScoreModel(net, sde_from_dict(meta["sde"])).to(resolve_device(device)).eval()
+    model = ScoreModel(net, sde_from_dict(meta["sde"]), prediction=cfg.prediction).to(resolve_device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, meta

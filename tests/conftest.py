@@ -38,9 +38,15 @@ def write_synthetic_medmnist(path: Path, *, sizes: tuple[int, int, int], channel
     return path
 
 
+#: CPU kernels round by thread count, so every in-process run uses 2 threads whatever OMP_NUM_THREADS says: set here
+#: for the session-scoped fixtures (built before any autouse fixture runs) and again before each test
+THREADS = 2
+torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL
+from conftest import THREADS, TINY_MODEL
 
 from diffaudit.audit.pipeline import run_audit
 from diffaudit.audit.plan import format_plan, plan
@@ -144,7 +144,8 @@ def test_an_audit_killed_mid_run_resumes_to_the_same_results(finished, data_root
     run = tmp_path / "killed"
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(to_dict(TINY)))
-    env = {**os.environ, "DIFFAUDIT_DATA": str(data_root)}
+    # the in-process audits run on 2 threads (conftest); CPU kernels round by thread count, so the killed one does too
+    env = {**os.environ, "DIFFAUDIT_DATA": str(data_root), "OMP_NUM_THREADS": str(THREADS)}
     proc = subprocess.Popen([sys.executable, "-m", "diffaudit", "audit", "--run-dir", str(run), "--config", str(config),
                              "--device", "cpu", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = run / "audit" / "stages" / "classifiers.json"  # kill while sampling (or a little later)

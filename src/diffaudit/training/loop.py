@@ -113,7 +113,10 @@ def _same_prediction(model_cfg: ModelConfig, train_dir: Path) -> None:
     path = train_dir / "model.json"
     if not path.is_file():
         return  # load_weights names the missing model
-    theirs = read_json(path, expect=dict, fix="train the pretrained model again").get("model", {}).get("prediction", "eps")
+    model = read_json(path, expect=dict, fix="train the pretrained model again").get("model")
+    if not isinstance(model, dict):
+        raise DiffauditError(f"{path} holds no model config; the file was edited or damaged: train that model again")
+    theirs = model.get("prediction", "eps")
     if theirs != model_cfg.prediction:
         raise DiffauditError(f"{train_dir} was trained to predict {theirs}, this model predicts {model_cfg.prediction}; "
                              f"pretrain with the same model preset (model.prediction)")

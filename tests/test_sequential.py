@@ -138,5 +138,6 @@ def test_sequential_bad_input(tmp_path, capsys, data_root):
     assert code == 2 and "add --sequential" in err
     code, err = run(capsys, "audit", "--run-dir", tmp_path / "r2", "--sequential", "--target-rate", 2, "--dry-run")
     assert code == 2 and "target_rate" in err and len(err.strip().splitlines()) == 1
-    code, err = run(capsys, "audit", "--run-dir", tmp_path / "r3", "--sequential", "--target-rate", 0.01, "--dry-run")
+    code, err = run(capsys, "audit", "--run-dir", tmp_path / "r3", "--sequential", "--target-rate", 0.01, "--dry-run",
+                    "--data-root", data_root)  # the synthetic files: the plan reads the dataset's size
     assert code == 0, err

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from diffaudit.adversary.stage import train_classifiers
-from diffaudit.config import get_audit_preset
+from diffaudit.presets import get_audit_preset
 from diffaudit.data.prepare import prepare_run
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from diffaudit.config import DPConfig, PrepareConfig, get_preset, override
+from diffaudit.config import DPConfig, PrepareConfig, override
 from diffaudit.data.medmnist import open_dataset
 from diffaudit.data.prepare import build_training_set, make_manifest
 from diffaudit.diffusion.sde import SubVPSDE
+from diffaudit.presets import get_preset
 from diffaudit.privacy.dpsgd import train_dp
 from diffaudit.training.loop import train
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffaudit.config import PrepareConfig, SampleConfig, get_preset
+from diffaudit.config import PrepareConfig, SampleConfig
 from diffaudit.data.medmnist import open_dataset
 from diffaudit.data.prepare import build_training_set, make_manifest
 from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.generate import generate_shards, iter_shards
+from diffaudit.presets import get_preset
 from diffaudit.training.loop import load_score_model, train
 
 

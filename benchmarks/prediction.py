@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffaudit.config import PRESETS, PrepareConfig
+from diffaudit.config import PrepareConfig
 from diffaudit.data.prepare import build_training_set, prepare_run
 from diffaudit.diffusion.samplers import euler_maruyama, time_grid
 from diffaudit.diffusion.sde import SubVPSDE
+from diffaudit.presets import PRESETS
 from diffaudit.training.loop import load_score_model, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffaudit.config import get_preset
+from diffaudit.presets import get_preset
 from diffaudit.diffusion.generative import ContinuousModel
 from diffaudit.diffusion.precision import AUTO_COMPILE_EVALUATIONS, compiled, in_memory_format
 from diffaudit.diffusion.score import ScoreModel

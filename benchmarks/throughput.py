@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffaudit.config import get_preset
+from diffaudit.presets import get_preset
 from diffaudit.diffusion.score import ScoreModel
 from diffaudit.diffusion.losses import dsm_loss
 from diffaudit.diffusion.sde import SubVPSDE

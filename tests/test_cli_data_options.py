@@ -5,7 +5,8 @@ import pytest
 
 from diffaudit.audit.sweep import source_name, sweep_cells
 from diffaudit.cli import _audit_config, _prepared_data, build_parser, main
-from diffaudit.config import SAF_SIZE, PrepareConfig, get_audit_preset, override
+from diffaudit.config import SAF_SIZE, PrepareConfig, override
+from diffaudit.presets import get_audit_preset
 
 
 def run(capsys, *argv):

@@ -8,8 +8,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..config import SequentialConfig, apply_overrides, get_audit_preset, override
+from ..config import SequentialConfig, override
 from ..errors import DiffauditError, ReleaseBlocked
+from ..presets import apply_overrides, get_audit_preset
 from .options import DEFAULT_AUDIT_PRESET, with_data_options
 
 MANIFEST = "manifest.json"

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 from ..config import (
     ACCOUNTANTS,
-    AUDIT_PRESETS,
     COMPILE_MODES,
     DATA_FORMATS,
     DP_FINETUNE,
@@ -30,6 +29,7 @@ from ..config import (
 from ..diffusion.discrete import SCHEDULER_SAMPLERS
 from ..diffusion.samplers import SAMPLERS
 from ..errors import DiffauditError
+from ..presets import AUDIT_PRESETS
 
 ALL_SAMPLERS = [*SAMPLERS, *SCHEDULER_SAMPLERS]
 DEFAULT_AUDIT_PRESET = "cpu-demo"

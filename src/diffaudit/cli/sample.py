@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DETECTORS, PRESETS, SampleConfig, SequentialConfig, get_preset, override
+from ..config import DETECTORS, SampleConfig, SequentialConfig, override
 from ..errors import DiffauditError
 from ..io import check_name
+from ..presets import PRESETS, get_preset
 from .common import _model_defaults, _run_model, _say
 from .options import ALL_SAMPLERS, Formatter, _example, common, model_options, numerics_options
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import PRESETS, get_preset, override
+from ..config import override
 from ..diffusion.sde import SDES
+from ..presets import PRESETS, get_preset
 from .common import _dp_config, _load_manifest, _say
 from .options import Formatter, _example, common, device_and_data, dp_options
 

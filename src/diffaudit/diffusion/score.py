@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import DiffauditError
 from .sde import SDE, _expand
 
@@ -38,7 +39,7 @@ TIME_SCALE = 999.0
 
 #: the data's scale in the v parameterisation (images in [-1, 1]; Karras et al. 2022's sigma_data)
 SIGMA_DATA = 0.5
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ModelConfig.PREDICTIONS  # eps, v
 
 
 def v_coefficients(sde: SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,8 +168,9 @@ def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], rec
     else:
         output = "eps, the noise of x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t"
     write_json(folder / "diffaudit_sde.json", {
-        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": output, "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or "
-        "probability-flow ODE of this SDE); no diffusers scheduler samples a sub-VP or VE model"})
+        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": output,
+        "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or probability-flow ODE of this SDE); no "
+        "diffusers scheduler samples a sub-VP or VE model"})
     return folder
 
 

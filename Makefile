@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole audit (cpu-demo preset: 16 BreastMNIST images, one with the fingerprint) into $(DEMO_DIR), about eleven
+# The whole audit (cpu-demo preset: 16 BreastMNIST images, one with the fingerprint) into $(DEMO_DIR), about 7.5
 # minutes on 2 CPU cores. The data is found locally (--data-root, $DIFFAUDIT_DATA, ../shared/data/medmnist,
 # ~/.medmnist) or downloaded once into ~/.medmnist. Rerunning keeps the finished stages; `make clean-demo` starts over.
 demo: $(STAMP)

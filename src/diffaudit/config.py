@@ -202,7 +202,11 @@ class ModelConfig(Checked):
 
     ``prediction`` is what the network outputs: "eps", the noise (the paper's parameterisation), or "v", from which
     eps is x_t through a fixed skip plus the scaled output; :mod:`diffaudit.diffusion.score` gives the formula and why
-    a small U-Net needs it."""
+    a small U-Net needs it.
+
+    ``patch`` p (a power of two) runs the network on the image's p x p patches stacked as channels, so its levels
+    follow side / p; "auto" patches images above 32 px (:mod:`diffaudit.diffusion.unet`: 64 px in 2 x 2, 128 px and
+    up in 4 x 4). 1, no patches, is the default, and what earlier model.json files without the key mean."""
 
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
@@ -212,15 +216,19 @@ class ModelConfig(Checked):
     num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
     levels: str = "auto"  # auto: levels from the image size; fixed: the listed levels at any size
     prediction: str = "eps"  # eps or v (the cpu preset's); eps is the default so that earlier model.json files read as eps
+    patch: int | str = 1  # p x p patches as channels (a power of two), or "auto" (the cpu preset's)
 
     # added after configs were first saved: left out of the JSON at its default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("levels", "prediction")
+    _OMIT_AT_DEFAULT = ("levels", "prediction", "patch")
     LEVELS = ("auto", "fixed")
     PREDICTIONS = ("eps", "v")
 
     def _check(self) -> None:
         self._one_of("levels", self.LEVELS)
         self._one_of("prediction", self.PREDICTIONS)
+        self._require("patch", self.patch == "auto" or (isinstance(self.patch, int) and self.patch >= 1
+                                                        and self.patch & (self.patch - 1) == 0),
+                      '"auto" or a power of two (1: no patches)')
         self._require("block_out_channels", len(self.block_out_channels) >= 1 and min(self.block_out_channels) >= 1,
                       "a non-empty list of positive channel counts")
         self._require("attention_levels", len(self.attention_levels) == len(self.block_out_channels),

@@ -33,9 +33,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Fits 2 CPU cores: 0.26 M parameters, three levels without attention (about 130 training images/s and
     # 438 images/s per network evaluation on 2 cores at batch 128; see benchmarks/). It predicts v: with eps, this
-    # small network leaves the samples' mean brightness to drift (ModelConfig).
+    # small network leaves the samples' mean brightness to drift (ModelConfig). Images above 32 px enter as 2 x 2
+    # (up to 4 x 4) patches, so the same three levels run on a grid of at most 32 px (diffusion.unet).
     "cpu": Preset(
-        model=ModelConfig(prediction="v"),
+        model=ModelConfig(prediction="v", patch="auto"),
         train=TrainConfig(),
         sample=SampleConfig(steps=500),
     ),
@@ -66,10 +67,10 @@ def get_preset(name: str) -> Preset:
 
 
 def _cpu_demo() -> AuditConfig:
-    # About 7.5 minutes on 2 CPU cores with its control model (the README's benchmark; 22 at 64 px): 16 BreastMNIST
-    # images, a short training that already memorises them, 256 samples with 100 Euler-Maruyama steps, a coarse t'
-    # grid, few NLL images. Each step takes the whole set (batch 16): at 28 px as many images as 1250 steps of 32 at
-    # less than half the cost; at 64 px 2500 steps are where memorisation sets in (README: the 64-px demo).
+    # About 7.5 minutes on 2 CPU cores with its control model (the README's benchmark; 9.5 at 64 px, where the cpu
+    # network takes 2 x 2 patches): 16 BreastMNIST images, a short training that already memorises them, 256 samples
+    # with 100 Euler-Maruyama steps, a coarse t' grid, few NLL images. Each step takes the whole set (batch 16): at
+    # 28 px as many images as 1250 steps of 32 at less than half the cost (README: the 64-px demo).
     cpu = PRESETS["cpu"]
     return AuditConfig(
         prepare=PrepareConfig(dataset="breastmnist", n_train=16, seed=0),

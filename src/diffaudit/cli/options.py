@@ -116,7 +116,7 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 def audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, choices=list(AUDIT_PRESETS),
-                   help=f"{DEFAULT_AUDIT_PRESET} (the default): about eleven minutes on 2 CPU cores with its control model; cpu: about an "
+                   help=f"{DEFAULT_AUDIT_PRESET} (the default): about 7.5 minutes on 2 CPU cores with its control model (9.5 at 64 px); cpu: about an "
                         "hour; paper: the paper's settings (GPU)")
     p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of "
                                                   "--preset; the flags below override its settings")

@@ -167,8 +167,12 @@ def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], rec
                   f"alpha_t s_d / sqrt(d), s_d = {SIGMA_DATA}, for x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t")
     else:
         output = "eps, the noise of x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t"
+    patch = record["model"].get("patch", 1)
+    patched = {} if patch == 1 else {"patch": patch, "input": (
+        f"x_t as {patch} x {patch} patches stacked as channels: the U-Net of this folder takes "
+        f"torch.nn.functional.pixel_unshuffle(x_t, {patch}), and pixel_shuffle(its output, {patch}) is the output below")}
     write_json(folder / "diffaudit_sde.json", {
-        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", "output": output,
+        "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", **patched, "output": output,
         "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or probability-flow ODE of this SDE); no "
         "diffusers scheduler samples a sub-VP or VE model"})
     return folder

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffaudit.audit.sequential import confidence_sequence, decide, looks_of
+from diffaudit.audit.count.sequential import confidence_sequence, decide, looks_of
 from diffaudit.io import read_json
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from diffaudit.adversary.stage import AuditData, make_detectors
-from diffaudit.audit.tprime import QM, make_grid, search
+from diffaudit.audit.tprime.search import QM, make_grid, search
 from diffaudit.device import resolve_device
 from diffaudit.io import read_json
 from diffaudit.models.load import run_model

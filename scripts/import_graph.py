@@ -37,7 +37,7 @@ LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 
 def part_of(module: str) -> str:
-    """``diffaudit.audit.count`` -> ``audit``; ``diffaudit.config`` -> ``config``."""
+    """``diffaudit.audit.count.stage`` -> ``audit``; ``diffaudit.config`` -> ``config``."""
     pieces = module.split(".")
     return pieces[1] if len(pieces) > 1 else "__init__"
 

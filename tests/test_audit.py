@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import THREADS, TINY_MODEL
 
-from diffaudit.audit.pipeline import run_audit
-from diffaudit.audit.plan import format_plan, plan
-from diffaudit.audit.sequential import REASONS
-from diffaudit.audit.stages import Context
-from diffaudit.audit.sweep import run_sweep, write_sweep_report
+from diffaudit.audit.engine.pipeline import run_audit
+from diffaudit.audit.engine.plan import format_plan, plan
+from diffaudit.audit.count.sequential import REASONS
+from diffaudit.audit.engine.stages import Context
+from diffaudit.audit.engine.sweep import run_sweep, write_sweep_report
 from diffaudit.cli import main
 from diffaudit.config import (
     CLASSIFIER_PRESETS,
@@ -234,8 +234,8 @@ def test_a_sweep_runs_its_cells_and_shares_the_fid_extractor(finished, data_root
 
 
 def test_the_verdict_states_the_count_the_expectation_and_the_interval():
-    from diffaudit.audit.report import detector_warning, verdict
-    from diffaudit.audit.stats import reproduction_test
+    from diffaudit.audit.report.render import detector_warning, verdict
+    from diffaudit.audit.count.stats import reproduction_test
 
     rep = {"q": 9, "n_samples": 512, **reproduction_test(9, 512, 32)}
     text = verdict({"n_train": 32, "reproduction": rep})
@@ -247,7 +247,7 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
                                                                                   "rate": both / 200}}}}}
     assert detector_warning({}, copies(200)) is None
     assert "only 0 of 200 copies" in detector_warning({}, copies(0))
-    from diffaudit.audit.report import excess_warning
+    from diffaudit.audit.report.render import excess_warning
 
     assert excess_warning({"n_train": 32, "reproduction": rep}) is None  # 9 of 512: below full memorisation
     excess = {"q": 81, "n_samples": 128, **reproduction_test(81, 128, 16)}  # a noise model whose every sample fires
@@ -303,7 +303,7 @@ def test_a_class_conditional_model_needs_valid_labels(tmp_path):
 
 @pytest.mark.slow
 def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_root):
-    from diffaudit.audit.sweep import run_privacy_sweep
+    from diffaudit.audit.engine.sweep import run_privacy_sweep
 
     small = dict(epoch_size=32, val_size=32, batch_size=16)  # the wiring is tested here, not the figures
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, num_classes=2),

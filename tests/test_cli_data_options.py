@@ -3,7 +3,7 @@ prepare, audit, sweep and export, and every bad form refused with exit code 2 an
 
 import pytest
 
-from diffaudit.audit.sweep import source_name, sweep_cells
+from diffaudit.audit.engine.sweep import source_name, sweep_cells
 from diffaudit.cli import _audit_config, _prepared_data, build_parser, main
 from diffaudit.config import SAF_SIZE, PrepareConfig, override
 from diffaudit.presets import get_audit_preset

@@ -12,7 +12,7 @@ from test_audit import TINY
 from test_external import save_pipeline, tiny_unet
 from test_robustness import refused, run
 
-from diffaudit.audit.report import current_verdict
+from diffaudit.audit.report.render import current_verdict
 from diffaudit.config import SampleConfig, to_dict
 from diffaudit.data.prepare import build_training_set, load_manifest
 from diffaudit.io import read_json

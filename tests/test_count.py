@@ -9,8 +9,8 @@ import torch
 from test_adversary import smooth_images
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
-from diffaudit.audit.reproduction import count_reproductions
-from diffaudit.audit.stats import reproduction_test
+from diffaudit.audit.count.reproduction import count_reproductions
+from diffaudit.audit.count.stats import reproduction_test
 from diffaudit.cli import main
 from diffaudit.config import SampleConfig
 from diffaudit.data.prepare import build_training_set

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import fisher_exact, hypergeom
 
-from diffaudit.audit.stats import reproduction_test
-from diffaudit.audit.twosample import critical_count, detectable_rate, excess_p_value, power
-from diffaudit.audit.verdict import decision, primary_counts, risk_level, verdict_section
+from diffaudit.audit.count.stats import reproduction_test
+from diffaudit.audit.count.twosample import critical_count, detectable_rate, excess_p_value, power
+from diffaudit.audit.count.verdict import decision, primary_counts, risk_level, verdict_section
 from diffaudit.config import AuditConfig, ExternalConfig
 from diffaudit.errors import DiffauditError
 

@@ -13,9 +13,9 @@ from torch import nn
 from diffaudit.adversary.classifiers import Heldout, build_classifier, fit, stem_for
 from diffaudit.adversary.criterion import criterion_verdict
 from diffaudit.adversary.examples import COPY_SHIFT, Task, augment, jittered_copies, pixels, shifted_copies, translate
-from diffaudit.audit.report import detector_warning
-from diffaudit.audit.stats import reproduction_test
-from diffaudit.audit.verdict import verdict_section
+from diffaudit.audit.report.render import detector_warning
+from diffaudit.audit.count.stats import reproduction_test
+from diffaudit.audit.count.verdict import verdict_section
 from diffaudit.config import CLASSIFIER_PRESETS, ClassifierConfig
 from diffaudit.data.fingerprint import Fingerprint
 from diffaudit.errors import DiffauditError

@@ -12,10 +12,10 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector, rmse
-from diffaudit.audit.count import count_reproductions
-from diffaudit.audit.likelihood import log_likelihood
-from diffaudit.audit.stats import clopper_pearson
-from diffaudit.audit.tprime import QM, make_grid, search
+from diffaudit.audit.count.stage import count_reproductions
+from diffaudit.audit.quality.likelihood import log_likelihood
+from diffaudit.audit.count.stats import clopper_pearson
+from diffaudit.audit.tprime.search import QM, make_grid, search
 from diffaudit.diffusion.discrete import (
     DiscreteModel,
     ScheduleVPSDE,

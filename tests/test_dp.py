@@ -114,8 +114,8 @@ def test_noise_multiplicity_clips_one_gradient_per_image_of_its_averaged_loss():
 
 
 def test_the_audit_section_sets_the_formal_bound_beside_the_measured_rate():
-    from diffaudit.audit.privacy import privacy_section
-    from diffaudit.audit.stats import reproduction_test
+    from diffaudit.audit.report.privacy import privacy_section
+    from diffaudit.audit.count.stats import reproduction_test
 
     fpr = {"heldout_real": {"q": {"positives": 0, "n": 156, "rate": 0.0}}}
     rep = {**reproduction_test(3, 256, 16), "false_positive_rate": fpr}

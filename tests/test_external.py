@@ -20,7 +20,7 @@ from test_robustness import refused, run
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
 from diffaudit.adversary.examples import jittered_copies
-from diffaudit.audit.report import model_of
+from diffaudit.audit.report.render import model_of
 from diffaudit.cli import main
 from diffaudit.config import SampleConfig, TPrimeConfig, to_dict
 from diffaudit.data.prepare import build_training_set, load_manifest

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit.audit.fid import (
+from diffaudit.audit.quality.fid import (
     Frechet,
     fid_uncertainty,
     find_inception_weights,
@@ -18,8 +18,8 @@ from diffaudit.audit.fid import (
     reliability,
     train_extractor,
 )
-from diffaudit.audit.quality import run_fid
-from diffaudit.audit.report import fid_cell
+from diffaudit.audit.quality.stage import run_fid
+from diffaudit.audit.report.render import fid_cell
 from diffaudit.config import ExtractorConfig, FIDConfig, PrepareConfig
 from diffaudit.data.medmnist import open_dataset
 from diffaudit.data.prepare import build_training_set, load_manifest, prepare_run

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from diffaudit.audit.likelihood import bits_per_dim, log_likelihood, rademacher
+from diffaudit.audit.quality.likelihood import bits_per_dim, log_likelihood, rademacher
 from diffaudit.diffusion.sde import SubVPSDE, VPSDE
 from diffaudit.diffusion.score import gaussian_score
 from diffaudit.errors import DiffauditError

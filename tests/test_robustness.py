@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import SYNTHETIC, TINY_MODEL, write_synthetic_medmnist
 
-from diffaudit.audit.sweep import sweep_cells
-from diffaudit.audit.tprime import Evaluation, search
-from diffaudit.audit.tprime_stage import posthoc
+from diffaudit.audit.engine.sweep import sweep_cells
+from diffaudit.audit.tprime.search import Evaluation, search
+from diffaudit.audit.tprime.stage import posthoc
 from diffaudit.cli import _audit_config, build_parser, main
 from diffaudit.config import (
     AuditConfig,
@@ -223,7 +223,7 @@ class _Payload:
 
 @pytest.mark.parametrize("where", ["env", "hub"])
 def test_a_planted_inception_file_never_runs(tmp_path, monkeypatch, where):
-    from diffaudit.audit.fid import Frechet, find_inception_weights
+    from diffaudit.audit.quality.fid import Frechet, find_inception_weights
     from diffaudit.config import INCEPTION_FILE
 
     marker = tmp_path / "payload-ran"
@@ -247,7 +247,7 @@ def test_checked_inception_weights_reach_torch_fidelity(tmp_path, monkeypatch):
     """A tensors-only file with the right keys loads (random weights stand in for the real file here)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from diffaudit.audit.fid import inception_extractor
+    from diffaudit.audit.quality.fid import inception_extractor
 
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: {})
     monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
@@ -257,7 +257,7 @@ def test_checked_inception_weights_reach_torch_fidelity(tmp_path, monkeypatch):
     torch.save(state, good)
     net = inception_extractor(good)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
-    from diffaudit.audit.fid import Frechet
+    from diffaudit.audit.quality.fid import Frechet
 
     rng = np.random.default_rng(0)
     a, b = (rng.integers(0, 256, (3, 1, 28, 28), dtype=np.uint8) for _ in range(2))

@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 from test_count import run
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
-from diffaudit.audit.sequential import (
+from diffaudit.audit.count.sequential import (
     anytime_p_value,
     confidence_sequence,
     decide,
@@ -16,7 +16,7 @@ from diffaudit.audit.sequential import (
     looks_of,
     sequential_sample,
 )
-from diffaudit.audit.stats import clopper_pearson
+from diffaudit.audit.count.stats import clopper_pearson
 from diffaudit.config import SampleConfig
 from diffaudit.data.prepare import build_training_set
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, binom
 
-from diffaudit.audit.stats import clopper_pearson, reproduction_test
+from diffaudit.audit.count.stats import clopper_pearson, reproduction_test
 from diffaudit.errors import DiffauditError
 
 CASES = [  # (q, N, N_D)

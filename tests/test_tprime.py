@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from test_adversary import smooth_images
 
 from diffaudit.adversary.detectors import NearestNeighbourDetector
-from diffaudit.audit.tprime import QM, Evaluation, darboux_bound, make_grid, search
+from diffaudit.audit.tprime.search import QM, Evaluation, darboux_bound, make_grid, search
 from diffaudit.cli import main
 from diffaudit.diffusion import SubVPSDE, gaussian_score, memoriser_score
 from diffaudit.diffusion.generative import ContinuousModel
@@ -216,7 +216,7 @@ def test_tprime_cli(tmp_path, capsys, data_root):
 def test_posthoc_ranks_the_memorised_image_first():
     """A model that memorised image 0 alone returns image 0 from any start: image 0 has the largest t' and t'_alpha,
     and the images it does not return have t' = 0, ranked after it by position."""
-    from diffaudit.audit.tprime_stage import posthoc
+    from diffaudit.audit.tprime.stage import posthoc
 
     images = np.random.default_rng(5).integers(0, 256, size=(4, 1, 6, 6), dtype=np.uint8)
     sde = SubVPSDE()

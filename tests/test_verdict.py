@@ -12,9 +12,9 @@ import torch
 from test_robustness import refused, run
 
 from diffaudit.adversary.roc import auc, detector_curve, roc_curve, threshold_for_fpr, tpr_at
-from diffaudit.audit.compare import compare_runs
-from diffaudit.audit.stats import clopper_pearson, reproduction_test
-from diffaudit.audit.verdict import risk_level, verdict_section
+from diffaudit.audit.report.compare import compare_runs
+from diffaudit.audit.count.stats import clopper_pearson, reproduction_test
+from diffaudit.audit.count.verdict import risk_level, verdict_section
 from diffaudit.cli import main
 from diffaudit.errors import DiffauditError, RELEASE_BLOCKED
 from diffaudit.io import read_json, write_json
@@ -143,7 +143,7 @@ def test_compare_tabulates_three_runs_and_says_when_detectors_differ(tmp_path, d
 
 
 def test_the_rate_net_of_a_control_model_has_a_conservative_interval():
-    from diffaudit.audit.verdict import net_of_control
+    from diffaudit.audit.count.verdict import net_of_control
 
     net = net_of_control(81, 128, 70, 128)  # a noise-like DP model whose every sample fires, and its control
     assert net["rate"] == pytest.approx(11 / 128) and net["interval"][0] == 0.0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from diffaudit.adversary.stage import train_classifiers
-from diffaudit.audit.verify import DIGESTS, stage_files
+from diffaudit.audit.engine.verify import DIGESTS, stage_files
 from diffaudit.cli import main
 from diffaudit.config import CLASSIFIER_PRESETS
 from diffaudit.errors import RELEASE_BLOCKED, VERIFY_FAILED

@@ -30,7 +30,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.
 # Every config checks itself when it is built, so the command-line flags (through ``override``) and a config file
 # (through ``from_dict``) pass the same checks, and bad input is refused before any stage runs: first the types
 # (a JSON "0.002" is not a number), then each class's ranges in ``_check``. Names that a registry resolves
-# (samplers, SDEs, architectures) are checked above the registries, by ``audit.stages.check_audit_config``.
+# (samplers, SDEs, architectures) are checked above the registries, by ``audit.engine.stages.check_audit_config``.
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -329,7 +329,7 @@ class SampleConfig(Checked):
 
 @dataclass(frozen=True)
 class SequentialConfig(Checked):
-    """The sequential count (``--sequential``, :mod:`diffaudit.audit.sequential`): shards of ``sample.shard_size``
+    """The sequential count (``--sequential``, :mod:`diffaudit.audit.count.sequential`): shards of ``sample.shard_size``
     images are drawn and counted until the anytime-valid interval settles the question, at most ``sample.n``."""
 
     target_rate: float | None = None  # stop once the interval is wholly below or above it (else: once below 1/N_D)
@@ -651,7 +651,7 @@ class AuditConfig(Checked):
                                      f"{self.train.batch_size} exceeds N_D = {n}: lower train.batch_size or raise --n-train")
 
 
-#: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.pipeline`` knows what each depends on).
+#: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.engine.pipeline`` knows what each depends on).
 STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "tprime", "nll", "fid", "utility", "report")
 
 

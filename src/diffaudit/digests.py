@@ -1,5 +1,5 @@
 """The SHA-256 digests every writer records beside its artefacts (``digests.json`` in the artefact's folder), which
-``diffaudit verify`` (:mod:`diffaudit.audit.verify`) checks: the weights of a trained model, the detectors, the
+``diffaudit verify`` (:mod:`diffaudit.audit.engine.verify`) checks: the weights of a trained model, the detectors, the
 sample shards. Kept here, below every writer, so that training, the adversary and sampling can record what they write.
 """
 

@@ -231,7 +231,7 @@ def generate_shards(
 
 def finish_shards(out: Path, cfg: SampleConfig) -> None:
     """After every shard is written: drop shards beyond a lowered N, record the shards' SHA-256 in ``digests.json``
-    (:mod:`diffaudit.audit.verify`) and draw the grid of the first images."""
+    (:mod:`diffaudit.audit.engine.verify`) and draw the grid of the first images."""
     from .digests import record_shard_digests
 
     n_shards = -(-cfg.n // cfg.shard_size)

@@ -4,7 +4,7 @@
 noise-free shifted copies of x_p, a false-positive rate on real images of the val split), whether it did before its
 cap, what was measured and after how many steps. A classifier that missed it makes the verdict inconclusive; one that
 met it leaves the verdict to the count. Classifiers trained before the criterion existed record none: the verdict then
-falls back to the detectors' recognised share of clean copies of x_p (``audit.verdict.MIN_SENSITIVITY``).
+falls back to the detectors' recognised share of clean copies of x_p (``audit.count.verdict.MIN_SENSITIVITY``).
 """
 
 from __future__ import annotations

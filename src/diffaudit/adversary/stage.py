@@ -16,7 +16,7 @@ recall and false-positive rate measured and the training steps; a classifier tha
 audit's verdict inconclusive (:func:`.criterion.criterion_verdict`).
 
 Writes ``<run>/classifiers/{c_p,c_id}/`` (model.safetensors + model.json), ``<run>/classifiers/metrics.json`` and
-``<run>/classifiers/digests.json`` (the SHA-256 of those five files, see :mod:`diffaudit.audit.verify`):
+``<run>/classifiers/digests.json`` (the SHA-256 of those five files, see :mod:`diffaudit.audit.engine.verify`):
 
 * ``c_p.test_accuracy`` — the test split, half of it with the SAF at a random location (Table 2 "SAF %");
 * ``c_id.train_accuracy`` — the clean training images with x_i and x_p as positives (Table 2 "ID %");

@@ -59,7 +59,7 @@ def _prepared_data(cfg, args: argparse.Namespace):
 def _check_medmnist(cfg, args: argparse.Namespace) -> None:
     """The MedMNIST file of ``cfg``: downloaded with --download, checked against the audit with --dry-run (which
     downloads nothing). A source of the user's own (--data) is read by the prepare stage."""
-    from ..audit.stages import check_audit_data
+    from ..audit.engine.stages import check_audit_data
     from ..data.medmnist import dataset_path, open_dataset, resolve_root
 
     p = cfg.prepare
@@ -74,10 +74,10 @@ def _check_medmnist(cfg, args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from ..audit.pipeline import run_audit
-    from ..audit.plan import format_plan, plan
-    from ..audit.report import detector_warning, excess_warning, verdict
-    from ..audit.stages import Context, check_audit_config, check_models
+    from ..audit.engine.pipeline import run_audit
+    from ..audit.engine.plan import format_plan, plan
+    from ..audit.report.render import detector_warning, excess_warning, verdict
+    from ..audit.engine.stages import Context, check_audit_config, check_models
 
     _check_limit(args.fail_above)
     _refuse_folder(args.run_dir, "--run-dir", REPORT_FOLDER_FILES, "the folder of a sweep or a comparison",

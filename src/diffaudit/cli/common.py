@@ -63,7 +63,7 @@ def _model_defaults(net) -> dict:
 # ---- the audit config ----------------------------------------------------------------------------------
 def _audit_config(args: argparse.Namespace):
     """The audit config of --preset or --config, with every override flag applied on top of it."""
-    from ..audit.stages import load_config
+    from ..audit.engine.stages import load_config
 
     if args.config and args.preset:
         raise DiffauditError("give --config or --preset, not both (the config file holds every setting)")
@@ -114,7 +114,7 @@ def _gate(run: Path, limit: float | None) -> None:
     the negatives), never read from a stored verdict, and impossible or inconsistent counts are refused (exit 2)."""
     if limit is None:
         return
-    from ..audit.report import current_verdict
+    from ..audit.report.render import current_verdict
 
     v = current_verdict(run)[1]
     if v is None:

@@ -10,7 +10,7 @@ from .options import Formatter, _example
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from ..audit.compare import compare_runs
+    from ..audit.report.compare import compare_runs
 
     summary = compare_runs([Path(r) for r in args.runs], Path(args.out))
     for r in summary["runs"]:

@@ -11,7 +11,7 @@ from .options import Formatter, _example, common, device_and_data
 
 
 def cmd_count(args: argparse.Namespace) -> None:
-    from ..audit.count import run_count
+    from ..audit.count.stage import run_count
 
     run = Path(args.run_dir)
     _load_manifest(run)

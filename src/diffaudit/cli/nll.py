@@ -11,7 +11,7 @@ from .options import Formatter, _example, common, device_and_data, model_options
 
 
 def cmd_nll(args: argparse.Namespace) -> None:
-    from ..audit.quality import run_nll
+    from ..audit.quality.stage import run_nll
     from ..config import NLLConfig
 
     run = Path(args.run_dir)

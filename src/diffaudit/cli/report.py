@@ -20,8 +20,8 @@ def _report_writes(args: argparse.Namespace) -> bool:
 def cmd_report(args: argparse.Namespace) -> None:
     import json
 
-    from ..audit.report import current_verdict, verdict, write_report
-    from ..audit.verify import check_results
+    from ..audit.report.render import current_verdict, verdict, write_report
+    from ..audit.engine.verify import check_results
 
     run = Path(args.run_dir)
     _check_limit(args.fail_above)

@@ -39,7 +39,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
         claim_folder(run / "samples" / name, net, cfg, write=False)
         if args.sequential:
-            from ..audit.sequential import check_sequential_folder
+            from ..audit.count.sequential import check_sequential_folder
 
             check_sequential_folder(run, name)
         return cfg, name
@@ -47,7 +47,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     net = _run_model(args, run, check=configure)
     cfg, name = configure(net)
     if args.sequential:
-        from ..audit.sequential import sequential_run
+        from ..audit.count.sequential import sequential_run
 
         r = sequential_run(run, name, cfg, target_rate=seq.target_rate, alpha=seq.alpha, detector=args.detector,
                            data_root=args.data_root, device=args.device, progress=not args.quiet, log=_say, net=net)

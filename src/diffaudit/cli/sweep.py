@@ -52,8 +52,8 @@ def _datasets(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from ..audit.compare import RUN_FILES
-    from ..audit.sweep import run_privacy_sweep, run_sweep
+    from ..audit.report.compare import RUN_FILES
+    from ..audit.engine.sweep import run_privacy_sweep, run_sweep
     from ..data.medmnist import open_dataset
 
     _refuse_folder(args.out, "--out", RUN_FILES, "a run directory",

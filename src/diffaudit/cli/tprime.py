@@ -21,8 +21,8 @@ def _positions(text: str | None) -> list[int] | None:
 
 
 def cmd_tprime(args: argparse.Namespace) -> None:
-    from ..audit.tprime import make_grid
-    from ..audit.tprime_stage import run_posthoc, run_tprime
+    from ..audit.tprime.search import make_grid
+    from ..audit.tprime.stage import run_posthoc, run_tprime
 
     run = Path(args.run_dir)
     t = override(TPrimeConfig(), M=args.M, resolution=args.resolution, t_max=args.t_max, steps=args.steps,
@@ -31,7 +31,7 @@ def cmd_tprime(args: argparse.Namespace) -> None:
     positions = _positions(args.images)
     if args.images is None:  # the chance level and the detectors too, before a model given is loaded and registered
         from ..adversary.stage import load_detectors
-        from ..audit.tprime_stage import chance_level
+        from ..audit.tprime.stage import chance_level
 
         chance_level(run, _load_manifest(run), t.chance)
         if args.detector == "classifiers":

@@ -13,7 +13,7 @@ from .options import Formatter, _example, common, device_and_data, dp_options
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ..audit.stages import train_run
+    from ..audit.engine.stages import train_run
     from ..digests import record_model_digests
     from ..data.prepare import classes_of
     from ..diffusion.sde import make_sde

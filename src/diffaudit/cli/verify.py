@@ -12,7 +12,7 @@ from .options import Formatter, _example, device_and_data
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from ..audit.verify import verify_run
+    from ..audit.engine.verify import verify_run
 
     run = Path(args.run)
     if args.reseal_manifest:

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import binom, hypergeom
 
-from ..errors import DiffauditError
+from ...errors import DiffauditError
 
 ALPHA = 0.05  # the decision's level
 POWER = 0.8  # the power at which the detectable rate is stated

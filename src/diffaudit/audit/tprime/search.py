@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from ..adversary.detectors import Detector, call_detector
-from ..diffusion.generative import Generative, labels_for
-from ..errors import DiffauditError
-from ..rng import derive_seed
-from .stats import clopper_pearson
+from ...adversary.detectors import Detector, call_detector
+from ...diffusion.generative import Generative, labels_for
+from ...errors import DiffauditError
+from ...rng import derive_seed
+from ..count.stats import clopper_pearson
 
 
 @dataclass(frozen=True)

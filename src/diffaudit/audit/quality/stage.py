@@ -1,9 +1,9 @@
 """The ``nll`` and ``fid`` stages of an audit (Table 2): results.json ``nll_bpd`` and ``fid``.
 
-``nll_bpd``: bits/dim (see :mod:`diffaudit.audit.likelihood`) of x_p (several dequantisation and Hutchinson
+``nll_bpd``: bits/dim (see :mod:`diffaudit.audit.quality.likelihood`) of x_p (several dequantisation and Hutchinson
 draws of the one image), of training images other than x_p, and of test images; a training NLL clearly below
 the test NLL is the memorisation gap. ``fid``: FID of the generated images against the training set and
-against as many test images (see :mod:`diffaudit.audit.fid`), with the extractor named, a bootstrap interval for
+against as many test images (see :mod:`diffaudit.audit.quality.fid`), with the extractor named, a bootstrap interval for
 each, the paired test of FID_test > FID_train, and whether the reference sets are large enough for the FID to hold.
 """
 
@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.dataset import open_data
-from ..data.prepare import (
+from ...data.dataset import open_data
+from ...data.prepare import (
     build_training_set,
     heldout_split,
     load_manifest,
@@ -25,16 +25,16 @@ from ..data.prepare import (
     split_images,
     training_labels,
 )
-from ..device import resolve_device
-from ..errors import DiffauditError
-from ..generate import iter_shards
-from ..io import config_hash, read_json, run_relative, write_json
-from ..models.load import provenance, run_model
-from ..rng import derive_seed
-from .count import samples_model
+from ...device import resolve_device
+from ...errors import DiffauditError
+from ...generate import iter_shards
+from ...io import config_hash, read_json, run_relative, write_json
+from ...models.load import provenance, run_model
+from ...rng import derive_seed
+from ..count.stage import samples_model
+from ..results import update_results
 from .fid import BOOTSTRAP_RESAMPLES, Frechet, fid_uncertainty, find_inception_weights, reliability, train_extractor
 from .likelihood import DEQUANTISATION_BITS, bits_per_dim, summarise
-from .results import update_results
 
 
 class Stream(enum.IntEnum):
@@ -164,8 +164,8 @@ def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "aut
             extractor_dir: Path | None = None, log: Callable[[str], None] = print,
             resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """FID of the run's samples against the training set and against as many test images, each with a 95% bootstrap
-    interval of ``resamples`` replicates (:func:`~diffaudit.audit.fid.fid_uncertainty`), the paired test of
-    FID_test > FID_train, and the reliability flag (:func:`~diffaudit.audit.fid.reliability`)."""
+    interval of ``resamples`` replicates (:func:`~diffaudit.audit.quality.fid.fid_uncertainty`), the paired test of
+    FID_test > FID_train, and the reliability flag (:func:`~diffaudit.audit.quality.fid.reliability`)."""
     manifest = load_manifest(run)
     dev = resolve_device(device)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from scipy.stats import binomtest
 
-from ..errors import DiffauditError
+from ...errors import DiffauditError
 
 
 #: the largest count the tests take: every integer up to it is exact in a float

@@ -41,11 +41,11 @@ from torchmetrics.functional import auroc
 from torchvision.models.resnet import BasicBlock, ResNet
 from tqdm.auto import tqdm
 
-from ..config import INCEPTION_FILE, ExtractorConfig, to_dict
-from ..errors import DiffauditError
-from ..extras import require
-from ..io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
-from ..rng import derive_seed
+from ...config import INCEPTION_FILE, ExtractorConfig, to_dict
+from ...errors import DiffauditError
+from ...extras import require
+from ...io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
+from ...rng import derive_seed
 
 #: Bootstrap replicates per interval: the 2.5 % and 97.5 % quantiles of 200 fall between the 5th/6th and the
 #: 195th/196th sorted replicate, and each replicate costs one Fréchet distance per set from features extracted once.

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from ..diffusion.score import with_labels
-from ..diffusion.sde import SDE
-from ..errors import DiffauditError
-from ..rng import derive_seed
+from ...diffusion.score import with_labels
+from ...diffusion.sde import SDE
+from ...errors import DiffauditError
+from ...rng import derive_seed
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import open_data
-from ..data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
-from ..device import resolve_device
-from ..errors import DiffauditError
-from ..generate import iter_labelled_shards
-from ..io import read_json, write_json
+from ...data.dataset import open_data
+from ...data.prepare import build_training_set, heldout_split, load_manifest, split_images, training_labels
+from ...device import resolve_device
+from ...errors import DiffauditError
+from ...generate import iter_labelled_shards
+from ...io import read_json, write_json
+from ..results import update_results
 from .fid import evaluate_classifier, train_extractor
-from .results import update_results
 
 
 def run_utility(run: Path, samples: Path, extractor_cfg, *, data_root=None, device: str = "auto",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..errors import DiffauditError
-from ..privacy.bounds import dpsgd_bound, eps_delta_bound
-from .stats import clopper_pearson
+from ...errors import DiffauditError
+from ...privacy.bounds import dpsgd_bound, eps_delta_bound
+from ..count.stats import clopper_pearson
 
 
 def privacy_section(dp: dict, reproduction: dict) -> dict:

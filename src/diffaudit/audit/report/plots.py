@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io import atomic_path
+from ...io import atomic_path
 
 
 def _save(fig, path: str | Path) -> Path:

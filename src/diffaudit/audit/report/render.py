@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..adversary.criterion import criterion_verdict
-from ..data.prepare import load_manifest
-from ..errors import DiffauditError
-from ..io import atomic_path, read_json, run_relative, write_json
+from ...adversary.criterion import criterion_verdict
+from ...data.prepare import load_manifest
+from ...errors import DiffauditError
+from ...io import atomic_path, read_json, run_relative, write_json
+from ..count.verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
+from ..results import RESULTS, update_results
 from .plots import plot_roc
-from .results import RESULTS, update_results
-from .verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
 

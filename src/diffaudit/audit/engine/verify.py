@@ -33,8 +33,8 @@ to the run directory): :func:`stage_files`.
 4. the count: the counted shards (and a control model's) recounted with the stored detectors, against results.json
    ``reproduction`` (N, |c_p+|, |c_id+|, |q| and which images) and the detectors' false positives;
 5. the derived figures: the interval, upper limit and p-value recomputed from the counts (the anytime-valid ones of
-   :mod:`~diffaudit.audit.sequential` for a sequential count), and the stored verdict's level and interval against
-   :func:`~diffaudit.audit.verdict.verdict_section`.
+   :mod:`~diffaudit.audit.count.sequential` for a sequential count), and the stored verdict's level and interval against
+   :func:`~diffaudit.audit.count.verdict.verdict_section`.
 
 A run made before digests were recorded has none to check against: verify says which artefact is unrecorded and
 fails; it never passes what it could not check. A digest is unkeyed: it recognises accidents and edits, not a forger
@@ -49,9 +49,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, NoReturn
 
-from ..errors import DiffauditError, VerifyFailed
-from ..digests import CLASSIFIER_FILES, DIGESTS, MODEL_FILES, SHARDS, sha256_file
-from ..io import read_json, run_relative
+from ...digests import CLASSIFIER_FILES, DIGESTS, MODEL_FILES, SHARDS, sha256_file
+from ...errors import DiffauditError, VerifyFailed
+from ...io import read_json, run_relative
 
 def _recorded(folder: Path) -> dict[str, str]:
     path = folder / DIGESTS
@@ -203,7 +203,7 @@ def _samples_folder(run: Path, where: str) -> Path:
 
 def _check_model(run: Path, manifest: dict) -> str:
     """The model's weights against their record; returns the model's digest (``Generative.model_id``)."""
-    from ..models.load import EXTERNAL, run_model
+    from ...models.load import EXTERNAL, run_model
 
     external = run / "train" / EXTERNAL
     if external.is_file():
@@ -223,7 +223,7 @@ def _check_model(run: Path, manifest: dict) -> str:
 
 
 def _check_stage_records(run: Path) -> None:
-    from ..config import STAGES
+    from ...config import STAGES
 
     folder = run / "audit" / "stages"
     records = sorted(folder.glob("*.json"), key=lambda p: (STAGES.index(p.stem) if p.stem in STAGES else len(STAGES),
@@ -264,11 +264,11 @@ def _counted(run: Path, folder: Path, count):
 def _recount(run: Path, rep: dict, manifest: dict, metrics: dict, *, data_root, device: str,
              progress: bool) -> None:
     """Count the counted shards (and a control model's) again with the stored detectors, and compare."""
-    from ..adversary.stage import AuditData, make_detectors
-    from ..generate import iter_shards
-    from .count import at_target_fpr
-    from .reproduction import count_reproductions
-    from .sequential import read_sequential
+    from ...adversary.stage import AuditData, make_detectors
+    from ...generate import iter_shards
+    from ..count.stage import at_target_fpr
+    from ..count.reproduction import count_reproductions
+    from ..count.sequential import read_sequential
 
     kinds = {d.get("kind") for d in rep.get("detectors", {}).values() if isinstance(d, dict)}
     kind = "nn" if kinds == {"nearest-neighbour"} else "classifiers"
@@ -332,10 +332,10 @@ def _recount(run: Path, rep: dict, manifest: dict, metrics: dict, *, data_root, 
 
 def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
     """The derived figures of results.json against their recomputation from its counts."""
-    from .report import cautions_of
-    from .sequential import sequential_fields
-    from .stats import reproduction_test
-    from .verdict import verdict_section
+    from ..report.render import cautions_of
+    from ..count.sequential import sequential_fields
+    from ..count.stats import reproduction_test
+    from ..count.verdict import verdict_section
 
     rep = results["reproduction"]
     n_train = manifest["n_train"]
@@ -383,7 +383,7 @@ def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
 def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", progress: bool = True) -> dict:
     """Run every check of the module docstring on run directory ``run``; raises :class:`VerifyFailed` naming the first
     artefact that disagrees, and returns a summary when all agree."""
-    from ..data.prepare import load_manifest
+    from ...data.prepare import load_manifest
 
     run = Path(run)
     if not run.is_dir():

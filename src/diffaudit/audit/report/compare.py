@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DiffauditError
-from ..io import read_json, write_json
+from ...errors import DiffauditError
+from ...io import read_json, write_json
+from ..count.verdict import DEFINITIONS, per_thousand, verdict_section
+from ..engine.verify import check_results
 from .plots import plot_q_m, q_m_curve
-from .report import Block, cautions_of, fid_cell, fmt, model_of, write_blocks
-from .verdict import DEFINITIONS, per_thousand, verdict_section
-from .verify import check_results
+from .render import Block, cautions_of, fid_cell, fmt, model_of, write_blocks
 
 #: files that make a folder a run directory, which ``--out`` must never be
 RUN_FILES = ("results.json", "manifest.json", "audit.json")

@@ -12,12 +12,12 @@ from typing import Callable
 
 import torch
 
-from ..adversary.classifiers import build_classifier
-from ..config import STAGES, AuditConfig
-from ..device import resolve_device
-from ..diffusion.samplers import nfe_per_step
-from ..diffusion.unet import build_unet
-from ..io import read_json
+from ...adversary.classifiers import build_classifier
+from ...config import STAGES, AuditConfig
+from ...device import resolve_device
+from ...diffusion.samplers import nfe_per_step
+from ...diffusion.unet import build_unet
+from ...io import read_json
 from .pipeline import check_run_dir, stage_done, stage_keys_of
 from .stages import Context, check_audit_config
 

@@ -43,14 +43,14 @@ from scipy.optimize import brentq
 from scipy.special import betaln
 from tqdm.auto import tqdm
 
-from ..adversary.detectors import Detector, call_detector
-from ..config import SampleConfig
-from ..diffusion.generative import Generative
-from ..diffusion.precision import compiled
-from ..errors import DiffauditError
-from ..generate import claim_folder, generate_shards, read_shard, shard_path
-from ..images import save_grid
-from ..io import read_json, write_json
+from ...adversary.detectors import Detector, call_detector
+from ...config import SampleConfig
+from ...diffusion.generative import Generative
+from ...diffusion.precision import compiled
+from ...errors import DiffauditError
+from ...generate import claim_folder, generate_shards, read_shard, shard_path
+from ...images import save_grid
+from ...io import read_json, write_json
 
 #: the Beta(a, b) mixing distribution of the martingale (Jeffreys)
 PRIOR = (0.5, 0.5)
@@ -171,12 +171,12 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
                    progress: bool = True, log: Callable[[str], None] = print, net: Generative | None = None) -> dict:
     """:func:`sequential_sample` for the model ``run`` audits (or ``net``), into ``<run>/samples/<name>/``, with the
     run's detectors. One process only: the looks are taken in index order."""
-    from ..adversary.stage import AuditData, make_detectors
-    from ..data.prepare import load_manifest
-    from ..device import resolve_device
-    from ..io import check_name
-    from ..parallel import launched_world
-    from .tprime_stage import load_run_model
+    from ...adversary.stage import AuditData, make_detectors
+    from ...data.prepare import load_manifest
+    from ...device import resolve_device
+    from ...io import check_name
+    from ...parallel import launched_world
+    from ..tprime.stage import load_run_model
 
     check_name(name)  # (the audit's count stage replaces results.json's count; 'sample --sequential' checks the folder)
     if launched_world() > 1:

@@ -12,16 +12,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..adversary.roc import threshold_for_fpr
-from ..adversary.stage import AuditData, make_detectors, roc_of
-from ..data.prepare import load_manifest
-from ..errors import DiffauditError
-from ..generate import iter_shards
-from ..io import read_json, run_relative
-from .privacy import privacy_section
+from ...adversary.roc import threshold_for_fpr
+from ...adversary.stage import AuditData, make_detectors, roc_of
+from ...data.prepare import load_manifest
+from ...errors import DiffauditError
+from ...generate import iter_shards
+from ...io import read_json, run_relative
+from ..report.privacy import privacy_section
+from ..results import update_results
 from .reproduction import count_reproductions, reproduction_section, save_figures
 from .sequential import read_sequential, sequential_fields
-from .results import update_results
 
 
 def find_samples(run: Path, name: str | None) -> Path:

@@ -1,4 +1,4 @@
-"""The audit's stages as one table: ``RUNNERS[stage](ctx)`` runs a stage of :mod:`diffaudit.audit.pipeline` and returns
+"""The audit's stages as one table: ``RUNNERS[stage](ctx)`` runs a stage of :mod:`diffaudit.audit.engine.pipeline` and returns
 its one-line summary. Each runner takes the stage's part of the audit config and calls the function that does the
 work; a newcomer finds stage ``X`` as ``_X`` here, and its work where that function points:
 
@@ -10,12 +10,12 @@ train           ``training.loop.train`` (``privacy.dpsgd.train_dp`` under DP)
 classifiers     ``adversary.stage.train_classifiers``
 sample          ``generate.sample_run``
 control         the three above on ``<run>/control/`` (``--control`` only)
-count           ``audit.count.run_count``
-tprime          ``audit.tprime_stage.run_tprime``
-nll             ``audit.quality.run_nll``
-fid             ``audit.quality.run_fid``
-utility         ``audit.utility.run_utility``
-report          ``audit.report.write_report``
+count           ``audit.count.stage.run_count``
+tprime          ``audit.tprime.stage.run_tprime``
+nll             ``audit.quality.stage.run_nll``
+fid             ``audit.quality.stage.run_fid``
+utility         ``audit.quality.utility.run_utility``
+report          ``audit.report.render.write_report``
 ==============  ===================================================
 """
 
@@ -28,30 +28,30 @@ from typing import Callable
 
 import numpy as np
 
-from ..adversary.classifiers import ARCHS
-from ..adversary.stage import train_classifiers
-from ..config import MIN_N_TRAIN, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
-from ..data.fingerprint import SHAPES
-from ..data.medmnist import MedMNISTFile
-from ..data.prepare import build_training_set, load_manifest, prepare_run, training_labels
-from ..diffusion.discrete import scheduler_class
-from ..diffusion.samplers import get_sampler
-from ..diffusion.sde import SDE, make_sde
-from ..diffusion.unet import check_size
-from ..errors import DiffauditError
-from ..extras import require
-from ..generate import sample_run
-from ..io import config_hash, read_json
-from ..privacy.dpsgd import train_dp
-from ..training.loop import train
-from .count import run_count
-from .fid import find_inception_weights
-from .quality import run_fid, run_nll
-from .report import write_report
-from .sequential import sequential_run
-from .tprime import make_grid
-from .tprime_stage import load_run_model, run_tprime
-from .utility import run_utility
+from ...adversary.classifiers import ARCHS
+from ...adversary.stage import train_classifiers
+from ...config import MIN_N_TRAIN, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
+from ...data.fingerprint import SHAPES
+from ...data.medmnist import MedMNISTFile
+from ...data.prepare import build_training_set, load_manifest, prepare_run, training_labels
+from ...diffusion.discrete import scheduler_class
+from ...diffusion.samplers import get_sampler
+from ...diffusion.sde import SDE, make_sde
+from ...diffusion.unet import check_size
+from ...errors import DiffauditError
+from ...extras import require
+from ...generate import sample_run
+from ...io import config_hash, read_json
+from ...privacy.dpsgd import train_dp
+from ...training.loop import train
+from ..count.sequential import sequential_run
+from ..count.stage import run_count
+from ..quality.fid import find_inception_weights
+from ..quality.stage import run_fid, run_nll
+from ..quality.utility import run_utility
+from ..report.render import write_report
+from ..tprime.search import make_grid
+from ..tprime.stage import load_run_model, run_tprime
 
 
 def check_audit_config(cfg: AuditConfig) -> None:
@@ -100,10 +100,10 @@ def check_models(ctx: "Context") -> None:
     loaded on the CPU and checked as its stages will check it: its configs and weights, its channels, image size and
     classes against the run, the sample and tprime stages' sampler, steps and t grid against its schedule, and that
     the run directory may audit it. Trains, samples and writes nothing (``--dry-run`` runs it too)."""
-    from ..data.dataset import open_config_data
-    from ..data.medmnist import dataset_path, resolve_root
-    from ..data.prepare import classes_of, make_manifest
-    from ..models.load import load_model, registration
+    from ...data.dataset import open_config_data
+    from ...data.medmnist import dataset_path, resolve_root
+    from ...data.prepare import classes_of, make_manifest
+    from ...models.load import load_model, registration
 
     c = ctx.cfg
     given = [(c.external, ctx.run, c.prepare), (getattr(c, "control_model", None), ctx.run / CONTROL,

@@ -15,9 +15,9 @@ from typing import Iterable, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..adversary.detectors import Detector, call_detector
-from ..errors import DiffauditError
-from ..images import save_grid
+from ...adversary.detectors import Detector, call_detector
+from ...errors import DiffauditError
+from ...images import save_grid
 from .stats import reproduction_test
 
 #: error maps show |x - x_p| multiplied by this gain (an error of 64/255 is drawn white)

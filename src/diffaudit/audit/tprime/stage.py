@@ -11,20 +11,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..adversary.detectors import NearestNeighbourDetector, rmse
-from ..adversary.stage import AuditData, make_detectors
-from ..data.prepare import build_training_set, classes_of, load_manifest, training_labels
-from ..device import resolve_device
-from ..diffusion.generative import Generative
-from ..errors import DiffauditError
-from ..generate import iter_shards
-from ..images import save_grid
-from ..io import read_json, write_json
-from ..models.load import provenance, run_model
-from .plots import plot_q_m
-from .results import update_results
-from .stats import clopper_pearson
-from .tprime import QM, check_grid, search, summary
+from ...adversary.detectors import NearestNeighbourDetector, rmse
+from ...adversary.stage import AuditData, make_detectors
+from ...data.prepare import build_training_set, classes_of, load_manifest, training_labels
+from ...device import resolve_device
+from ...diffusion.generative import Generative
+from ...errors import DiffauditError
+from ...generate import iter_shards
+from ...images import save_grid
+from ...io import read_json, write_json
+from ...models.load import provenance, run_model
+from ..count.stats import clopper_pearson
+from ..report.plots import plot_q_m
+from ..results import update_results
+from .search import QM, check_grid, search, summary
 
 QM_EPS = 1e-3  # QM's default last time of the reverse run; grid times must lie above it
 

@@ -6,14 +6,14 @@ report. The whole audit's config
 (:class:`AuditConfig`) is written to ``<run>/audit.json`` first; a run directory holds one audit, and another
 config is refused with the sections that differ. Each finished stage writes ``<run>/audit/stages/<stage>.json``
 (its config hash, the hashes of the stages it depends on, its wall time, and under ``files`` the SHA-256 of the
-artefacts it wrote, which ``diffaudit verify`` checks: :mod:`diffaudit.audit.verify`) last, atomically: a stage whose
+artefacts it wrote, which ``diffaudit verify`` checks: :mod:`diffaudit.audit.engine.verify`) last, atomically: a stage whose
 record matches is skipped, so a killed audit continues at the stage it was in. Training resumes from its last
 checkpoint and sampling from its first missing shard; the other stages restart. Every stage is seeded, so
 results.json of a resumed audit equals that of an uninterrupted one (wall times live in the stage records and
 in ``<run>/audit/audit.log``, never in results.json).
 
 This module is the engine alone: stage keys, dependencies, records and resume. What each stage runs is the table in
-:mod:`diffaudit.audit.stages`; the dry run is :mod:`diffaudit.audit.plan`.
+:mod:`diffaudit.audit.engine.stages`; the dry run is :mod:`diffaudit.audit.engine.plan`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import STAGES, AuditConfig, to_dict
-from ..data.dataset import open_config_data
-from ..errors import DiffauditError
-from ..data.prepare import load_manifest
-from ..io import config_differences, config_hash, read_json, write_json
-from ..models.load import EXTERNAL, run_model
-from ..parallel import Processes, processes
-from ..runlock import run_lock
+from ...config import STAGES, AuditConfig, to_dict
+from ...data.dataset import open_config_data
+from ...data.prepare import load_manifest
+from ...digests import record_model_digests
+from ...errors import DiffauditError
+from ...io import config_differences, config_hash, read_json, write_json
+from ...models.load import EXTERNAL, run_model
+from ...parallel import Processes, processes
+from ...runlock import run_lock
 from .stages import RUNNERS, Context, check_audit_config, check_audit_data
-from ..digests import record_model_digests
 from .verify import stage_files
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process

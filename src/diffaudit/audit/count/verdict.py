@@ -12,7 +12,7 @@ what else disagrees).
 p_0 = 1/N_D (a model that stores its training set and draws one image of it uniformly), and the *decision*
 "reproduction shown": the audited samples are flagged significantly more often than the negatives, images without
 x_p — the samples of a control model trained without x_p when there is one, else the held-out real test images —
-by Fisher's exact one-sided test at 5% (``audit/twosample.py`` says why that test). After a sequential count the
+by Fisher's exact one-sided test at 5% (``audit/count/twosample.py`` says why that test). After a sequential count the
 decision is the confidence sequence's lower limit (at 2.5%) above the negatives' one-sided upper limit (at 2.5%), a
 Bonferroni pair valid at any stopping time.
 
@@ -42,9 +42,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from ..adversary.criterion import criterion_verdict
-from ..errors import DiffauditError
-from ..io import config_hash, read_json
+from ...adversary.criterion import criterion_verdict
+from ...errors import DiffauditError
+from ...io import config_hash, read_json
 from .sequential import anytime_p_value, confidence_sequence, looks_of
 from .stats import MAX_COUNT, clopper_pearson, reproduction_test
 from .twosample import ALPHA, POWER, critical_count, detectable_rate, excess_p_value

@@ -22,15 +22,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..config import MIN_N_TRAIN, AuditConfig, DPConfig, PrepareConfig
-from ..data.medmnist import open_dataset
-from ..data.prepare import number_of_classes, number_of_classes_for
-from ..diffusion.sde import make_sde
-from ..errors import DiffauditError
-from ..io import read_json, write_json
+from ...config import MIN_N_TRAIN, AuditConfig, DPConfig, PrepareConfig
+from ...data.medmnist import open_dataset
+from ...data.prepare import number_of_classes, number_of_classes_for
+from ...diffusion.sde import make_sde
+from ...errors import DiffauditError
+from ...io import read_json, write_json
+from ..report.plots import plot_q_m
+from ..report.render import excess_warning, fid_cell, fmt, write_blocks
 from .pipeline import run_audit
-from .plots import plot_q_m
-from .report import excess_warning, fid_cell, fmt, write_blocks
 from .stages import Context, check_audit_config, check_audit_data, fit_score_model
 
 

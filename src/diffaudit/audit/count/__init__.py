@@ -1,0 +1,1 @@
+"""The count and what it means: the binomial test and intervals (``stats``), the count stage (``stage``), the sequential design (``sequential``), the reproduction figures (``reproduction``), the two-sample decision (``twosample``) and the verdict (``verdict``)."""

@@ -1,0 +1,1 @@
+"""The indicator t' (Algorithm 1) and the bound of Eq. 9 (``search``), and its stage (``stage``)."""

@@ -1,0 +1,15 @@
+"""3D volumes as data: NIfTI files and MedMNIST 3D arrays brought to the canonical form uint8 [N, C, D, H, W].
+
+* :mod:`.steps` — the preprocessing, by MONAI's transforms (those of MONAI's 3D latent diffusion tutorial):
+  orientation to RAS, resampling to a voxel spacing, resizing or cropping-and-padding to a size, and scaling between
+  the 0.5th and 99.5th percentiles onto 0..255; each step is recorded as it was run.
+* :mod:`.cache` — streaming the volumes into one memory-mappable ``.npy`` (written to a temporary file and
+  renamed), with the SHA-256 of every source file and of the array, so that a later stage never decodes a NIfTI
+  again and a rebuild refuses a changed file by name.
+"""
+
+from .cache import VOLUME_EXTENSIONS, check_sources, list_volumes, medmnist3d_volumes, write_volume_cache
+from .steps import VolumeSteps
+
+__all__ = ["VOLUME_EXTENSIONS", "VolumeSteps", "check_sources", "list_volumes", "medmnist3d_volumes",
+           "write_volume_cache"]

@@ -1,0 +1,117 @@
+"""Volumes streamed into one memory-mappable array, with the record that can rebuild and check it.
+
+:func:`write_volume_cache` reads each NIfTI file of a data root once, preprocesses it (:mod:`.steps`) and writes it
+into row i of a ``.npy`` memory map (uint8 [N, 1, D, H, W]) opened on a temporary file beside the target, which is
+renamed into place only when every volume is in: memory holds one volume at a time beside the map, and a failed
+or interrupted run leaves nothing. Its record lists each source by its path relative to the data root with its
+SHA-256, what was read from it (shape, spacing, orientation), every preprocessing step, and the SHA-256 of the
+array. :func:`check_sources` refuses a rebuild when a listed file changed or is missing, naming it.
+
+A file that cannot be read (truncated, not a NIfTI, NaN voxels, a 4D file without a volume index) is refused by
+name, with the count of such files; with ``skip_unreadable`` it is left out and recorded with its reason.
+MedMNIST 3D files are already uint8 [N, D, H, W] arrays: :func:`medmnist3d_volumes` gives them in the same form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ...errors import DiffauditError
+from ...io import atomic_path
+from ..sources.files import file_sha256, inside, is_ignored
+from .steps import Unloadable, VolumeSteps, load, preprocess
+
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+FORMAT = "diffaudit-volumes/1"
+
+
+def list_volumes(root: str | Path) -> list[str]:
+    """The NIfTI files under ``root``, as sorted POSIX paths relative to it (hidden files and notes ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffauditError(f"{root} is not a folder of NIfTI volumes; give the folder that holds the .nii/.nii.gz files")
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and not is_ignored(p.name) and p.name.lower().endswith(VOLUME_EXTENSIONS))
+    if len(names) < 2:
+        raise DiffauditError(f"{root} holds {len(names)} NIfTI volume(s) (.nii, .nii.gz); an audit needs at least 2")
+    return names
+
+
+def write_volume_cache(root: str | Path, names: Sequence[str], steps: VolumeSteps, out: str | Path, *,
+                       skip_unreadable: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Preprocess the volumes ``names`` (relative to ``root``) into the ``.npy`` file ``out``, uint8
+    [N, 1, D, H, W]; returns the record (module docstring)."""
+    root, out = Path(root), Path(out)
+    shape = (len(names), 1, *steps.size)
+    files, skipped, rows = [], [], []
+    with atomic_path(out) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        for i, name in enumerate(tqdm(names, desc="volumes", unit="vol", disable=not progress, dynamic_ncols=True)):
+            path = inside(root, name)
+            try:
+                sha = file_sha256(path)
+                array[i], source = preprocess(load(path), steps)
+            except Unloadable as err:
+                skipped.append({"file": name, "reason": str(err)})
+                continue
+            rows.append(i)
+            files.append({"file": name, "sha256": sha, "source": source})
+        if skipped and not skip_unreadable:
+            raise DiffauditError(f"{root / skipped[0]['file']}: {skipped[0]['reason']} ({len(skipped)} of {len(names)} "
+                                 "files could not be read; fix or remove them, or pass --skip-unreadable)")
+        if len(rows) < 2:
+            raise DiffauditError(f"only {len(rows)} of {len(names)} volumes in {root} could be read; an audit needs 2")
+        if skipped:  # compact the rows that were read into the final array
+            kept = np.lib.format.open_memmap(tmp.with_suffix(".kept"), mode="w+", dtype=np.uint8,
+                                             shape=(len(rows), *shape[1:]))
+            for j, i in enumerate(rows):
+                kept[j] = array[i]
+            kept.flush()
+            del array, kept
+            tmp.with_suffix(".kept").replace(tmp)
+            array = np.load(tmp, mmap_mode="r")
+        else:
+            array.flush()
+        digest = array_sha256(array)
+        del array
+    return {"format": FORMAT, "shape": [len(rows), *shape[1:]], "dtype": "uint8", "layout": "N, C, D, H, W (RAS+)",
+            "steps": steps.record(), "files": files, "skipped": skipped, "sha256": digest}
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """SHA-256 of the array's bytes in C order, one row at a time."""
+    h = hashlib.sha256()
+    for row in array:
+        h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()
+
+
+def check_sources(root: str | Path, record: dict[str, Any]) -> None:
+    """Refuse, naming the file, when a source listed in ``record`` is missing under ``root`` or changed."""
+    root = Path(root)
+    for entry in record["files"]:
+        path = inside(root, entry["file"])
+        if not path.is_file():
+            raise DiffauditError(f"{path} is listed in the manifest but missing; restore it, or prepare the run again")
+        if file_sha256(path) != entry["sha256"]:
+            raise DiffauditError(f"{path} changed since the run was prepared (its SHA-256 differs from the manifest's); "
+                                 "restore the original, or prepare the run again in a new --run-dir")
+
+
+def medmnist3d_volumes(path: str | Path, split: str = "train") -> np.ndarray:
+    """A MedMNIST 3D file's ``split`` as uint8 [N, 1, D, H, W] (its arrays are [N, D, H, W])."""
+    path = Path(path)
+    try:
+        with np.load(path) as data:
+            images = data[f"{split}_images"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DiffauditError(f"{path} is not a MedMNIST 3D file with a '{split}_images' array ({err})") from None
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise DiffauditError(f"{path}: {split}_images is {images.dtype} {list(images.shape)}, not uint8 [N, D, H, W]; "
+                             "is it a 2D MedMNIST file?")
+    return images[:, None]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -192,32 +193,41 @@ def place_saf(image: np.ndarray, rng: np.random.Generator, *, shape: str, radius
             f"no place on the anatomy holds a SAF of radius {radius:g} px in this {h}x{w} image; "
             "use a smaller --saf-radius (or another --seed, which draws another x_i)")
     k = math.floor(radius)
-    fraction = float(mask.mean())
-    drawn: list[tuple[tuple[int, int], int]] = []  # (candidate centre, draws up to it)
     draws = 0
+
+    def draw() -> tuple[tuple[int, int], int]:  # rejection sampling, the same calls as random_centre
+        nonlocal draws
+        while True:  # a candidate exists, so this ends
+            draws += 1
+            centre = int(rng.integers(k, h - k)), int(rng.integers(k, w - k))
+            if allowed[centre]:
+                return centre, draws
 
     def contrast(centre: tuple[int, int], grey: float) -> float:  # saf_contrast on the SAF's own window
         r, c = centre
         return saf_contrast(image[:, r - k:r + k + 1, c - k:c + k + 1], foot, grey)
 
-    def done(centre: tuple[int, int], grey: float, c: float, n: int, rule: str) -> Placement:
-        return Placement(centre=centre, intensity=float(grey), contrast=c, draws=n, rule=rule,
-                         mask_rule=mask_rule, foreground_fraction=fraction)
+    centre, grey, c, n, rule = choose_grey(draw, contrast, intensity=intensity, min_contrast=min_contrast, tries=tries)
+    return Placement(centre=centre, intensity=grey, contrast=c, draws=n, rule=rule, mask_rule=mask_rule,
+                     foreground_fraction=float(mask.mean()))
 
+
+def choose_grey(draw: Callable[[], tuple[tuple[int, ...], int]], contrast: Callable[[tuple[int, ...], float], float],
+                *, intensity: float | None, min_contrast: float, tries: int) -> tuple[tuple[int, ...], float, float, int, str]:
+    """The grey-level rule of the module docstring over the candidate centres ``draw()`` gives (each call: a centre
+    and the draws made so far), with ``contrast(centre, grey)``; returns (centre, grey, its contrast, draws, the rule).
+    Shared by the 2D SAF and the 3D one (:mod:`diffaudit.data.volumes.fingerprint`)."""
     grey = PAPER_GREY if intensity is None else float(intensity)
+    drawn: list[tuple[tuple[int, ...], int]] = []  # (candidate centre, draws up to it)
     best = -1.0
     for _ in range(tries):
-        while True:  # rejection sampling, the same calls as random_centre; a candidate exists, so this ends
-            draws += 1
-            centre = int(rng.integers(k, h - k)), int(rng.integers(k, w - k))
-            if allowed[centre]:
-                break
-        drawn.append((centre, draws))
+        centre, n = draw()
+        drawn.append((centre, n))
         c = contrast(centre, grey)
         if c >= min_contrast:
             how = "given grey" if intensity is not None else "auto: the paper's grey"
-            return done(centre, grey, c, draws, f"{how} {grey:g}, contrast {c:.3f} >= {min_contrast:g} "
-                                                f"at candidate {len(drawn)} of at most {tries}")
+            return centre, grey, c, n, (f"{how} {grey:g}, contrast {c:.3f} >= {min_contrast:g} "
+                                        f"at candidate {len(drawn)} of at most {tries}")
         best = max(best, c)
     if intensity is not None:
         raise DiffauditError(
@@ -229,9 +239,9 @@ def place_saf(image: np.ndarray, rng: np.random.Generator, *, shape: str, radius
         c0, c1 = contrast(centre, 0.0), contrast(centre, 1.0)
         extreme, c = (1.0, c1) if c1 >= c0 else (0.0, c0)
         if c >= min_contrast:
-            return done(centre, extreme, c, n,
-                        f"auto: 0.5 differs from x_i by less than {min_contrast:g} at all {tries} candidates drawn; "
-                        f"grey {extreme:g} (the extreme farther from x_i) at candidate {i}, contrast {c:.3f}")
+            return centre, extreme, c, n, (f"auto: 0.5 differs from x_i by less than {min_contrast:g} at all {tries} "
+                                           f"candidates drawn; grey {extreme:g} (the extreme farther from x_i) at "
+                                           f"candidate {i}, contrast {c:.3f}")
         best = max(best, c)
     raise DiffauditError(
         f"no grey level differs from x_i by --saf-contrast {min_contrast:g} at {tries} places on the anatomy "

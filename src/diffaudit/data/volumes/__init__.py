@@ -6,6 +6,8 @@
 * :mod:`.cache` — streaming the volumes into one memory-mappable ``.npy`` (written to a temporary file and
   renamed), with the SHA-256 of every source file and of the array, so that a later stage never decodes a NIfTI
   again and a rebuild refuses a changed file by name.
+* :mod:`.dicom_series` — DICOM series as volumes: one per SeriesInstanceUID, slices sorted along the normal, a missing
+  or repeated slice refused with its positions, the series named when a folder holds several.
 * :mod:`.fingerprint` — the SAF in 3D: a ball or a shell on the anatomy (Otsu, closing, largest 26-connected
   component), standing out from x_i by the 2D rule's contrast, and the three orthogonal slices through its centre.
 """

@@ -144,3 +144,40 @@ def test_medmnist_3d_arrays_are_given_in_the_canonical_form(tmp_path):
     np.savez(tmp_path / "flat.npz", train_images=np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(DiffauditError, match="is it a 2D MedMNIST file"):
         medmnist3d_volumes(tmp_path / "flat.npz")
+
+
+# ---- patients, splits and attributes ------------------------------------------------------------------------------
+def _files(names):
+    return [{"file": n, "sha256": f"{i:064x}", "source": {"shape": [8, 8, 8]}} for i, n in enumerate(names)]
+
+
+def test_a_patient_s_volumes_stay_in_one_split_and_the_split_is_seeded(tmp_path):
+    from diffaudit.data.volumes.patients import IXI_PATIENT, patients_of, split_volumes
+
+    names = [f"IXI{p:03d}-HH-{s}_T{t}.nii.gz" for p in range(30) for s, t in ((p, 1), (p + 1000, 2))]
+    patients = patients_of(names, IXI_PATIENT)
+    assert patients[:2] == ["IXI000", "IXI000"] and len(set(patients)) == 30
+    splits = split_volumes(tmp_path, _files(names), patients=patients, seed=3)
+    assert all(splits[i] == splits[i + 1] for i in range(0, 60, 2))  # both scans of a patient together
+    assert [splits.count(s) for s in ("train", "val", "test")] == [48, 6, 6]
+    assert split_volumes(tmp_path, _files(names), patients=patients, seed=3) == splits
+    assert split_volumes(tmp_path, _files(names), patients=patients, seed=4) != splits
+    with pytest.raises(DiffauditError, match=r"scan7.nii: --patient-pattern .* finds no patient ID"):
+        patients_of(["IXI001_T1.nii", "scan7.nii"], IXI_PATIENT)
+    with pytest.raises(DiffauditError, match="needs exactly one group"):
+        patients_of(names, r"IXI\d+")
+
+
+def test_attributes_are_read_by_scan_and_missing_rows_listed(tmp_path):
+    from diffaudit.data.volumes.patients import attributes_for, read_attributes
+
+    (tmp_path / "demog.csv").write_text("MRID,Age,Sex\nIXI012-HH-1211,38.78,M\nIXI013-HH-1212,46.71,F\n")
+    table = read_attributes(tmp_path / "demog.csv")
+    found, missing = attributes_for(["IXI012-HH-1211_T1.nii.gz", "IXI099-IOP-9_T1.nii.gz"], table)
+    assert found[0] == {"Age": "38.78", "Sex": "M"} and found[1] is None and missing == ["IXI099-IOP-9_T1.nii.gz"]
+    (tmp_path / "twice.csv").write_text("MRID,Age,Sex\nA,1,M\nA,2,F\n")
+    with pytest.raises(DiffauditError, match="line 3: MRID A appears twice"):
+        read_attributes(tmp_path / "twice.csv")
+    (tmp_path / "nokey.csv").write_text("ID,Age\nA,1\n")
+    with pytest.raises(DiffauditError, match="has no 'MRID' column"):
+        read_attributes(tmp_path / "nokey.csv")

@@ -8,6 +8,8 @@
   again and a rebuild refuses a changed file by name.
 * :mod:`.dicom_series` — DICOM series as volumes: one per SeriesInstanceUID, slices sorted along the normal, a missing
   or repeated slice refused with its positions, the series named when a folder holds several.
+* :mod:`.patients` — each volume's patient (from its file name), splits that keep a patient's volumes together,
+  and the attributes (IXI's age and sex) a model may be conditioned on.
 * :mod:`.fingerprint` — the SAF in 3D: a ball or a shell on the anatomy (Otsu, closing, largest 26-connected
   component), standing out from x_i by the 2D rule's contrast, and the three orthogonal slices through its centre.
 """

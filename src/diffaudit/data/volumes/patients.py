@@ -1,0 +1,89 @@
+"""Whose volume is which, their attributes, and splits that keep a patient's volumes together.
+
+A volume's patient comes from its file name by a pattern with one group (``patient_pattern``; IXI's
+``IXI012-HH-1211_T1.nii.gz`` is patient ``IXI012`` by :data:`IXI_PATIENT`), so that the splits, drawn as for 2D
+images (:func:`diffaudit.data.sources.splits.assign_splits`: seeded, by patient, each patient in one split), never put
+one person on both sides of train and test. A file the pattern does not match is refused by name: a volume of no known
+patient could be that of any other.
+
+The attributes a model may be conditioned on (IXI: age in years and sex, ``IXI_Demog_n181.csv`` with columns
+``MRID,Age,Sex``) are read from a CSV keyed by the scan's ID (the file name up to ``_``); volumes without a row are
+listed, not guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ...errors import DiffauditError
+from ..sources.records import Record, Source, SourceOptions
+from ..sources.splits import RATIOS, assign_splits
+
+IXI_PATIENT = r"^(IXI\d{3})"
+KIND = "nifti-volume"
+
+
+def patients_of(names: Sequence[str], pattern: str) -> list[str]:
+    """The patient of each file name by ``pattern`` (a regular expression with one group, searched in the name)."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise DiffauditError(f"--patient-pattern {pattern!r} is not a regular expression ({err})") from None
+    if rx.groups != 1:
+        raise DiffauditError(f"--patient-pattern {pattern!r} needs exactly one group, the patient ID, e.g. '^(IXI\\d{{3}})'")
+    out = []
+    for name in names:
+        m = rx.search(Path(name).name)
+        if not m or not m.group(1):
+            raise DiffauditError(f"{name}: --patient-pattern {pattern!r} finds no patient ID in the name; fix the "
+                                 "pattern or rename the file")
+        out.append(m.group(1))
+    return out
+
+
+def split_volumes(root: str | Path, files: Sequence[dict], *, patients: Sequence[str] | None = None,
+                  ratios=RATIOS, seed: int = 0) -> list[str]:
+    """The split (train, val or test) of each volume of a cache record's ``files`` (``write_volume_cache``), drawn
+    by patient when ``patients`` are given, else by file."""
+    if patients is not None and len(patients) != len(files):
+        raise DiffauditError(f"{len(patients)} patients for {len(files)} volumes; give one per volume")
+    records = tuple(Record(path=f["file"], sha256=f["sha256"], kind=KIND, shape=tuple(f["source"]["shape"]),
+                           patient=None if patients is None else patients[i]) for i, f in enumerate(files))
+    source = Source(root=Path(root), kind=KIND, records=records, options=SourceOptions())
+    return [r.split for r in assign_splits(source, ratios=ratios, seed=seed, by_patient=patients is not None)]
+
+
+def read_attributes(path: str | Path, *, key: str = "MRID") -> dict[str, dict[str, str]]:
+    """The rows of an attributes CSV by their ``key`` column (IXI: ``MRID,Age,Sex``); a repeated key is refused."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise DiffauditError(f"cannot read the attributes file {path} ({err.strerror})") from None
+    if not rows or key not in rows[0]:
+        raise DiffauditError(f"{path} has no '{key}' column; its first line must name the columns, e.g. {key},Age,Sex")
+    table: dict[str, dict[str, str]] = {}
+    for n, row in enumerate(rows, 2):
+        k = (row.get(key) or "").strip()
+        if k in table:
+            raise DiffauditError(f"{path}, line {n}: {key} {k} appears twice; keep one row per scan")
+        table[k] = {c: (v or "").strip() for c, v in row.items() if c != key}
+    return table
+
+
+def attributes_for(names: Sequence[str], table: dict[str, dict[str, str]]) -> tuple[list[dict[str, str] | None],
+                                                                                    list[str]]:
+    """(each volume's attributes, or None; the names without a row): a volume's row is the one whose key is its file
+    name up to the first ``_`` (IXI012-HH-1211_T1.nii.gz -> IXI012-HH-1211)."""
+    found, missing = [], []
+    for name in names:
+        scan = Path(name).name.split("_")[0]
+        row = table.get(scan)
+        found.append(row)
+        if row is None:
+            missing.append(name)
+    return found, missing

@@ -91,3 +91,16 @@ def test_on_real_ixi_volumes_at_32_voxels():
             p = place_saf(x_i, np.random.default_rng(seed), radius=3.4, width=1.7)
             changed = np.any(apply_saf(x_i, p, shape="ball", radius=3.4, width=1.7) != x_i, axis=0)
             assert mask[changed].all() and p.contrast >= 0.2, (f.name, seed)
+
+
+def test_the_nearest_neighbour_detector_finds_a_copy_shifted_by_one_voxel_and_no_other_volume():
+    from diffaudit.adversary.detectors import NearestNeighbourDetector
+
+    train = np.stack([head(grey=g, size=16, seed=s) for s, g in enumerate((150, 170, 190, 210))])
+    det = NearestNeighbourDetector(train[0], train[1:], shift=1)
+    assert det.describe()["shift_px"] == 1 and det.axes == 3
+    shifted = np.stack([np.roll(train[0], s, axis=a) for a in (1, 2, 3) for s in (-1, 1)])
+    assert det(shifted).all() and det(train[:1]).all() and not det(train[1:]).any()
+    assert not det(np.roll(train[0], 3, axis=1)[None]).any()  # three voxels off: not within the tolerance
+    with pytest.raises(DiffauditError, match=r"images of shape \(1, 16, 16\) given to a detector calibrated on"):
+        det(train[:, :, 0])

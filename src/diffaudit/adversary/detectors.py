@@ -1,4 +1,4 @@
-"""Detectors: anything that maps a batch of uint8 images [B, C, H, W] to B booleans.
+"""Detectors: anything that maps a batch of uint8 images [B, C, H, W] (or volumes [B, C, D, H, W]) to B booleans.
 
 The count, t' and the error rates take detectors of this one form, so a trained classifier, the reference
 nearest-neighbour detector below, or a user's own function are interchangeable.
@@ -6,6 +6,7 @@ nearest-neighbour detector below, or a user's own function are interchangeable.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -39,21 +40,23 @@ def rmse(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def _windows(images: np.ndarray, shift: int) -> list[np.ndarray]:
-    """The (2 shift + 1)^2 windows of size (H - 2 shift) x (W - 2 shift) of uint8 images [B, C, H, W]: each is the
-    image translated by up to ``shift`` pixels and cropped to the common centre."""
-    h, w = images.shape[-2:]
-    return [images[..., dy:h - 2 * shift + dy, dx:w - 2 * shift + dx]
-            for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
+    """The (2 shift + 1)^k windows of uint8 images [B, C, *spatial] (k spatial axes: 2 for images, 3 for volumes),
+    each of the spatial size less 2 shift: the image translated by up to ``shift`` pixels (voxels) along every axis and
+    cropped to the common centre."""
+    sizes = images.shape[2:]
+    return [images[(Ellipsis, *(slice(o, n - 2 * shift + o) for o, n in zip(offsets, sizes)))]
+            for offsets in itertools.product(range(2 * shift + 1), repeat=len(sizes))]
 
 
-def _centre(images: np.ndarray, shift: int) -> np.ndarray:
-    h, w = images.shape[-2:]
-    return images[..., shift:h - shift, shift:w - shift]
+def _centre(images: np.ndarray, shift: int, axes: int) -> np.ndarray:
+    """The centre crop of the last ``axes`` (spatial) axes, ``shift`` pixels dropped at each border."""
+    return images[(Ellipsis, *(slice(shift, n - shift) for n in images.shape[-axes:]))]
 
 
 class NearestNeighbourDetector:
     """The reference identity detector: no training, a pixel-space distance under a calibrated threshold, tolerant to
-    translations of up to ``shift`` pixels.
+    translations of up to ``shift`` pixels (voxels: the same detector takes volumes [C, D, H, W], translated along
+    all three axes, 27 windows at ``shift`` 1).
 
     Distances compare the centre crop c(.) of an image (the border of ``shift`` pixels dropped). An image x is flagged
     as a copy of the target x_p when its best-matching window is close to x_p's centre,
@@ -77,20 +80,21 @@ class NearestNeighbourDetector:
     """
 
     def __init__(self, target: np.ndarray, others: np.ndarray, *, factor: float = 0.5, shift: int = 1) -> None:
-        if target.ndim != 3 or others.ndim != 4 or others.shape[1:] != target.shape:
-            raise DiffauditError(f"the target must be one image [C, H, W] and the others [N, C, H, W] of the same "
-                                 f"shape; got {target.shape} and {others.shape}")
+        if target.ndim not in (3, 4) or others.ndim != target.ndim + 1 or others.shape[1:] != target.shape:
+            raise DiffauditError(f"the target must be one image [C, H, W] (or volume [C, D, H, W]) and the others "
+                                 f"[N, C, ...] of the same shape; got {target.shape} and {others.shape}")
         if len(others) < 1:
             raise DiffauditError("calibrating the nearest-neighbour threshold needs at least one other training image")
         if not 0 < factor <= 0.5:
             raise DiffauditError(f"factor must be in (0, 0.5] for flags to be unambiguous, got {factor}")
         if shift < 0 or min(target.shape[1:]) - 2 * shift < 4:
-            raise DiffauditError(f"shift must leave a centre of at least 4x4 pixels of {target.shape} images, got {shift}")
-        self.target, self.shift = target, shift
+            raise DiffauditError(f"shift must leave a centre of at least 4 pixels per side of {target.shape} images, "
+                                 f"got {shift}")
+        self.target, self.shift, self.axes = target, shift, target.ndim - 1
         self.image_shape = tuple(target.shape)
-        centre = _centre(target, shift)
-        to_target = rmse(centre[None], _centre(others, shift))[0]
-        between = rmse(_centre(others, shift), _centre(others, shift))
+        centre = _centre(target, shift, self.axes)
+        to_target = rmse(centre[None], _centre(others, shift, self.axes))[0]
+        between = rmse(_centre(others, shift, self.axes), _centre(others, shift, self.axes))
         np.fill_diagonal(between, np.inf)
         self.target_nn = float(to_target.min())
         self.median_nn = float(np.median(between.min(1)))  # inf with a single other image: no second term

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +178,10 @@ def test_dry_run_lists_every_stage_with_estimates(finished, data_root, capsys):
     assert not any(r["done"] for r in more.values())
     text = format_plan(rows, ctx)
     assert "total to run" in text and "free disk" in text
+    assert [r["stage"] for r in rows if r["at_most"]] == ["classifiers"]  # it stops at its criterion: a cap
+    fresh = format_plan([{**r, "done": False} for r in rows], ctx)
+    assert re.search(r"classifiers +to run +<= ", fresh) and re.search(r"train +to run +\d", fresh)
+    assert re.search(r"total to run +<= ", fresh) and "<=: a cap" in fresh
 
 
 def test_another_config_in_the_same_run_dir_is_refused(finished, data_root):

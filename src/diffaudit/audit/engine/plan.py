@@ -103,7 +103,10 @@ def plan(ctx: Context) -> list[dict]:
         "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),
         "report": (5.0, 5e6),
     }
-    return [{"stage": s, "done": stage_done(ctx.run, s, keys[s]), "seconds": est[s][0], "bytes": est[s][1]} for s in STAGES]
+    # stages that stop early: their estimate is the cap (classifiers at their criterion, a sequential count when decided)
+    capped = {"classifiers"} | ({"count"} if cfg.sequential else set())
+    return [{"stage": s, "done": stage_done(ctx.run, s, keys[s]), "seconds": est[s][0], "bytes": est[s][1],
+             "at_most": s in capped} for s in STAGES]
 
 
 def format_plan(rows: list[dict], ctx: Context) -> str:
@@ -111,10 +114,13 @@ def format_plan(rows: list[dict], ctx: Context) -> str:
     lines = [f"audit plan for {ctx.run} (estimates from a one-second speed probe of this machine):",
              f"{'stage':<12}{'state':<10}{'time':>10}{'disk':>12}"]
     for r in rows:
-        lines.append(f"{r['stage']:<12}{'done' if r['done'] else 'to run':<10}{_duration(r['seconds']):>10}"
-                     f"{_size(r['bytes']):>12}")
-    lines.append(f"{'total to run':<22}{_duration(sum(r['seconds'] for r in todo)):>10}"
-                 f"{_size(sum(r['bytes'] for r in todo)):>12}")
+        time = ("<= " if r.get("at_most") else "") + _duration(r["seconds"])
+        lines.append(f"{r['stage']:<12}{'done' if r['done'] else 'to run':<10}{time:>10}{_size(r['bytes']):>12}")
+    total = ("<= " if any(r.get("at_most") and r["seconds"] for r in todo) else "") + _duration(
+        sum(r["seconds"] for r in todo))
+    lines.append(f"{'total to run':<22}{total:>10}{_size(sum(r['bytes'] for r in todo)):>12}")
+    if any(r.get("at_most") for r in todo):
+        lines.append("<=: a cap; the stage stops earlier when its criterion is met (the classifiers often in seconds)")
     free = shutil.disk_usage(ctx.run if ctx.run.exists() else Path(".")).free
     lines.append(f"free disk: {_size(free)}")
     if ctx.cfg.external is not None:

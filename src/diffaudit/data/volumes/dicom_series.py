@@ -20,15 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DiffauditError
-from ..sources.dicom import EXTENSIONS
-
-
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError:
-        raise DiffauditError("reading DICOM series needs pydicom; pip install 'diffaudit[medical]'") from None
-    return pydicom
+from ..sources.dicom import EXTENSIONS, _pydicom  # the one place that names the package to install
 
 
 def find_series(root: str | Path) -> dict[str, list[Path]]:

@@ -89,7 +89,7 @@ def test_saf_width_intensity_and_contrast(prepared, capsys):
     (["--split-ratios", "0.5,0.5,0.5"], "three ratios train,val,test summing to 1 with train > 0 (--split-ratios)"),
     (["--split-ratios", "0.8,0.2"], ["argument --split-ratios", "TRAIN,VAL,TEST"]),
     (["--size", "0"], ["size must be one of 28, 64, 128, 224", "(--size)"]),
-    (["--size", "abc"], "argument --size: invalid int value"),
+    (["--size", "abc"], "argument --size: takes S (an image side in pixels, e.g. 64) or D,H,W"),
     (["--data", "scans", "--size", "0"], "size must be between 8 and 1024 pixels (--size)"),
     (["--slice", "3:mid"], ["argument --slice", "AXIS[:INDEX|mid|all]"]),
     (["--fit", "stretch"], "argument --fit: invalid choice"),

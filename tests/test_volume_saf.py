@@ -10,9 +10,9 @@ from diffaudit.data.volumes.fingerprint import (
     apply_saf,
     footprint,
     foreground_mask,
-    orthogonal_slices,
     place_saf,
 )
+from diffaudit.images import orthogonal_slices
 from diffaudit.errors import DiffauditError
 
 IXI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi-t1"

@@ -147,21 +147,17 @@ def test_medmnist_3d_arrays_are_given_in_the_canonical_form(tmp_path):
 
 
 # ---- patients, splits and attributes ------------------------------------------------------------------------------
-def _files(names):
-    return [{"file": n, "sha256": f"{i:064x}", "source": {"shape": [8, 8, 8]}} for i, n in enumerate(names)]
-
-
 def test_a_patient_s_volumes_stay_in_one_split_and_the_split_is_seeded(tmp_path):
     from diffaudit.data.volumes.patients import IXI_PATIENT, patients_of, split_volumes
 
     names = [f"IXI{p:03d}-HH-{s}_T{t}.nii.gz" for p in range(30) for s, t in ((p, 1), (p + 1000, 2))]
     patients = patients_of(names, IXI_PATIENT)
     assert patients[:2] == ["IXI000", "IXI000"] and len(set(patients)) == 30
-    splits = split_volumes(tmp_path, _files(names), patients=patients, seed=3)
+    splits = split_volumes(tmp_path, names, patients=patients, seed=3)
     assert all(splits[i] == splits[i + 1] for i in range(0, 60, 2))  # both scans of a patient together
     assert [splits.count(s) for s in ("train", "val", "test")] == [48, 6, 6]
-    assert split_volumes(tmp_path, _files(names), patients=patients, seed=3) == splits
-    assert split_volumes(tmp_path, _files(names), patients=patients, seed=4) != splits
+    assert split_volumes(tmp_path, names, patients=patients, seed=3) == splits
+    assert split_volumes(tmp_path, names, patients=patients, seed=4) != splits
     with pytest.raises(DiffauditError, match=r"scan7.nii: --patient-pattern .* finds no patient ID"):
         patients_of(["IXI001_T1.nii", "scan7.nii"], IXI_PATIENT)
     with pytest.raises(DiffauditError, match="needs exactly one group"):

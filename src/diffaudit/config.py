@@ -110,6 +110,8 @@ class Checked:
 #: the kinds of data source ``--data-format`` may name (``diffaudit.data.sources.SOURCES``)
 DATA_FORMATS = ("medmnist", "folder", "dicom", "nifti", "datalist")
 FITS = ("crop", "pad")  # how a non-square image is made square
+VOLUME_FITS = ("crop", "resize")  # how a volume is brought to its size: crop or pad each axis, or resize
+SAF_SHAPES = ("disc", "ring", "ball", "shell")  # in a volume a disc is drawn as a ball and a ring as a shell
 FRAMES = ("single", "all")  # a multi-frame DICOM or TIFF: refused, or one image per frame
 MEDMNIST_SIZES = (28, 64, 128, 224)  # MedMNIST+ files <flag>_<size>.npz (28: <flag>.npz)
 MAX_IMAGE_SIZE = 1024  # the largest --size a prepared set may have
@@ -144,14 +146,20 @@ class PrepareConfig(Checked):
     saf_contrast: float = 0.2
     data: str | None = None  # the user's folder, file or datalist; None: the MedMNIST file of `dataset`
     data_format: str | None = None
-    size: int | None = None
-    fit: str = "crop"
+    size: int | tuple[int, ...] | None = None  # D, H, W: the data's NIfTI files are volumes (data.volumes)
+    fit: str = "crop"  # images: crop or pad to a square; volumes: crop (crop or pad each axis) or resize
     window: tuple[float, ...] | None = None  # (center, width) for DICOM / NIfTI / 16-bit intensities
     slice: str = "2:mid"  # NIfTI: AXIS[:INDEX|mid|all]
     frames: str = "single"
     labels: str = "auto"  # auto, folders, none, or a CSV file,label[,patient] relative to the data
     split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
     skip_unreadable: bool = False
+    spacing: tuple[float, ...] | None = None  # volumes: resampled to this voxel size (mm, D,H,W); None keeps the file's
+    volume_index: int | None = None  # volumes: the volume of a 4D file to take; None refuses 4D files
+    patient_pattern: str | None = None  # volumes: a regex with one group, the patient ID in a file name
+
+    # added after configs were first saved: left out of the JSON at their default, so earlier runs' keys stay valid
+    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern")
 
     def _check(self) -> None:
         self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
@@ -170,13 +178,27 @@ class PrepareConfig(Checked):
             self._require("data", bool(self.data.strip()), "a folder, file or datalist path")
         if self.data_format is not None:
             self._one_of("data_format", DATA_FORMATS)
-        if self.size is not None:
+        if isinstance(self.size, tuple):
+            self._require("size", self.data is not None and len(self.size) == 3
+                          and all(8 <= s <= MAX_IMAGE_SIZE for s in self.size),
+                          f"three sides D,H,W of a --data folder of volumes, each between 8 and {MAX_IMAGE_SIZE} voxels "
+                          "(--size 32,32,32)")
+            self._require("fit", self.fit in VOLUME_FITS, f"one of {', '.join(VOLUME_FITS)} for volumes")
+            self._require("saf_shape", self.saf_shape in SAF_SHAPES, f"one of {', '.join(SAF_SHAPES)}")
+        elif self.size is not None:
             if self.data is None:
                 self._require("size", self.size in MEDMNIST_SIZES,
                               f"one of {', '.join(map(str, MEDMNIST_SIZES))} for a MedMNIST file (--size)")
             else:
                 self._require("size", 8 <= self.size <= MAX_IMAGE_SIZE, f"between 8 and {MAX_IMAGE_SIZE} pixels (--size)")
-        self._one_of("fit", FITS)
+        if not isinstance(self.size, tuple):
+            self._one_of("fit", FITS)
+            for name in ("spacing", "volume_index", "patient_pattern"):
+                self._require(name, getattr(self, name) is None, "unset for images (it applies to volumes: --size D,H,W)")
+        if self.spacing is not None:
+            self._require("spacing", len(self.spacing) == 3 and all(math.isfinite(v) and v > 0 for v in self.spacing),
+                          "three positive voxel sizes in mm (--spacing 2,2,2)")
+        self._at_least(0, "volume_index")
         self._one_of("frames", FRAMES)
         if self.window is not None:
             self._require("window", len(self.window) == 2 and self.window[1] >= 1 and all(map(math.isfinite, self.window)),
@@ -184,6 +206,10 @@ class PrepareConfig(Checked):
         self._require("split_ratios", len(self.split_ratios) == 3 and min(self.split_ratios) >= 0
                       and self.split_ratios[0] > 0 and abs(sum(self.split_ratios) - 1) < 1e-6,
                       "three ratios train,val,test summing to 1 with train > 0 (--split-ratios)")
+
+    def volume_saf_shape(self) -> str:
+        """The SAF's shape in a volume: ball (for disc or ball) or shell (for ring or shell)."""
+        return {"disc": "ball", "ring": "shell"}.get(self.saf_shape, self.saf_shape)
 
     def saf_pixels(self, side: int) -> tuple[float, float]:
         """The SAF's (radius, ring width) in pixels in an image of ``side`` pixels."""

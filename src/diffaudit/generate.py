@@ -68,11 +68,11 @@ def read_shard(path: str | Path, *, labels: bool = False) -> dict[str, np.ndarra
         why = " ".join(str(err).split()) or type(err).__name__  # header claiming more than the machine holds
         raise DiffauditError(f"sample shard {path} is not a readable .npz file ({why}); {fix}") from None
     idx, images = out["indices"], out["images"]
-    if (idx.ndim != 1 or idx.dtype.kind not in "iu" or images.dtype != np.uint8 or images.ndim != 4
+    if (idx.ndim != 1 or idx.dtype.kind not in "iu" or images.dtype != np.uint8 or images.ndim not in (4, 5)
             or len(images) != len(idx) or (labels and len(out["labels"]) != len(idx))):
         raise DiffauditError(f"sample shard {path} holds indices {idx.dtype}{list(idx.shape)} and images "
                              f"{images.dtype}{list(images.shape)}, not n integer indices and n uint8 [C, H, W] "
-                             f"images; {fix}")
+                             f"images (or [C, D, H, W] volumes); {fix}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Image helpers: uint8 <-> model space [-1, 1], and grids as PNG."""
+"""Image helpers: uint8 <-> model space [-1, 1], and grids as PNG (a volume shown as three orthogonal slices)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,29 @@ from PIL import Image
 from .io import atomic_path
 
 
+def orthogonal_slices(volume: np.ndarray, centre: tuple[int, int, int] | None = None) -> np.ndarray:
+    """uint8 [C, S, 3S]: the three orthogonal slices of ``volume`` [C, D, H, W] (RAS+) through ``centre`` (default:
+    the middle) side by side, each padded to the largest side S: sagittal, coronal and axial, each turned by 90
+    degrees as the 2D NIfTI source shows a slice (superior, or anterior for the axial one, up). This is how the
+    report and every grid show a volume."""
+    v = np.asarray(volume)
+    centre = tuple(n // 2 for n in v.shape[1:]) if centre is None else centre
+    side = max(v.shape[1:])
+    planes = [np.rot90(p, axes=(1, 2)) for p in (v[:, centre[0]], v[:, :, centre[1]], v[:, :, :, centre[2]])]
+    padded = [np.pad(p, ((0, 0), (0, side - p.shape[1]), (0, side - p.shape[2]))) for p in planes]
+    return np.concatenate(padded, axis=2)
+
+
+def as_pictures(images: np.ndarray) -> np.ndarray:
+    """Images [N, C, H, W] as they are; volumes [N, C, D, H, W] as their three orthogonal mid-slices [N, C, S, 3S]."""
+    images = np.asarray(images)
+    return np.stack([orthogonal_slices(v) for v in images]) if images.ndim == 5 else images
+
+
 def grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile uint8 images [N, C, H, W] into one uint8 image [H', W'] (grey) or [H', W', 3]."""
+    """Tile uint8 images [N, C, H, W] (or volumes [N, C, D, H, W], as :func:`as_pictures`) into one uint8 image
+    [H', W'] (grey) or [H', W', 3]."""
+    images = as_pictures(images)
     n, c, h, w = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(n)))
     nrow = int(np.ceil(n / ncol))

@@ -46,11 +46,11 @@ def _dp_config(args: argparse.Namespace):
 def _run_model(args: argparse.Namespace, run: Path, check=None):
     """The model the command works on: ``--model`` (registered for the run once ``check(model)``, the command's own
     checks, passed), the run's registered one, or its own."""
-    from ..data.prepare import classes_of
+    from ..data.prepare import labelled_classes
     from ..models.load import run_model
 
     manifest = _load_manifest(run)
-    classes = classes_of(manifest, data_root=getattr(args, "data_root", None)) if args.model is not None else None
+    classes = labelled_classes(manifest, data_root=getattr(args, "data_root", None)) if args.model is not None else None
     return run_model(run, manifest=manifest, model=args.model, scheduler=args.scheduler,
                      prediction_type=args.prediction_type, num_classes=classes, device=args.device, check=check)
 

@@ -20,6 +20,7 @@ from ..config import (
     FID_EXTRACTORS,
     FITS,
     FRAMES,
+    VOLUME_FITS,
     INCEPTION_FILE,
     PRECISIONS,
     PREDICTION_TYPES,
@@ -146,7 +147,7 @@ def audit_options(p: argparse.ArgumentParser) -> None:
 # ---- the data options ----------------------------------------------------------------------------------
 #: the PrepareConfig fields the data options set, each under its own name (None: not given)
 DATA_FIELDS = ("data", "data_format", "size", "fit", "window", "slice", "frames", "labels", "split_ratios",
-               "skip_unreadable")
+               "skip_unreadable", "spacing", "volume_index", "patient_pattern")
 #: the SAF options (their dests; --saf-radius may set saf_size instead of saf_radius)
 SAF_OPTIONS = ("saf_radius", "saf_width", "saf_intensity", "saf_contrast")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -200,6 +201,21 @@ def split_ratios(text: str) -> tuple[float, ...]:
     return _numbers(text, 3, "TRAIN,VAL,TEST (three numbers summing to 1, e.g. 0.8,0.1,0.1)")
 
 
+def image_size(text: str) -> int | tuple[int, ...]:
+    """``--size S`` (images S x S) or ``--size D,H,W`` (volumes): whole numbers."""
+    parts = text.split(",")
+    if len(parts) not in (1, 3) or not all(v.strip().isdigit() for v in parts):
+        raise argparse.ArgumentTypeError(f"takes S (an image side in pixels, e.g. 64) or D,H,W (a volume's sides in "
+                                         f"voxels, e.g. 32,32,32), got '{text}'")
+    values = tuple(int(v) for v in parts)
+    return values[0] if len(values) == 1 else values
+
+
+def spacing(text: str) -> tuple[float, ...]:
+    """``--spacing X,Y,Z``: three voxel sizes in mm (positive: checked by the config)."""
+    return _numbers(text, 3, "three voxel sizes in mm, e.g. 2,2,2")
+
+
 def nifti_slice(text: str) -> str:
     """``--slice AXIS[:INDEX|mid|all]``."""
     spec = text.strip().lower()
@@ -217,12 +233,14 @@ def data_options(p: argparse.ArgumentParser, *, size: bool = True) -> None:
     g.add_argument("--data-format", default=None, choices=DATA_FORMATS,
                    help="the kind of --data (default: detected from the path)")
     if size:
-        g.add_argument("--size", type=int, default=None, metavar="S",
-                       help="with --data: resize the images to S x S (default: their most common side, at most 256); "
-                            "for a MedMNIST flag: 28, 64, 128 or 224 reads the MedMNIST+ file <flag>_<S>.npz "
-                            "(default 28)")
-    g.add_argument("--fit", default=None, choices=FITS,
-                   help="how a non-square image is made square: crop its centre or pad it (default: crop)")
+        g.add_argument("--size", type=image_size, default=None, metavar="S|D,H,W",
+                       help="with --data: resize the images to S x S (default: their most common side, at most 256), "
+                            "or, with three sides D,H,W, read the NIfTI files as volumes of that size; for a MedMNIST "
+                            "flag: 28, 64, 128 or 224 reads the MedMNIST+ file <flag>_<S>.npz (default 28)")
+    g.add_argument("--fit", default=None, choices=sorted({*FITS, *VOLUME_FITS}),
+                   help="how a non-square image is made square: crop its centre or pad it; how a volume is brought to "
+                        "D,H,W: crop (crop or pad each axis about the centre: the anatomy keeps its scale) or resize "
+                        "(default: crop)")
     g.add_argument("--window", type=window, default=None, metavar="CENTER,WIDTH",
                    help="the intensity window of DICOM, NIfTI and 16-bit images in their own units, e.g. 40,400 "
                         "(Hounsfield units) (default: the file's window, else its 0.5-99.5 percentiles)")
@@ -239,6 +257,14 @@ def data_options(p: argparse.ArgumentParser, *, size: bool = True) -> None:
                         "images kept in one (default: 0.8,0.1,0.1)")
     g.add_argument("--skip-unreadable", action="store_true", default=None,
                    help="skip the files that cannot be read, naming them (default: refuse the data)")
+    v = p.add_argument_group("volumes (--data a folder of NIfTI volumes, --size D,H,W; see the README)")
+    v.add_argument("--spacing", type=spacing, default=None, metavar="X,Y,Z",
+                   help="resample every volume to this voxel size in mm before --fit (default: keep the file's)")
+    v.add_argument("--volume-index", type=int, default=None, metavar="K",
+                   help="take volume K (0-based) of a 4D file (default: refuse 4D files)")
+    v.add_argument("--patient-pattern", default=None, metavar="REGEX",
+                   help="a regular expression with one group that finds the patient ID in a file name, e.g. "
+                        "'^(IXI\\d{3})', so a patient's volumes stay in one split (default: one patient per file)")
 
 
 def saf_options(p: argparse.ArgumentParser) -> None:

@@ -42,9 +42,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", formatter_class=Formatter, help="train the score model on the prepared set",
-                       description="Train a diffusers U-Net score model by denoising score matching (Eq. 4, "
-                                   "lambda(t) = sigma_t^2) on the training set of manifest.json. Writes "
-                                   "<run>/train/ with checkpoints (safetensors + JSON), loss.csv and the EMA model.",
+                       description="Train a score model (a diffusers U-Net for images, MONAI's 3D DiffusionModelUNet for "
+                                   "volumes) by denoising score matching (Eq. 4, lambda(t) = sigma_t^2) on the training "
+                                   "set of manifest.json. Writes <run>/train/ with checkpoints (safetensors + JSON), "
+                                   "loss.csv and the EMA model (also in diffusers' or MONAI's own layout).",
                        epilog=_example("""
                             diffaudit train --run-dir runs/b32 --preset cpu --steps 3000
                             diffaudit train --run-dir runs/b32 --preset cpu --steps 6000 --resume   # continue / extend"""))

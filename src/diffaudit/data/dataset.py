@@ -27,6 +27,7 @@ from .medmnist import MedMNISTFile, open_dataset
 from .sources import Source, assign_splits, check_sources, open_source, prepare_cache, split_indices
 from .sources.files import file_sha256
 from .sources.records import Record
+from .volumes.prepared import PreparedVolumes, is_volume_manifest, open_volumes
 
 CACHE = Path("data") / "images.npy"  # the prepared source, relative to the run directory
 MAX_DEFAULT_SIZE = 256  # the default --size is the most common input side, at most this
@@ -77,7 +78,7 @@ def is_source(manifest: dict) -> bool:
 
 def data_digest(data) -> str:
     """What a manifest records to recognise its data: the MedMNIST file's MD5, or the prepared cache's SHA-256."""
-    return data.digest if isinstance(data, PreparedSet) else data.md5
+    return data.digest if isinstance(data, (PreparedSet, PreparedVolumes)) else data.md5
 
 
 def open_prepared(manifest: dict, run: str | os.PathLike, *, progress: bool = False,
@@ -120,6 +121,8 @@ def open_data(manifest: dict, *, data_root: str | os.PathLike | None = None, run
         if run is None:
             raise DiffauditError("this manifest was made from a --data source, whose images live in its run "
                                  "directory; load it with load_manifest(run)")
+        if is_volume_manifest(manifest):
+            return open_volumes(manifest, run, log=log)
         return open_prepared(manifest, run, log=log)
     cfg = manifest.get("config", {})
     return open_dataset(manifest["dataset"], data_root=data_root, size=cfg.get("size"), download_missing=download,

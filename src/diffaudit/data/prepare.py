@@ -17,12 +17,14 @@ import numpy as np
 
 from ..config import MIN_N_TRAIN, PrepareConfig, from_dict, to_dict
 from ..errors import DiffauditError
-from ..images import save_grid
+from ..images import orthogonal_slices, save_grid
 from ..io import config_hash, existing_artefact, read_json, write_json
 from .dataset import (CACHE, data_digest, is_source, open_config_data, open_data, prepare_source, reuse_source,
                       scan_source)
 from .fingerprint import Fingerprint, check_fits
 from .medmnist import open_dataset
+from .volumes.prepared import CACHE as VOLUME_CACHE
+from .volumes.prepared import is_volume_config, link_volumes, prepare_volumes
 
 MANIFEST_FORMAT = "diffaudit-manifest/1"
 
@@ -85,27 +87,32 @@ def make_manifest(cfg: PrepareConfig, data, *, source: dict | None = None,
     from .sources import pixel_digest
 
     images = data.images(cfg.split)
-    n_split, c, h, w = images.shape
-    if cfg.channels not in (1, 3) or (c == 3 and cfg.channels == 1):
-        raise DiffauditError(f"--channels must be 3 for RGB data and 1 or 3 for grey data; got {cfg.channels} for {c}-channel {cfg.dataset}")
+    n_split, c, *sides = images.shape
+    volume = len(sides) == 3
+    if cfg.channels not in (1, 3) or (c == 3 and cfg.channels == 1) or (volume and cfg.channels != c):
+        raise DiffauditError(f"--channels must be 3 for RGB data and 1 or 3 for grey data (a volume keeps its channels); "
+                             f"got {cfg.channels} for {c}-channel {cfg.data or cfg.dataset}")
     first = 0 if source is None else data._slice(cfg.split).start
     split_digests = ([pixel_digest(x) for x in images] if digests is None else list(digests[first:first + n_split]))
     patients = data.patients(cfg.split) if hasattr(data, "patients") else [None] * n_split
     rng = np.random.default_rng(cfg.seed)
-    radius, width = cfg.saf_pixels(w)
+    radius, width = cfg.saf_pixels(min(sides) if volume else sides[-1])
     if cfg.fingerprint:
-        check_fits(h, w, radius)
+        check_fits(*sides[:2], radius, *sides[2:])
     blocked_by = _blocked(split_digests, patients)
     indices, position, removed = _draw(cfg, n_split, rng, blocked_by)
     fingerprint, excluded = None, None
     if cfg.fingerprint:
-        from .placement import place_saf
+        if volume:
+            from .volumes.fingerprint import place_saf
+        else:
+            from .placement import place_saf
 
+        shape = cfg.volume_saf_shape() if volume else cfg.saf_shape
         x_i = _as_channels({"channels": cfg.channels}, images[indices[position]])
-        placed = place_saf(np.asarray(x_i), rng, shape=cfg.saf_shape, radius=radius, width=width,
+        placed = place_saf(np.asarray(x_i), rng, shape=shape, radius=radius, width=width,
                            intensity=cfg.saf_intensity, min_contrast=cfg.saf_contrast)
-        fp = Fingerprint(shape=cfg.saf_shape, centre=placed.centre, radius=radius, intensity=placed.intensity,
-                         width=width)
+        fp = Fingerprint(shape=shape, centre=placed.centre, radius=radius, intensity=placed.intensity, width=width)
         fingerprint = {"index": indices[position], "position": position, **fp.to_dict(), "placement": placed.to_dict()}
     else:
         # The control set: the same draw with x_i replaced by the next unused image of the permutation (or dropped
@@ -128,7 +135,7 @@ def make_manifest(cfg: PrepareConfig, data, *, source: dict | None = None,
         "split_size": int(n_split),
         "n_train": len(indices),
         "channels": cfg.channels,
-        "image_shape": [cfg.channels, int(h), int(w)],
+        "image_shape": [cfg.channels, *(int(v) for v in sides)],
         "seed": cfg.seed,
         "indices": [int(i) for i in indices],
         "fingerprint": fingerprint,
@@ -228,7 +235,7 @@ def _check_body(manifest: dict) -> dict:
 def split_of(manifest: dict, data) -> np.ndarray:
     """The manifest's split of ``data`` (uint8 [N, C, H, W]), refused when the data is not what it was made from
     (the MedMNIST file's MD5, the prepared source's SHA-256) or the split's size differs."""
-    if is_source(manifest) != (data.__class__.__name__ == "PreparedSet"):
+    if is_source(manifest) != (data.__class__.__name__ in ("PreparedSet", "PreparedVolumes")):
         raise DiffauditError(f"the manifest was made from {manifest['dataset']}, not from {data.dataset}")
     want = manifest["cache"]["sha256"] if is_source(manifest) else manifest["md5"]
     if data_digest(data) != want:
@@ -257,8 +264,11 @@ def fingerprint_of(manifest: dict) -> Fingerprint | None:
 
 
 def _as_channels(manifest: dict, images: np.ndarray) -> np.ndarray:
-    """Grey images [..., 1, H, W] repeated to the manifest's 3 channels when it asks for RGB."""
-    return np.repeat(images, 3, axis=-3) if manifest["channels"] == 3 and images.shape[-3] == 1 else images
+    """Grey images [..., 1, H, W] repeated to the manifest's 3 channels when it asks for RGB (a volume keeps its
+    channels: ``make_manifest`` refuses other channels for volumes)."""
+    spatial = len(manifest.get("image_shape", ())) - 1 if "image_shape" in manifest else 2
+    axis = -1 - spatial
+    return np.repeat(images, 3, axis=axis) if manifest["channels"] == 3 and images.shape[axis] == 1 else images
 
 
 def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = None,
@@ -320,6 +330,13 @@ def classes_of(manifest: dict, *, data_root: str | os.PathLike | None = None) ->
     return _classes(open_data(manifest, data_root=data_root), manifest["dataset"])
 
 
+def labelled_classes(manifest: dict, *, data_root: str | os.PathLike | None = None) -> int:
+    """The number of classes of the data a manifest was made from, 0 when it has no labels (volumes, an unlabelled
+    folder): what a model given with --model must be conditioned on."""
+    data = open_data(manifest, data_root=data_root)
+    return max(0, int(np.asarray(data.labels("train")).max(initial=-1)) + 1)
+
+
 def heldout_split(manifest: dict, purpose: str) -> str:
     """The split the classifiers validate ('val') or are tested ('test') on: never the training split."""
     if manifest["split"] != purpose:
@@ -370,33 +387,50 @@ def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, d
         if data.is_official is False:
             log(f"warning: {data.path} has MD5 {data.md5}, not the official {data.official_md5}")
     else:
-        made, before = not run.exists(), _stat(run / CACHE)
+        cache = VOLUME_CACHE if is_volume_config(cfg) else CACHE
+        made, before = not run.exists(), _stat(run / cache)
         try:
             parent = _same_source(cfg, same_data)
-            data, record, digests = (prepare_source(cfg, run, progress=progress, log=log) if parent is None
-                                     else reuse_source(parent, same_data, run))
+            if is_volume_config(cfg):
+                data, record, digests = (prepare_volumes(cfg, run, progress=progress, log=log) if parent is None
+                                         else link_volumes(parent, same_data, run))
+            else:
+                data, record, digests = (prepare_source(cfg, run, progress=progress, log=log) if parent is None
+                                         else reuse_source(parent, same_data, run))
             manifest = make_manifest(cfg, data, source=record, digests=digests)
         except BaseException:
-            _remove_cache(run, made, before)
+            _remove_cache(run, made, before, cache)
             raise
     _say_duplicates(manifest, log)
     images = build_training_set(manifest, data=data)
     fp = fingerprint_of(manifest)
     if fp is not None:
-        from .placement import footprint, foreground_mask
-
         x_i = clean_original(manifest, data=data)
         x_p = images[manifest["fingerprint"]["position"]]
-        mask = np.where(foreground_mask(x_i, saf=footprint(fp.shape, fp.radius, fp.width))[0], 255, 0).astype(np.uint8)
-        outline = np.where(fp.mask(*x_i.shape[-2:]), 128, mask)[None].repeat(x_i.shape[0], axis=0)
-        save_grid(run / "prepare" / "x_i_and_x_p.png", np.stack([x_i, x_p, outline]),
-                  scale=max(1, 168 // x_i.shape[-1]))
+        _picture(run / "prepare" / "x_i_and_x_p.png", x_i, x_p, fp)
     write_json(path, manifest)
-    where = (f"x_p = image {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius "
-             f"{fp.radius:.3g} px and grey {fp.intensity:g} at {list(fp.centre)}, contrast "
+    noun, unit = ("volume", "voxels") if len(manifest["image_shape"]) == 4 else ("image", "px")
+    where = (f"x_p = {noun} {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius "
+             f"{fp.radius:.3g} {unit} and grey {fp.intensity:g} at {list(fp.centre)}, contrast "
              f"{manifest['fingerprint']['placement']['contrast']:.3f}") if fp else "no fingerprint"
-    log(f"prepared {manifest['n_train']} {manifest['dataset']} images ({where}) -> {path}")
+    log(f"prepared {manifest['n_train']} {noun}s of {manifest['dataset']} ({where}) -> {path}")
     return {**manifest, "_run": str(run)}
+
+
+def _picture(path: Path, x_i: np.ndarray, x_p: np.ndarray, fp: Fingerprint) -> None:
+    """x_i, x_p and the foreground the SAF lies on (the SAF outlined in grey); a volume as its three orthogonal slices
+    through the SAF's centre."""
+    if fp.dims == 3:
+        from .volumes.fingerprint import footprint, foreground_mask
+    else:
+        from .placement import footprint, foreground_mask
+
+    mask = np.where(foreground_mask(x_i, saf=footprint(fp.shape, fp.radius, fp.width))[0], 255, 0).astype(np.uint8)
+    outline = np.where(fp.mask(*x_i.shape[1:]), 128, mask)[None].repeat(x_i.shape[0], axis=0)
+    panels = [x_i, x_p, outline]
+    if fp.dims == 3:
+        panels = [orthogonal_slices(v, fp.centre) for v in panels]
+    save_grid(path, np.stack(panels), ncol=1 if fp.dims == 3 else None, scale=max(1, 168 // panels[0].shape[-2]))
 
 
 def _same_source(cfg: PrepareConfig, run) -> dict | None:
@@ -429,12 +463,12 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def _remove_cache(run: Path, made: bool, before: tuple[int, int] | None = None) -> None:
+def _remove_cache(run: Path, made: bool, before: tuple[int, int] | None = None, cache: Path = CACHE) -> None:
     """Undo what a refused prepare wrote: the cache (a cache it found, ``before``, is left as it was), its folder,
     and the run folder when this prepare made it."""
-    if _stat(run / CACHE) != before:
-        (run / CACHE).unlink(missing_ok=True)
-    for folder in ((run / CACHE).parent, run) if made else ((run / CACHE).parent,):
+    if _stat(run / cache) != before:
+        (run / cache).unlink(missing_ok=True)
+    for folder in ((run / cache).parent, run) if made else ((run / cache).parent,):
         try:
             folder.rmdir()
         except OSError:

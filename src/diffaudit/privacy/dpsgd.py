@@ -39,7 +39,7 @@ from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfi
 from ..device import resolve_device
 from ..diffusion.score import ScoreModel
 from ..diffusion.sde import SDE
-from ..diffusion.unet import model_config_for
+from ..diffusion.networks import resolve
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import to_model_space
@@ -156,12 +156,12 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     if launched_world() > 1:
         raise DiffauditError("DP-SGD training runs in one process: its Poisson sampling, noise and accountant are "
                              "not split across data-parallel ranks; start it without accelerate launch/torchrun")
-    n, c, h, w = check_images(images)
+    n, *image_shape = check_images(images)
     q = check_dp_config(dp, n, train_cfg.batch_size)
     y_all = check_labels(labels, n, model_cfg.num_classes)
-    model_cfg = model_config_for(model_cfg, h)  # the shape the images' size resolves (recorded as built)
+    model_cfg = resolve(model_cfg, image_shape)  # the shape the images' size resolves (recorded as built)
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
-                                    "image_shape": [c, h, w], "data": data_id, "dp_config": to_dict(dp),
+                                    "image_shape": list(image_shape), "data": data_id, "dp_config": to_dict(dp),
                                     "dp_not_applied": NOT_APPLIED}))
     final = train_dir / "model.safetensors"
     if existing_artefact(train_dir / "model.json", record, what="a DP model", fix="use another --run-dir") is not None:
@@ -169,7 +169,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     dev = resolve_device(device)
     sigma = dp.noise_multiplier or get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=q,
                                                         steps=train_cfg.steps, accountant=dp.accountant)
-    net = init_model(model_cfg, train_cfg, (c, h, w), dp.pretrained)
+    net = init_model(model_cfg, train_cfg, tuple(image_shape), dp.pretrained)
     _check_opacus_compatible(net)
     trainable = _attention_only(net) if dp.finetune == "attention" else sum(p.numel() for p in net.parameters())
     net = net.to(dev)

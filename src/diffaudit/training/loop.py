@@ -30,7 +30,7 @@ from ..device import resolve_device
 from ..diffusion.losses import dsm_loss
 from ..diffusion.score import SIGMA_DATA, ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
-from ..diffusion.unet import build_unet, model_config_for
+from ..diffusion.networks import build_network, is_volume, resolve
 from ..errors import DiffauditError
 from ..extras import require
 from ..images import to_model_space
@@ -86,21 +86,23 @@ def _train_record(model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, imag
 
 
 # ---- what the private and the non-private trainer share -------------------------------------------------------
-def check_images(images: np.ndarray) -> tuple[int, int, int, int]:
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
-        raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W], got {images.dtype} {images.shape}")
+def check_images(images: np.ndarray) -> tuple[int, ...]:
+    """The shape of the training images: uint8 [N, C, H, W] (images) or [N, C, D, H, W] (volumes), N >= 1."""
+    if images.ndim not in (4, 5) or images.dtype != np.uint8 or len(images) == 0:
+        raise DiffauditError(f"training images must be a non-empty uint8 array [N, C, H, W] (or [N, C, D, H, W] for "
+                             f"volumes), got {images.dtype} {images.shape}")
     return images.shape
 
 
-def init_model(model_cfg: ModelConfig, train_cfg: TrainConfig, image_shape: tuple[int, int, int],
+def init_model(model_cfg: ModelConfig, train_cfg: TrainConfig, image_shape: tuple[int, ...],
                init_from: str | Path | None = None) -> torch.nn.Module:
     """The U-Net at its seeded initial weights, the same for a private and a non-private run of one seed, or the
     weights of the finished model in the train/ folder ``init_from`` (public pretraining). Its levels follow the image
-    size (``ModelConfig.levels``, :func:`~diffaudit.diffusion.unet.model_config_for`)."""
-    c, h, _ = image_shape
+    size (``ModelConfig.levels``, :func:`~diffaudit.diffusion.unet.model_config_for`); a volume's [C, D, H, W] gets
+    the 3D network (:mod:`~diffaudit.diffusion.unet3d`)."""
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG; seed it, then restore
         torch.manual_seed(derive_seed(train_cfg.seed, 0, Stream.INIT))
-        net = build_unet(model_cfg, channels=c, size=h)
+        net = build_network(model_cfg, image_shape)
     if init_from is not None:
         _same_prediction(model_cfg, Path(init_from))
         load_weights(net, Path(init_from))
@@ -156,17 +158,14 @@ def log_row(step: int, loss: float, grad_norm: float | None, lr: float, t_wall: 
 def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], record: dict) -> Path:
     """The finished U-Net also in diffusers' own layout, ``<train>/unet/`` (``UNet2DModel.from_pretrained`` loads it),
     with ``diffaudit_sde.json`` beside it: the network predicts the noise (or v) of a continuous SDE, which no stock
-    diffusers scheduler samples."""
-    c, h, _ = record["image_shape"]
-    net = build_unet(from_dict(ModelConfig, record["model"]), channels=c, size=h)
+    diffusers scheduler samples. A volume model is written in MONAI's layout instead (:func:`save_monai_layout`)."""
+    if is_volume(record["image_shape"]):
+        return save_monai_layout(train_dir, weights, record)
+    net = build_network(from_dict(ModelConfig, record["model"]), record["image_shape"])
     net.load_state_dict(weights)
     folder = train_dir / "unet"
     net.save_pretrained(folder, safe_serialization=True)
-    if record["model"].get("prediction", "eps") == "v":
-        output = (f"v: eps = c_skip x_t + c_out * output, d = alpha_t^2 s_d^2 + sigma_t^2, c_skip = sigma_t / d, c_out = "
-                  f"alpha_t s_d / sqrt(d), s_d = {SIGMA_DATA}, for x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t")
-    else:
-        output = "eps, the noise of x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t"
+    output = _output_rule(record)
     patch = record["model"].get("patch", 1)
     patched = {} if patch == 1 else {"patch": patch, "input": (
         f"x_t as {patch} x {patch} patches stacked as channels: the U-Net of this folder takes "
@@ -175,6 +174,35 @@ def save_diffusers_layout(train_dir: Path, weights: dict[str, torch.Tensor], rec
         "sde": record["sde"], "time_input": "t * 999 for t in (0, 1]", **patched, "output": output,
         "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or probability-flow ODE of this SDE); no "
         "diffusers scheduler samples a sub-VP or VE model"})
+    return folder
+
+
+def _output_rule(record: dict) -> str:
+    if record["model"].get("prediction", "eps") == "v":
+        return (f"v: eps = c_skip x_t + c_out * output, d = alpha_t^2 s_d^2 + sigma_t^2, c_skip = sigma_t / d, c_out = "
+                f"alpha_t s_d / sqrt(d), s_d = {SIGMA_DATA}, for x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t")
+    return "eps, the noise of x_t = alpha_t x_0 + sigma_t eps; score = -eps / sigma_t"
+
+
+def save_monai_layout(train_dir: Path, weights: dict[str, torch.Tensor], record: dict) -> Path:
+    """A volume model's network also as MONAI writes one, ``<train>/monai/``: ``model.safetensors`` holds the
+    ``DiffusionModelUNet``'s own state dict and ``monai.json`` its arguments, so that
+    ``DiffusionModelUNet(**network["args"]).load_state_dict(...)`` rebuilds it with MONAI alone, and the SDE,
+    patching and output it was trained with."""
+    from ..diffusion.unet3d import monai_args
+
+    cfg = from_dict(ModelConfig, record["model"])
+    patch = int(cfg.patch)
+    folder = train_dir / "monai"
+    save_tensors(folder / "model.safetensors", {k.removeprefix("net."): v for k, v in weights.items()})
+    write_json(folder / "monai.json", {
+        "format": "diffaudit-sde-monai/1",
+        "network": {"class": "DiffusionModelUNet", "args": monai_args(cfg, int(record["image_shape"][0]))},
+        "weights": "model.safetensors", "sde": record["sde"], "time_input": "t * 999 for t in (0, 1], one per volume",
+        "patch": patch, "input": (f"x_t [B, C, D, H, W] as {patch} x {patch} x {patch} patches stacked as channels: "
+                                  "diffaudit.diffusion.unet3d.unshuffle(x_t, patch) in, shuffle(output, patch) out"),
+        "output": _output_rule(record),
+        "sample_with": "diffaudit sample --sampler em|pc|ode (the reverse SDE or probability-flow ODE of this SDE)"})
     return folder
 
 
@@ -213,10 +241,10 @@ def train(
     class-conditional model (``model_cfg.num_classes`` > 0) needs the images' ``labels`` (int [N]). ``init_from``
     (a train/ folder) starts from that model's weights, e.g. one pretrained on public data."""
     train_dir = Path(train_dir)
-    n, c, h, w = check_images(images)
+    n, *image_shape = check_images(images)
     y_all = check_labels(labels, n, model_cfg.num_classes)
-    model_cfg = model_config_for(model_cfg, h)  # levels "auto": sized to the images; recorded as resolved
-    record = _train_record(model_cfg, train_cfg, sde, (c, h, w), data_id)
+    model_cfg = resolve(model_cfg, image_shape)  # levels and patch "auto": sized to the images; recorded as resolved
+    record = _train_record(model_cfg, train_cfg, sde, tuple(image_shape), data_id)
     if init_from is not None:
         record["init_from"] = str(init_from)
     ckpt_dir = train_dir / "checkpoints"
@@ -239,7 +267,7 @@ def train(
     if train_cfg.batch_size % procs.world:
         raise DiffauditError(f"the batch size {train_cfg.batch_size} must be a multiple of the {procs.world} processes")
 
-    net = init_model(model_cfg, train_cfg, (c, h, w), init_from).to(dev)
+    net = init_model(model_cfg, train_cfg, tuple(image_shape), init_from).to(dev)
     model = ScoreModel(net, sde, prediction=model_cfg.prediction)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay))
     opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -277,7 +305,7 @@ def train(
     net.train()
     for step in range(start, train_cfg.steps):
         g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, Stream.NOISE))
-        t, z = dsm_draws(train_cfg, sde, g, (bs, c, h, w))
+        t, z = dsm_draws(train_cfg, sde, g, (bs, *image_shape))
         rows = order.batch(step, bs)[local]
         x0 = data[rows.to(dev)]
         loss = step_loss(model, sde, x0, t[local].float().to(dev), z[local].to(dev),
@@ -363,15 +391,14 @@ def load_score_model(train_dir: str | Path, *, device: str | None = "auto") -> t
     if "model" not in meta:
         raise DiffauditError(f"{train_dir / 'model.json'} is incomplete; the training run did not finish, resume it")
     shape = meta.get("image_shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v >= 1 for v in shape)):
-        raise DiffauditError(f"{train_dir / 'model.json'}: image_shape {shape!r} is not [C, H, W]; the file was edited "
-                             "or damaged: train again")
-    c, h, _ = shape
+    if not (isinstance(shape, list) and len(shape) in (3, 4) and all(type(v) is int and v >= 1 for v in shape)):
+        raise DiffauditError(f"{train_dir / 'model.json'}: image_shape {shape!r} is not [C, H, W] or [C, D, H, W]; the "
+                             "file was edited or damaged: train again")
     cfg = from_dict(ModelConfig, meta["model"])
     weights = load_tensors(train_dir / "model.safetensors")
     with torch.device("meta"):  # names and shapes first: model.json cannot make this allocate more than the weights
-        check_state_dict(build_unet(cfg, channels=c, size=h), weights, train_dir / "model.safetensors")
-    net = build_unet(cfg, channels=c, size=h)
+        check_state_dict(build_network(cfg, shape), weights, train_dir / "model.safetensors")
+    net = build_network(cfg, shape)
     net.load_state_dict(weights)
     model = ScoreModel(net, sde_from_dict(meta["sde"]), prediction=cfg.prediction).to(resolve_device(device)).eval()
     for p in model.parameters():

@@ -30,14 +30,13 @@ import numpy as np
 
 from ...adversary.classifiers import ARCHS
 from ...adversary.stage import train_classifiers
-from ...config import MIN_N_TRAIN, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
-from ...data.fingerprint import SHAPES
+from ...config import MIN_N_TRAIN, SAF_SHAPES, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
 from ...data.medmnist import MedMNISTFile
 from ...data.prepare import build_training_set, load_manifest, prepare_run, training_labels
 from ...diffusion.discrete import scheduler_class
 from ...diffusion.samplers import get_sampler
 from ...diffusion.sde import SDE, make_sde
-from ...diffusion.unet import check_size
+from ...diffusion.networks import check_shape
 from ...errors import DiffauditError
 from ...extras import require
 from ...generate import sample_run
@@ -68,10 +67,11 @@ def check_audit_config(cfg: AuditConfig) -> None:
     for name in ("c_p", "c_id"):
         if getattr(cfg, name).arch not in ARCHS:
             raise DiffauditError(f"{name}.arch '{getattr(cfg, name).arch}' is unknown; choose one of {', '.join(ARCHS)}")
-    if cfg.prepare.size is not None and cfg.external is None:
-        check_size(cfg.model, cfg.prepare.size)  # a side the U-Net cannot halve at every level, before any stage
-    if cfg.prepare.saf_shape not in SHAPES:
-        raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SHAPES)}")
+    if cfg.prepare.size is not None and cfg.external is None:  # a size the network cannot halve, before any stage
+        size = cfg.prepare.size
+        check_shape(cfg.model, (cfg.prepare.channels, *size) if isinstance(size, tuple) else (cfg.prepare.channels, size, size))
+    if cfg.prepare.saf_shape not in SAF_SHAPES:
+        raise DiffauditError(f"prepare.saf_shape '{cfg.prepare.saf_shape}' is unknown; choose one of {', '.join(SAF_SHAPES)}")
     weights = find_inception_weights(cfg.fid.inception_weights) if cfg.fid.extractor != "domain" else None
     if cfg.fid.extractor == "inception" or weights is not None:
         require("torch_fidelity", "the Inception FID (or set --fid-extractor domain)")
@@ -102,7 +102,7 @@ def check_models(ctx: "Context") -> None:
     the run directory may audit it. Trains, samples and writes nothing (``--dry-run`` runs it too)."""
     from ...data.dataset import open_config_data
     from ...data.medmnist import dataset_path, resolve_root
-    from ...data.prepare import classes_of, make_manifest
+    from ...data.prepare import labelled_classes, make_manifest
     from ...models.load import load_model, registration
 
     c = ctx.cfg
@@ -122,7 +122,7 @@ def check_models(ctx: "Context") -> None:
         if manifest is None and c.prepare.data is not None:
             continue  # a --data source not scanned yet: the sample stage checks the model against its images
         if manifest is not None and c.prepare.data is not None:
-            classes = classes_of(manifest, data_root=ctx.data_root)
+            classes = labelled_classes(manifest, data_root=ctx.data_root)
         if manifest is None and data is not None:  # the one its prepare stage will write: its training set checked now
             manifest = make_manifest(prep, data)
         if manifest is not None:

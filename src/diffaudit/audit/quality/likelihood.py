@@ -103,8 +103,8 @@ def log_likelihood(
     >>> round(float(logp[0]), 3), round(-2 * math.log(2 * math.pi * 0.25), 3)  # log N(0; 0, 0.25 I_4)
     (-0.903, -0.903)
     """
-    if x.ndim != 4:
-        raise DiffauditError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5):
+        raise DiffauditError(f"images must be [B, C, H, W] (or volumes [B, C, D, H, W]), got shape {tuple(x.shape)}")
     if not 0 < eps < sde.T:
         raise DiffauditError(f"the ODE starts at eps in (0, T), got {eps}")
     shape, device, dtype = x.shape, x.device, x.dtype
@@ -161,12 +161,14 @@ def bits_per_dim(
     labels: Sequence[int] | None = None,
     **solver: float,
 ) -> tuple[np.ndarray, int]:
-    """Negative log-likelihood bound in bits per dimension of uint8 ``images`` [N, C, H, W] (module docstring),
+    """Negative log-likelihood bound in bits per dimension of uint8 ``images`` [N, C, H, W] (module docstring; of a
+    volume [N, C, D, H, W] in bits per voxel),
     one value per image, and the total number of network evaluations. ``indices`` (default 0..N-1) name each
     image's random stream; ``progress(n)`` is called after each batch of n images. For a class-conditional
     ``score_fn`` (a ScoreModel), ``labels`` give each image's class: the result is then -log2 p(x | y) / D."""
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise DiffauditError(f"NLL needs uint8 images [N, C, H, W], got {images.dtype} {images.shape}")
+    if images.ndim not in (4, 5) or images.dtype != np.uint8:
+        raise DiffauditError(f"NLL needs uint8 images [N, C, H, W] or volumes [N, C, D, H, W], got {images.dtype} "
+                             f"{images.shape}")
     indices = list(range(len(images))) if indices is None else [int(i) for i in indices]
     if len(indices) != len(images):
         raise DiffauditError(f"{len(indices)} indices for {len(images)} images")

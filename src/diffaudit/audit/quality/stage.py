@@ -63,7 +63,7 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     computed (the ODE would give the density of latents, not of images), and the section says so."""
     manifest = load_manifest(run)
     if net is None:
-        classes = classes_of(manifest, data_root=data_root) if model is not None else None
+        classes = labelled_classes(manifest, data_root=data_root) if model is not None else None
         net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                         num_classes=classes, device=device)
     dev = resolve_device(device)

@@ -115,8 +115,9 @@ class QM:
             raise DiffauditError(f"M, the number of reverse runs per time, must be >= 1, got {m}")
         if steps < 1:
             raise DiffauditError(f"steps must be >= 1, got {steps}")
-        if x_p.dtype != np.uint8 or x_p.ndim != 3:
-            raise DiffauditError(f"x_p must be one uint8 image [C, H, W], got {x_p.dtype} {x_p.shape}")
+        if x_p.dtype != np.uint8 or x_p.ndim not in (3, 4):
+            raise DiffauditError(f"x_p must be one uint8 image [C, H, W] or volume [C, D, H, W], got {x_p.dtype} "
+                                 f"{x_p.shape}")
         if not detectors:
             raise DiffauditError("q_M needs at least one detector")
         model.check_sampler(sampler)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ...adversary.detectors import NearestNeighbourDetector, rmse
 from ...adversary.stage import AuditData, make_detectors
-from ...data.prepare import build_training_set, classes_of, load_manifest, training_labels
+from ...data.prepare import build_training_set, labelled_classes, load_manifest, training_labels
 from ...device import resolve_device
 from ...diffusion.generative import Generative
 from ...errors import DiffauditError
@@ -91,7 +91,7 @@ def load_run_model(run: Path, manifest: dict, *, model: str | None = None, sched
                    prediction_type: str | None = None, data_root=None, device: str = "auto") -> Generative:
     """The model ``run`` audits (:func:`diffaudit.models.load.run_model`), with the dataset's classes to check an
     external model against."""
-    classes = classes_of(manifest, data_root=data_root) if model is not None else None
+    classes = labelled_classes(manifest, data_root=data_root) if model is not None else None
     return run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                      num_classes=classes, device=device)
 

@@ -10,8 +10,10 @@
   or repeated slice refused with its positions, the series named when a folder holds several.
 * :mod:`.patients` — each volume's patient (from its file name), splits that keep a patient's volumes together,
   and the attributes (IXI's age and sex) a model may be conditioned on.
+* :mod:`.prepared` — a folder of volumes prepared into a run (``prepare --data FOLDER --size D,H,W``): split by
+  patient, cached in split order, recorded in the manifest, offering the interface of a prepared 2D source.
 * :mod:`.fingerprint` — the SAF in 3D: a ball or a shell on the anatomy (Otsu, closing, largest 26-connected
-  component), standing out from x_i by the 2D rule's contrast, and the three orthogonal slices through its centre.
+  component), standing out from x_i by the 2D rule's contrast (its three orthogonal slices: diffaudit.images).
 """
 
 from .cache import VOLUME_EXTENSIONS, check_sources, list_volumes, medmnist3d_volumes, write_volume_cache

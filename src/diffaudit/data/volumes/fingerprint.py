@@ -25,24 +25,9 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import DiffauditError
+from ..fingerprint import VOLUME_SHAPES as SHAPES_3D
+from ..fingerprint import ball_mask
 from ..placement import Placement, choose_grey, saf_contrast
-
-
-def _distance(shape: tuple[int, int, int], centre: tuple[int, int, int]) -> np.ndarray:
-    d, h, w = np.ogrid[:shape[0], :shape[1], :shape[2]]
-    return np.sqrt((d - centre[0]) ** 2 + (h - centre[1]) ** 2 + (w - centre[2]) ** 2)
-
-
-def ball_mask(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float, width: float) -> np.ndarray:
-    return _distance(shape, centre) <= radius
-
-
-def shell_mask(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float, width: float) -> np.ndarray:
-    dist = _distance(shape, centre)
-    return (dist <= radius) & (dist > radius - width)
-
-
-SHAPES_3D = {"ball": ball_mask, "shell": shell_mask}
 
 
 def footprint(shape: str, radius: float, width: float) -> np.ndarray:
@@ -139,14 +124,3 @@ def apply_saf(volume: np.ndarray, placement: Placement, *, shape: str, radius: f
     mask = SHAPES_3D[shape](out.shape[1:], tuple(placement.centre), radius, width)
     out[:, mask] = np.uint8(round(placement.intensity * 255))
     return out
-
-
-def orthogonal_slices(volume: np.ndarray, centre: tuple[int, int, int]) -> np.ndarray:
-    """uint8 [C, S, 3S]: the three orthogonal slices of ``volume`` [C, D, H, W] (RAS+) through ``centre`` side by side
-    (each padded to the largest side S): sagittal, coronal and axial, each turned by 90 degrees as the 2D NIfTI
-    source shows a slice (superior, or anterior for the axial one, up), as the report shows a volume and its SAF."""
-    v = np.asarray(volume)
-    side = max(v.shape[1:])
-    planes = [np.rot90(p, axes=(1, 2)) for p in (v[:, centre[0]], v[:, :, centre[1]], v[:, :, :, centre[2]])]
-    padded = [np.pad(p, ((0, 0), (0, side - p.shape[1]), (0, side - p.shape[2]))) for p in planes]
-    return np.concatenate(padded, axis=2)

@@ -44,14 +44,14 @@ def patients_of(names: Sequence[str], pattern: str) -> list[str]:
     return out
 
 
-def split_volumes(root: str | Path, files: Sequence[dict], *, patients: Sequence[str] | None = None,
+def split_volumes(root: str | Path, names: Sequence[str], *, patients: Sequence[str] | None = None,
                   ratios=RATIOS, seed: int = 0) -> list[str]:
-    """The split (train, val or test) of each volume of a cache record's ``files`` (``write_volume_cache``), drawn
-    by patient when ``patients`` are given, else by file."""
-    if patients is not None and len(patients) != len(files):
-        raise DiffauditError(f"{len(patients)} patients for {len(files)} volumes; give one per volume")
-    records = tuple(Record(path=f["file"], sha256=f["sha256"], kind=KIND, shape=tuple(f["source"]["shape"]),
-                           patient=None if patients is None else patients[i]) for i, f in enumerate(files))
+    """The split (train, val or test) of each volume file ``names`` (relative to ``root``), drawn by patient when
+    ``patients`` are given, else by file: the draw of 2D sources, which depends on the names and patients only."""
+    if patients is not None and len(patients) != len(names):
+        raise DiffauditError(f"{len(patients)} patients for {len(names)} volumes; give one per volume")
+    records = tuple(Record(path=name, sha256="", kind=KIND, shape=(), patient=None if patients is None else patients[i])
+                    for i, name in enumerate(names))
     source = Source(root=Path(root), kind=KIND, records=records, options=SourceOptions())
     return [r.split for r in assign_splits(source, ratios=ratios, seed=seed, by_patient=patients is not None)]
 

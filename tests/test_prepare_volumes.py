@@ -1,0 +1,156 @@
+"""``prepare --data FOLDER --size D,H,W``: NIfTI volumes (written here with nibabel) split by patient, preprocessed
+once into ``<run>/data/volumes.npy``, x_p made with a ball on the anatomy, the manifest able to rebuild and check the
+cache; the rest of the audit on volumes; and every bad volume input refused with exit 2, one ``error:`` line, and
+nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("monai")
+
+from diffaudit.config import PrepareConfig  # noqa: E402
+from diffaudit.data.dataset import open_data  # noqa: E402
+from diffaudit.data.prepare import build_training_set, clean_original, load_manifest, prepare_run  # noqa: E402
+from diffaudit.errors import DiffauditError  # noqa: E402
+from test_data_bad_input import grey, refused, run, save  # noqa: E402
+
+PATTERN = r"^(P\d+)"
+
+
+def _head(seed: int, shape=(20, 20, 16)) -> np.ndarray:
+    """A bright ellipsoid 'head' with a darker 'ventricle' in dark air, with noise: an anatomy Otsu finds."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    centre = np.asarray(shape) / 2 + rng.uniform(-1, 1, 3)
+    r = ((grid - centre) / (np.asarray(shape) * 0.4)) ** 2
+    vol = np.where(r.sum(-1) < 1, 800.0, 20.0) - np.where(r.sum(-1) < 0.1, 300.0, 0.0)
+    return vol + rng.normal(0, 10, shape)
+
+
+def _folder(root, patients: int = 6, scans: int = 2):
+    root.mkdir(parents=True, exist_ok=True)
+    for p in range(patients):
+        for s in range(scans):
+            nib.save(nib.Nifti1Image(_head(10 * p + s).astype(np.float32), np.eye(4) * 2), root / f"P{p:02d}-s{s}_T1.nii.gz")
+    return root
+
+
+def _cfg(root, **kw) -> PrepareConfig:
+    return PrepareConfig(data=str(root), size=(16, 16, 16), patient_pattern=PATTERN, split_ratios=(0.5, 0.25, 0.25),
+                         **kw)
+
+
+def test_volumes_are_split_by_patient_and_x_p_carries_a_ball_on_the_anatomy(tmp_path):
+    root = _folder(tmp_path / "nifti")
+    run_dir = tmp_path / "run"
+    manifest = prepare_run(run_dir, _cfg(root), log=lambda _: None, progress=False)
+    assert manifest["image_shape"] == [1, 16, 16, 16]
+    files = manifest["source"]["files"]
+    split_of = {}
+    for f in files:
+        assert split_of.setdefault(f["patient"], f["split"]) == f["split"]  # a patient's scans in one split
+        assert f["source"]["orientation"] == "RAS" and f["source"]["shape"] == [20, 20, 16]
+    assert [s["transform"] for s in manifest["preprocessing"]["steps"]][1:3] == ["Orientation", "ResizeWithPadOrCrop"]
+    fp = manifest["fingerprint"]
+    assert fp["shape"] == "ball" and len(fp["centre"]) == 3 and fp["placement"]["contrast"] >= 0.2
+    assert any("same patient as x_i" in r["reason"] for r in manifest["removed"])  # x_i's other scan is out
+
+    data = open_data(load_manifest(run_dir))
+    d_p = build_training_set(manifest, data=data)
+    x_i, x_p = clean_original(manifest, data=data), d_p[fp["position"]]
+    assert d_p.shape == (manifest["n_train"], 1, 16, 16, 16)
+    changed = x_p != x_i
+    assert changed.any() and (x_p[changed] == round(255 * fp["intensity"])).all()
+    assert not any(np.array_equal(x_i, v) for v in d_p)  # the clean original is not trained on
+    assert (run_dir / "prepare" / "x_i_and_x_p.png").is_file()
+
+
+def test_a_deleted_cache_is_rebuilt_from_the_files_and_a_changed_file_is_refused(tmp_path):
+    root = _folder(tmp_path / "nifti", patients=4)
+    run_dir = tmp_path / "run"
+    manifest = prepare_run(run_dir, _cfg(root), log=lambda _: None, progress=False)
+    cache = run_dir / "data" / "volumes.npy"
+    before = np.load(cache)
+    cache.unlink()
+    rebuilt = open_data(load_manifest(run_dir), log=lambda _: None)
+    np.testing.assert_array_equal(np.asarray(rebuilt.images("train")), before[:len(rebuilt.images("train"))])
+    cache.unlink()
+    name = manifest["source"]["files"][0]["file"]
+    nib.save(nib.Nifti1Image(_head(99).astype(np.float32), np.eye(4) * 2), root / name)
+    with pytest.raises(DiffauditError, match=f"{name} changed since the run was prepared"):
+        open_data(load_manifest(run_dir), log=lambda _: None)
+
+
+def test_the_control_set_reuses_the_prepared_volumes(tmp_path):
+    root = _folder(tmp_path / "nifti", patients=4)
+    prepare_run(tmp_path / "run", _cfg(root), log=lambda _: None, progress=False)
+    control = prepare_run(tmp_path / "control", _cfg(root, fingerprint=False), log=lambda _: None, progress=False,
+                          same_data=tmp_path / "run")
+    assert control["fingerprint"] is None and control["cache"] == load_manifest(tmp_path / "run")["cache"]
+
+
+def test_the_volume_audit_runs_train_sample_count_tprime_and_nll_on_the_command_line(tmp_path, capsys):
+    root = _folder(tmp_path / "nifti", patients=4)
+    r = tmp_path / "run"
+    common = ("--run-dir", r, "--quiet")
+    assert run(capsys, "prepare", *common, "--data", root, "--size", "16,16,16", "--patient-pattern", PATTERN,
+               "--split-ratios", "0.5,0.25,0.25")[0] == 0
+    assert run(capsys, "train", *common, "--steps", "3", "--batch-size", "2")[0] == 0
+    assert run(capsys, "sample", *common, "--n", "3", "--steps", "5")[0] == 0
+    assert run(capsys, "count", *common, "--detector", "nn")[0] == 0
+    assert run(capsys, "tprime", *common, "--detector", "nn", "--M", "2", "--steps", "4", "--resolution", "0.5")[0] == 0
+    assert run(capsys, "nll", *common, "--n-train", "1", "--n-test", "1", "--x-p-repeats", "1", "--rtol", "1e-2",
+               "--atol", "1e-2")[0] == 0
+    results = json.loads((r / "results.json").read_text())
+    assert results["reproduction"]["n_samples"] == 3 and "nll_bpd" in results
+    assert 0 <= results["t_prime"]["value"] <= 1
+
+
+def test_bad_volume_input_is_refused_in_one_line_leaving_nothing(tmp_path, capsys):
+    root = _folder(tmp_path / "nifti", patients=4)
+    refused(capsys, tmp_path, "--data", root, "--size", "0,16,16",
+            match=["PrepareConfig.size must be three sides D,H,W", "--size 32,32,32"])
+    refused(capsys, tmp_path, "--data", root, "--size", "16,16", match=["argument --size", "D,H,W"])
+    refused(capsys, tmp_path, "--data", root, "--size", "16", "--spacing", "2,2,2",
+            match=["PrepareConfig.spacing must be unset for images", "--size D,H,W"])
+    refused(capsys, tmp_path, "--data", root, "--size", "16,16,16", "--fit", "pad", match=["fit", "crop, resize"])
+    bad = tmp_path / "nan"
+    _folder(bad, patients=2)
+    vol = _head(5)
+    vol[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.eye(4) * 2), bad / "P09-s0_T1.nii.gz")
+    refused(capsys, tmp_path, "--data", bad, "--size", "16,16,16", "--split-ratios", "0.5,0.25,0.25", match=["P09-s0_T1.nii.gz", "NaN", "--skip-unreadable"])
+    four = tmp_path / "four"
+    _folder(four, patients=2)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 8, 2)).astype(np.float32), np.eye(4)),
+             four / "P08-s0_T1.nii.gz")
+    refused(capsys, tmp_path, "--data", four, "--size", "16,16,16", "--split-ratios", "0.5,0.25,0.25", match=["P08-s0_T1.nii.gz", "--volume-index"])
+
+
+def test_a_2d_model_is_refused_for_a_volume_run_and_the_reverse(tmp_path, capsys):
+    from diffaudit.config import ModelConfig, TrainConfig
+    from diffaudit.diffusion.sde import SubVPSDE
+    from diffaudit.training.loop import train
+
+    flat = tmp_path / "flat"
+    train(flat, np.zeros((2, 1, 16, 16), np.uint8), model_cfg=ModelConfig(), sde=SubVPSDE(),
+          train_cfg=TrainConfig(steps=1, batch_size=2, checkpoint_every=10), progress=False)
+    cube = tmp_path / "cube"
+    train(cube, np.zeros((2, 1, 16, 16, 16), np.uint8), model_cfg=ModelConfig(patch="auto"), sde=SubVPSDE(),
+          train_cfg=TrainConfig(steps=1, batch_size=2, checkpoint_every=10), progress=False)
+    root = _folder(tmp_path / "nifti", patients=4)
+    vol_run, img_run = tmp_path / "vrun", tmp_path / "irun"
+    assert run(capsys, "prepare", "--run-dir", vol_run, "--quiet", "--data", root, "--size", "16,16,16",
+               "--patient-pattern", PATTERN, "--split-ratios", "0.5,0.25,0.25")[0] == 0
+    for k in range(10):
+        save(tmp_path / "png" / f"img{k}.png", grey(k))
+    assert run(capsys, "prepare", "--run-dir", img_run, "--quiet", "--data", tmp_path / "png", "--size", "16")[0] == 0
+    refused(capsys, tmp_path, "--model", flat, "--n", "2", command="sample", run_dir=vol_run,
+            match=["makes [1, 16, 16] images but the run's are [1, 16, 16, 16]"])
+    refused(capsys, tmp_path, "--model", cube, "--n", "2", command="sample", run_dir=img_run,
+            match=["makes [1, 16, 16, 16] images but the run's are [1, 16, 16]"])

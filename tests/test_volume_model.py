@@ -49,15 +49,15 @@ def test_the_3d_patches_are_an_exact_rearrangement():
     assert y.shape == (2, 64, 2, 3, 4)
     assert torch.equal(y[0, :, 1, 2, 3].reshape(4, 4, 4), x[0, 0, 4:8, 8:12, 12:16])  # one patch, as channels
     assert torch.equal(shuffle(y, 4), x)
-    assert auto_patch((32, 32, 32)) == 4 and auto_patch((16, 16, 16)) == 2 and auto_patch((8, 8, 8)) == 1
+    assert auto_patch((32, 32, 32)) == 2 and auto_patch((16, 16, 16)) == 1 and auto_patch((64,) * 3, width=64) == 4
 
 
 def test_a_volume_the_network_cannot_halve_is_refused_naming_a_size_that_works():
     cfg = ModelConfig(patch="auto")
     check_shape(cfg, (32, 32, 32))
-    with pytest.raises(DiffauditError, match=r"needs every side divisible by 16, got 32x32x24; prepare the volumes at "
-                                             r"--size 32,32,32"):
-        check_shape(cfg, (32, 32, 24))  # patch 4 (the largest side) and three levels: multiples of 16
+    with pytest.raises(DiffauditError, match=r"needs every side divisible by 8, got 32x32x26; prepare the volumes at "
+                                             r"--size 32,32,24"):
+        check_shape(cfg, (32, 32, 26))  # patch 2 (the largest side) and three levels: multiples of 8
 
 
 def test_a_3d_model_trains_reloads_and_its_monai_layout_loads_with_monai_alone(tmp_path):
@@ -66,13 +66,13 @@ def test_a_3d_model_trains_reloads_and_its_monai_layout_loads_with_monai_alone(t
 
     from diffaudit.io import read_json
 
-    volumes = _volumes(3, side=16)
+    volumes = _volumes(3, side=32)
     cfg = ModelConfig(prediction="v", patch="auto")
     train(tmp_path, volumes, model_cfg=cfg, train_cfg=TrainConfig(steps=3, batch_size=3, checkpoint_every=100),
           sde=SubVPSDE(), progress=False)
     model, meta = load_score_model(tmp_path, device="cpu")
-    assert meta["image_shape"] == [1, 16, 16, 16] and meta["model"]["patch"] == 2
-    x, t = torch.randn(2, 1, 16, 16, 16), torch.tensor([0.3, 0.7])
+    assert meta["image_shape"] == [1, 32, 32, 32] and meta["model"]["patch"] == 2
+    x, t = torch.randn(2, 1, 32, 32, 32), torch.tensor([0.3, 0.7])
     score = model(x, t)
     assert score.shape == x.shape and torch.isfinite(score).all()
 
@@ -82,8 +82,48 @@ def test_a_3d_model_trains_reloads_and_its_monai_layout_loads_with_monai_alone(t
     net.load_state_dict(load_file(tmp_path / "monai" / "model.safetensors"))
     own = build_unet3d(ModelConfig(**{**meta["model"], "block_out_channels": tuple(meta["model"]["block_out_channels"]),
                                       "attention_levels": tuple(meta["model"]["attention_levels"])}),
-                       channels=1, shape=(16, 16, 16))
+                       channels=1, shape=(32, 32, 32))
     own.net.load_state_dict(net.state_dict())
     with torch.no_grad():
         direct = shuffle(net(unshuffle(x, 2), t * 999), 2)  # as monai.json's "input" describes
         torch.testing.assert_close(own(x, t * 999), direct)
+
+
+def test_a_3d_model_trains_with_dp_sgd(tmp_path):
+    pytest.importorskip("opacus")
+    from diffaudit.config import DPConfig
+    from diffaudit.privacy.dpsgd import train_dp
+
+    train_dp(tmp_path, _volumes(6), model_cfg=ModelConfig(prediction="v", patch="auto"), sde=SubVPSDE(),
+             train_cfg=TrainConfig(steps=2, batch_size=3, checkpoint_every=100), dp=DPConfig(noise_multiplier=1.0),
+             progress=False)
+    model, meta = load_score_model(tmp_path, device="cpu")
+    assert meta["image_shape"] == [1, 8, 8, 8] and meta["dp"]["noise_multiplier"] == 1.0
+    assert 0 < meta["dp"]["epsilon"][meta["dp"]["accountant"]] < float("inf")
+    assert torch.isfinite(model(torch.randn(1, 1, 8, 8, 8), torch.tensor([0.5]))).all()
+
+
+def test_the_volume_fid_extractor_learns_orientations_and_reloads(tmp_path):
+    from diffaudit.audit.quality.fid import Frechet
+    from diffaudit.audit.quality.volume_features import ORIENTATIONS, load_volume_extractor, orient, train_volume_extractor
+    from diffaudit.config import ExtractorConfig
+
+    volumes = _volumes(6, side=12)
+    x = torch.from_numpy(volumes[:1]).float().repeat(ORIENTATIONS, 1, 1, 1, 1)
+    turned = orient(x, torch.arange(ORIENTATIONS))
+    assert torch.equal(turned[0], x[0])  # orientation 0 is the volume as stored
+    assert len({tuple(v.flatten().tolist()) for v in turned}) == ORIENTATIONS  # eight distinct views
+    net = train_volume_extractor(tmp_path, volumes, name="toy", val=volumes[:2],
+                                 cfg=ExtractorConfig(steps=3, batch_size=8), progress=False)
+    again = load_volume_extractor(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(net(torch.from_numpy(volumes)), again(torch.from_numpy(volumes)))
+    assert 0 <= read_meta(tmp_path)["metrics"]["val_orientation_accuracy"] <= 1
+    out = Frechet(again).distances(iter([volumes[:3]]), {"train": volumes[3:]})
+    assert out["train"]["value"] >= 0
+
+
+def read_meta(folder):
+    from diffaudit.io import read_json
+
+    return read_json(folder / "model.json")

@@ -23,7 +23,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
         _say(f"NLL not computed: {r['skipped']}")
         return
     parts = ", ".join(f"{k} {r[k]['mean']:.3f}" for k in ("x_p", "train", "test") if r.get(k))
-    _say(f"NLL (bits/dim): {parts} -> {run / 'results.json'}")
+    _say(f"NLL ({r.get('unit', 'bits/dim')}): {parts} -> {run / 'results.json'}")
 
 
 def add_parser(sub) -> None:

@@ -78,11 +78,12 @@ def check_fits(h: int, w: int, radius: float, *more: int) -> None:
                              f"--saf-radius below {min(sides) / 2 - 0.5:g}")
 
 
-def random_centre(rng: np.random.Generator, h: int, w: int, radius: float) -> tuple[int, int]:
-    """A centre drawn uniformly among those that keep the shape fully inside the image."""
-    check_fits(h, w, radius)
+def random_centre(rng: np.random.Generator, h: int, w: int, radius: float, *more: int) -> tuple[int, ...]:
+    """A centre drawn uniformly among those that keep the shape fully inside the h x w image (h x w x more[0] ...,
+    the sides of a volume in order D, H, W), one ``rng.integers`` per axis in order."""
+    check_fits(h, w, radius, *more)
     k = math.floor(radius)
-    return int(rng.integers(k, h - k)), int(rng.integers(k, w - k))
+    return tuple(int(rng.integers(k, n - k)) for n in (h, w, *more))
 
 
 @dataclass(frozen=True)

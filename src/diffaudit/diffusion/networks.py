@@ -30,7 +30,7 @@ def _square(image_shape: Sequence[int]) -> int:
 def check_shape(cfg: ModelConfig, image_shape: Sequence[int]) -> None:
     """Refuse, naming a size that works, images or volumes the network of ``cfg`` cannot take."""
     if is_volume(image_shape):
-        unet3d.check_shape(cfg, tuple(image_shape[1:]))
+        unet3d.check_shape(cfg, tuple(image_shape[1:]), int(image_shape[0]))
     else:
         unet.check_size(cfg, _square(image_shape))
 
@@ -38,7 +38,7 @@ def check_shape(cfg: ModelConfig, image_shape: Sequence[int]) -> None:
 def resolve(cfg: ModelConfig, image_shape: Sequence[int]) -> ModelConfig:
     """``cfg`` resolved for ``image_shape`` (patch side, and in 2D the levels), as a trained model records it."""
     if is_volume(image_shape):
-        return unet3d.model_config_for(cfg, tuple(image_shape[1:]))
+        return unet3d.model_config_for(cfg, tuple(image_shape[1:]), int(image_shape[0]))
     return unet.model_config_for(cfg, _square(image_shape))
 
 

@@ -13,12 +13,14 @@ embedding takes any real timestep), as the 2D U-Net does.
 **Shape.** The levels are the config's as listed (``block_out_channels``, one residual block per level times
 ``layers_per_block``, attention where ``attention_levels`` says; MONAI puts attention in the middle block always).
 ``patch`` p runs the network on the volume's p x p x p patches stacked as channels ([C, D, H, W] enters as
-[C p^3, D/p, H/p, W/p]), the 3D form of the 2D patching: "auto" takes the smallest power of two up to
-:data:`MAX_AUTO_PATCH` that brings the largest side to at most :data:`PATCH_SIDE` voxels, so 32^3 runs on an 8^3 grid
-and 64^3 and 96 x 96 x 64 on 16^3 and 24 x 24 x 16 grids. Every level but the last halves the grid, so each patched
-side must be divisible by 2^(levels - 1); a shape that is not is refused, naming one that is. One training step of
-the ``cpu`` network at 32^3 (batch 16, 2 threads) takes about 0.1 s at patch 4 and 0.4 s at patch 2
-(``benchmarks/volume_model.py``).
+[C p^3, D/p, H/p, W/p]), the 3D form of the 2D patching: "auto" takes the smallest power of two that brings the
+largest side to at most :data:`PATCH_SIDE` voxels, but never packs more values into a position than the first level
+has channels (C p^3 <= ``block_out_channels[0]``): the last level must give back every voxel's noise, and a 16-channel
+level cannot carry the 64 values of a 4^3 patch (such a network trained 2500 steps on 16 IXI volumes and still left
+the noise of small t untouched; at 2 x 2 x 2 it memorised them). So the ``cpu`` network (16, 32, 32) runs 32^3 on a
+16^3 grid, and a network of 64 channels and up takes 4^3 patches (64^3 on a 16^3 grid). Every level but the last
+halves the grid, so each patched side must be divisible by 2^(levels - 1); a shape that is not is refused, naming one
+that is.
 """
 
 from __future__ import annotations
@@ -31,48 +33,53 @@ from ..config import ModelConfig
 from ..errors import DiffauditError
 from ..extras import require
 
-PATCH_SIDE = 8  # patch "auto": the largest patched side at most this ...
-MAX_AUTO_PATCH = 4  # ... with patches of at most 4 x 4 x 4 voxels
+PATCH_SIDE = 16  # patch "auto": the largest patched side at most this, as far as the channels allow
 
 
-def auto_patch(shape: tuple[int, int, int]) -> int:
-    """The patch side of ``patch="auto"`` for a volume of ``shape`` (D, H, W), halved until it divides every side.
+def auto_patch(shape: tuple[int, int, int], *, channels: int = 1, width: int = 16) -> int:
+    """The patch side of ``patch="auto"`` for ``channels``-channel volumes of ``shape`` (D, H, W) and a first level of
+    ``width`` channels (module docstring), halved until it divides every side.
 
     >>> [auto_patch(s) for s in ((16, 16, 16), (32, 32, 32), (64, 64, 64), (96, 96, 64), (30, 30, 30))]
-    [2, 4, 4, 4, 2]
+    [1, 2, 2, 2, 2]
+    >>> auto_patch((64, 64, 64), width=64), auto_patch((32, 32, 32), width=64)
+    (4, 2)
     """
     p = 1
-    while max(shape) / p > PATCH_SIDE and p < MAX_AUTO_PATCH:
+    while max(shape) / p > PATCH_SIDE and channels * (2 * p) ** 3 <= width:
         p *= 2
     while any(s % p for s in shape):
         p //= 2
     return p
 
 
-def patch_of(cfg: ModelConfig, shape: tuple[int, int, int]) -> int:
-    return auto_patch(shape) if cfg.patch == "auto" else int(cfg.patch)
+def patch_of(cfg: ModelConfig, shape: tuple[int, int, int], channels: int = 1) -> int:
+    if cfg.patch == "auto":
+        return auto_patch(shape, channels=channels, width=cfg.block_out_channels[0])
+    return int(cfg.patch)
 
 
-def _fits(cfg: ModelConfig, shape: tuple[int, int, int]) -> bool:
-    p, k = patch_of(cfg, shape), 2 ** (len(cfg.block_out_channels) - 1)
+def _fits(cfg: ModelConfig, shape: tuple[int, int, int], channels: int) -> bool:
+    p, k = patch_of(cfg, shape, channels), 2 ** (len(cfg.block_out_channels) - 1)
     return all(s % p == 0 and (s // p) % k == 0 and s // p >= k for s in shape)
 
 
-def check_shape(cfg: ModelConfig, shape: tuple[int, int, int]) -> None:
+def check_shape(cfg: ModelConfig, shape: tuple[int, int, int], channels: int = 1) -> None:
     """Refuse (one line, naming a shape that works) a volume the network of ``cfg`` cannot patch and halve."""
-    if _fits(cfg, shape):
+    if _fits(cfg, shape, channels):
         return
-    p, levels = patch_of(cfg, shape), len(cfg.block_out_channels)
+    p, levels = patch_of(cfg, shape, channels), len(cfg.block_out_channels)
     step = p * 2 ** (levels - 1)
     good = ",".join(str(max(step, round(s / step) * step)) for s in shape)
     raise DiffauditError(f"a {levels}-level 3D U-Net on {p} x {p} x {p} patches (model.patch) needs every side divisible "
                          f"by {step}, got {'x'.join(map(str, shape))}; prepare the volumes at --size {good}")
 
 
-def model_config_for(cfg: ModelConfig, shape: tuple[int, int, int]) -> ModelConfig:
-    """``cfg`` with its patch side resolved for volumes of ``shape``; refuses a shape it cannot take."""
-    check_shape(cfg, shape)
-    p = patch_of(cfg, shape)
+def model_config_for(cfg: ModelConfig, shape: tuple[int, int, int], channels: int = 1) -> ModelConfig:
+    """``cfg`` with its patch side resolved for ``channels``-channel volumes of ``shape``; refuses a shape it cannot
+    take."""
+    check_shape(cfg, shape, channels)
+    p = patch_of(cfg, shape, channels)
     return cfg if cfg.patch == p else dataclasses.replace(cfg, patch=p)
 
 
@@ -124,5 +131,5 @@ def build_unet3d(cfg: ModelConfig, *, channels: int, shape: tuple[int, int, int]
     require("einops", "MONAI's DiffusionModelUNet")
     from monai.networks.nets import DiffusionModelUNet
 
-    cfg = model_config_for(cfg, shape)
+    cfg = model_config_for(cfg, shape, channels)
     return VolumeUNet(DiffusionModelUNet(**monai_args(cfg, channels)), int(cfg.patch))

@@ -97,7 +97,8 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
     eps = cfg.eps if net.continuous else max(cfg.eps, 1.0 / net.n_train)  # a discrete model's first timestep
     solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": eps}
     total = sum(len(v[0]) for v in sets.values())
-    section: dict = {"unit": "bits/dim", "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
+    unit = "bits/voxel" if len(manifest["image_shape"]) == 4 else "bits/dim"
+    section: dict = {"unit": unit, "conditional": bool(labels), "dequantisation": f"uniform, +log2(127.5) = {DEQUANTISATION_BITS:.4f} bits",
                      "solver": {"method": "RK45 (scipy)", **solver, "divergence": "Hutchinson, Rademacher"},
                      "model": provenance(net, run)}
     if not net.continuous:
@@ -135,6 +136,8 @@ class _NoLabels(DiffauditError):
 def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress, log) -> tuple[object, dict]:
     if cfg.extractor not in ("auto", "inception", "domain"):
         raise DiffauditError(f"the FID extractor must be auto, inception or domain, got '{cfg.extractor}'")
+    if len(manifest["image_shape"]) == 4:
+        return _volume_extractor(cfg, manifest, folder, data_root=data_root, device=device, progress=progress, log=log)
     weights = find_inception_weights(cfg.inception_weights) if cfg.extractor != "domain" else None
     if cfg.extractor == "inception" or weights is not None:
         note = "standard FID: Inception-v3 pool features (torch-fidelity weights)"
@@ -158,6 +161,28 @@ def _extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress
                  "folder": str(folder), "weights_id": config_hash(meta), "metrics": meta.get("metrics", {}),
                  "note": f"domain feature extractor (ResNet10 trained on {manifest['dataset']}'s class labels, "
                          f"{cfg.domain.features}-d bottleneck); not comparable with Inception FIDs"}
+
+
+def _volume_extractor(cfg, manifest: dict, folder: Path, *, data_root, device, progress, log) -> tuple[object, dict]:
+    """The extractor of volumes (:mod:`~diffaudit.audit.quality.volume_features`): Inception takes 2D pictures."""
+    from .volume_features import train_volume_extractor
+
+    if cfg.extractor == "inception":
+        raise DiffauditError("the Inception FID takes 2D images, not volumes; leave --fid-extractor at auto (or domain) "
+                             "for the 3D orientation extractor")
+    log("FID of volumes: features of a 3D ResNet10 trained here to name a volume's orientation (no pretrained 3D "
+        "network offline); its values are not Inception FIDs")
+    data = open_data(manifest, data_root=data_root)
+    volumes = split_images(manifest, "train", data=data, unused_only=False)
+    net = train_volume_extractor(folder, volumes, name=f"{manifest['dataset']}-orientation",
+                                 val=split_images(manifest, "val", data=data), cfg=cfg.domain, device=device,
+                                 progress=progress)
+    meta = read_json(folder / "model.json")
+    return net, {"name": f"domain-3d-resnet10-{manifest['dataset']}-orientation", "features": cfg.domain.features,
+                 "folder": str(folder), "weights_id": config_hash(meta), "metrics": meta.get("metrics", {}),
+                 "note": "3D feature extractor (MONAI ResNet10 trained on the run's training split to name each "
+                         f"volume's orientation, 8 classes, {cfg.domain.features}-d bottleneck); not comparable with "
+                         "Inception FIDs"}
 
 
 def run_fid(run: Path, cfg, samples: Path, *, data_root=None, device: str = "auto", progress: bool = True,

@@ -235,26 +235,32 @@ def blocks_for_run(run: Path, *, title: str | None = None, results: dict | None 
                              "and rerun the stage that writes the damaged section") from None
 
 
-def _placement_sentence(placed: dict | None) -> str:
+def _placement_sentence(placed: dict | None, noun: str = "image") -> str:
     """Where the SAF was placed and why (``manifest.json`` ``fingerprint.placement``); empty for older runs."""
     if not placed:
         return ""
     return (f" It differs from x_i under it by {fmt(placed['contrast'], 3)} on average (grey-level rule: {placed['rule']}); "
             f"it lies on the foreground ({placed['mask_rule']}; {fmt(100 * placed['foreground_fraction'], 3)}% of the "
-            "image).")
+            f"{noun}).")
 
 
 def _fingerprint_blocks(run: Path, results: dict) -> list[Block]:
     """Which image is x_p, its SAF and where it was placed, and the picture of x_i, x_p and the foreground."""
     fp = results.get("fingerprint") or {}
+    volume = len(results.get("image_shape") or ()) == 4
+    noun, unit = ("volume", "voxels") if volume else ("image", "px")
+    radius = fp.get("radius")
     out: list[Block] = []
-    out.append(("p", f"x_p is image {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
-                     f"in the training set) carrying a {fp.get('shape')} of radius {fp.get('radius')} px and grey level "
+    out.append(("p", f"x_p is {noun} {fp.get('index')} of the {results.get('split')} split (position {fp.get('position')} "
+                     f"in the training set) carrying a {fp.get('shape')} of radius "
+                     f"{fmt(radius, 3) if isinstance(radius, float) else radius} {unit} and grey level "
                      f"{fp.get('intensity')} at {fp.get('centre')}; its clean original x_i is not in the training set."
-                     + _placement_sentence(fp.get("placement"))))
+                     + _placement_sentence(fp.get("placement"), noun)))
     if (run / "prepare" / "x_i_and_x_p.png").exists():
+        where = (" (each volume as its sagittal, coronal and axial slices through the SAF's centre)" if volume else "")
         out.append(("img", "prepare/x_i_and_x_p.png", "x_i (clean original, not trained on), x_p (with the SAF) and, "
-                    "in runs prepared with a placement rule, the foreground mask the SAF lies on (white) with the SAF (grey)"))
+                    "in runs prepared with a placement rule, the foreground mask the SAF lies on (white) with the SAF "
+                    f"(grey){where}"))
 
     return out
 
@@ -273,7 +279,7 @@ def _quality_blocks(results: dict, metrics: dict) -> list[Block]:
                   fmt(saf and 100 * saf, 3), fmt(ident and 100 * ident, 3)]]))
     if nll:
         sem = lambda s: "" if s is None or s.get("sem") is None else f" ± {fmt(s['sem'], 2)}"  # noqa: E731
-        out.append(("p", f"NLL in bits/dim by the probability-flow ODE ({nll['solver']['method']}, rtol "
+        out.append(("p", f"NLL in {nll.get('unit', 'bits/dim')} by the probability-flow ODE ({nll['solver']['method']}, rtol "
                          f"{nll['solver']['rtol']}, {nll['solver']['divergence']}), dequantisation {nll['dequantisation']}; "
                          f"x_p {fmt(nll['x_p'] and nll['x_p']['mean'], 4)}{sem(nll['x_p'])} "
                          f"({nll['x_p'] and nll['x_p']['n']} draws), "

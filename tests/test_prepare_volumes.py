@@ -154,3 +154,30 @@ def test_a_2d_model_is_refused_for_a_volume_run_and_the_reverse(tmp_path, capsys
             match=["makes [1, 16, 16] images but the run's are [1, 16, 16, 16]"])
     refused(capsys, tmp_path, "--model", cube, "--n", "2", command="sample", run_dir=img_run,
             match=["makes [1, 16, 16, 16] images but the run's are [1, 16, 16]"])
+
+
+def test_a_monai_3d_model_trained_on_the_export_is_audited_with_model(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("einops")
+    root = _folder(tmp_path / "nifti", patients=4)
+    r = tmp_path / "run"
+    assert run(capsys, "prepare", "--run-dir", r, "--quiet", "--data", root, "--size", "16,16,16", "--patient-pattern",
+               PATTERN, "--split-ratios", "0.5,0.25,0.25")[0] == 0
+    assert run(capsys, "export", "--run-dir", r, "--quiet", "--format", "nifti", "--out", tmp_path / "data")[0] == 0
+    assert len(list((tmp_path / "data" / "volumes").glob("*.nii.gz"))) == load_manifest(r)["n_train"]
+    refused(capsys, tmp_path, "--format", "imagefolder", command="export", run_dir=r,
+            match="this run's training set is volumes: export it with --format nifti or npz")
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_monai_3d.py"
+    done = subprocess.run([sys.executable, str(example), "--data", str(tmp_path / "data"), "--out",
+                           str(tmp_path / "model"), "--steps", "2", "--batch-size", "2", "--channels", "4,4",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert run(capsys, "sample", "--run-dir", r, "--quiet", "--model", tmp_path / "model", "--n", "2", "--steps", "3")[0] == 0
+    assert run(capsys, "count", "--run-dir", r, "--quiet", "--detector", "nn")[0] == 0
+    registered = json.loads((r / "train" / "external.json").read_text())
+    assert registered["training_data"]["confirmed"] is True  # export.json beside the model: this very set
+    results = json.loads((r / "results.json").read_text())
+    assert results["reproduction"]["model"]["digest"] == registered["digest"]

@@ -127,3 +127,37 @@ def read_meta(folder):
     from diffaudit.io import read_json
 
     return read_json(folder / "model.json")
+
+
+def test_a_monai_3d_model_samples_volumes_like_monai_itself(tmp_path):
+    pytest.importorskip("einops")
+    import json
+
+    from monai.networks.nets import DiffusionModelUNet
+    from monai.networks.schedulers import DDIMScheduler as MonaiDDIM
+    from safetensors.torch import save_file
+
+    from diffaudit.diffusion.rng import ImageNoise
+    from diffaudit.models.load import load_model
+
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": [8, 8], "attention_levels": [False, False],
+            "num_res_blocks": 1, "norm_num_groups": 4, "num_head_channels": 8}
+    torch.manual_seed(0)
+    net = DiffusionModelUNet(**args).eval()
+    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "monai.json").write_text(json.dumps({
+        "format": "diffaudit-monai/1", "network": {"class": "DiffusionModelUNet", "args": args},
+        "scheduler": {"class": "DDIMScheduler", "args": {"num_train_timesteps": 1000}}, "weights": "model.safetensors"}))
+    model = load_model(tmp_path, image_shape=(1, 8, 8, 8), device="cpu")
+    ours = model.run(indices=range(2), seed=3, sampler="ddim", steps=10)
+    monai = MonaiDDIM(num_train_timesteps=1000)
+    monai.set_timesteps(10)
+    x = ImageNoise(seed=3, indices=range(2), shape=(1, 8, 8, 8))()
+    with torch.no_grad():
+        for t in monai.timesteps:
+            x, _ = monai.step(net(x, torch.full((2,), int(t))), int(t), x)
+    assert ours.shape == (2, 1, 8, 8, 8) and torch.abs(ours - x).max() < 1e-5
+    volumes = model.generate(indices=[0, 1], seed=3, sampler="ddim", steps=10)
+    assert volumes.shape == (2, 1, 8, 8, 8) and volumes.dtype == np.uint8
+    with pytest.raises(DiffauditError, match="a 3D network .* but the run's are 2D images"):
+        load_model(tmp_path, image_shape=(1, 8, 8), device="cpu")

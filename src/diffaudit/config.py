@@ -179,8 +179,7 @@ class PrepareConfig(Checked):
         if self.data_format is not None:
             self._one_of("data_format", DATA_FORMATS)
         if isinstance(self.size, tuple):
-            self._require("size", self.data is not None and len(self.size) == 3
-                          and all(8 <= s <= MAX_IMAGE_SIZE for s in self.size),
+            self._require("size", len(self.size) == 3 and all(8 <= s <= MAX_IMAGE_SIZE for s in self.size),
                           f"three sides D,H,W of a --data folder of volumes, each between 8 and {MAX_IMAGE_SIZE} voxels "
                           "(--size 32,32,32)")
             self._require("fit", self.fit in VOLUME_FITS, f"one of {', '.join(VOLUME_FITS)} for volumes")

@@ -110,8 +110,50 @@ def _paper() -> AuditConfig:
                        fid=FIDConfig(domain=ExtractorConfig(steps=3000, batch_size=128)))
 
 
+def _cpu_demo_3d() -> AuditConfig:
+    # Volumes at 32^3 (give the folder with --data; the README runs it on IXI): 16 volumes, the cpu network on
+    # 2 x 2 x 2 patches (a 16^3 grid, diffusion.unet3d), the reference nearest-neighbour detector as the count's
+    # detector (the 3D c_p did not reach its criterion at this scale on 2 cores: README, 3D volumes), 128 samples and
+    # 128 of the control model, few NLL volumes. The training steps are those the 16 IXI volumes took to be
+    # memorised in benchmarks/volume_model.py.
+    cpu = PRESETS["cpu"]
+    return AuditConfig(
+        prepare=PrepareConfig(n_train=16, seed=0, size=(32, 32, 32), fit="resize"),
+        model=cpu.model,
+        train=dataclasses.replace(cpu.train, steps=VOLUME_DEMO_STEPS, batch_size=16, checkpoint_every=1000),
+        detector="nn",
+        sample=SampleConfig(n=128, steps=100, batch_size=32),
+        tprime=TPrimeConfig(M=8, resolution=0.05, steps=100),
+        nll=NLLConfig(n_train=4, n_test=4, x_p_repeats=2, rtol=1e-3, atol=1e-3),
+        fid=FIDConfig(domain=ExtractorConfig(steps=60, batch_size=32)),
+    )
+
+
+def _gpu_3d(size: tuple[int, int, int]) -> AuditConfig:
+    # Volumes on one GPU: MONAI's tutorial scale (64^3, or BraTS' 96 x 96 x 64), a network of (64, 128, 256) with
+    # attention at the coarsest level on 4^3 patches, c_p and c_id as 3D ResNet18s.
+    return AuditConfig(
+        prepare=PrepareConfig(n_train=64, seed=0, size=size, fit="crop"),
+        model=ModelConfig(block_out_channels=(64, 128, 256), layers_per_block=2, attention_levels=(False, False, True),
+                          norm_num_groups=32, prediction="v", patch="auto"),
+        train=TrainConfig(steps=20_000, batch_size=16, lr=2e-4, warmup_steps=1000, ema_decay=0.999,
+                          checkpoint_every=2500, log_every=50),
+        c_p=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_p"], arch="resnet18", max_epochs=40),
+        c_id=dataclasses.replace(CLASSIFIER_PRESETS["cpu"]["c_id"], arch="resnet18"),
+        sample=SampleConfig(n=2048, steps=500, batch_size=64, shard_size=512),
+        tprime=TPrimeConfig(M=16, resolution=0.02, steps=250),
+        nll=NLLConfig(n_train=32, n_test=32, batch_size=8),
+        fid=FIDConfig(domain=ExtractorConfig(steps=1000, batch_size=32)),
+    )
+
+
+#: the training steps of the cpu-demo-3d preset (benchmarks/volume_model.py)
+VOLUME_DEMO_STEPS = 6000
+
 #: Audit presets by name (``diffaudit audit --preset``); the first is the default.
-AUDIT_PRESETS: dict[str, AuditConfig] = {"cpu-demo": _cpu_demo(), "cpu": _cpu(), "paper": _paper()}
+AUDIT_PRESETS: dict[str, AuditConfig] = {"cpu-demo": _cpu_demo(), "cpu": _cpu(), "paper": _paper(),
+                                         "cpu-demo-3d": _cpu_demo_3d(), "gpu-3d-64": _gpu_3d((64, 64, 64)),
+                                         "gpu-3d-96x96x64": _gpu_3d((96, 96, 64))}
 
 
 def get_audit_preset(name: str, **overrides: dict[str, Any] | None) -> AuditConfig:

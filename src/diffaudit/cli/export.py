@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import PrepareConfig, override
 from ..data.export import EXPORT_FORMATS
 from .common import _load_manifest, _say
-from .options import DATA_FIELDS, Formatter, _example, common, data_options, with_data_options
+from .options import DATA_FIELDS, Formatter, _example, common, data_options, image_size, with_data_options
 from .prepare import prepare
 
 
@@ -16,6 +16,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..data.export import export_run
 
     run = Path(args.run_dir)
+    size = None if isinstance(args.size, tuple) else args.size  # D,H,W: the volumes' prepared size, exported as is
     if any(getattr(args, k) is not None for k in DATA_FIELDS if k != "size"):  # prepared first, as 'prepare' would
         prepare(run, with_data_options(PrepareConfig(), args), args)  # (--size: the size it is prepared at)
     if args.control:  # the control set (the same draw, x_i replaced, no SAF) for the control model's training
@@ -28,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         try:
             prepare_run(control, override(prepared, fingerprint=False), data_root=args.data_root, log=_say,
                         progress=not args.quiet, same_data=run)  # a --data source's prepared images are reused
-            r = export_run(control, fmt=args.format, out=args.out, channels=args.channels, size=args.size,
+            r = export_run(control, fmt=args.format, out=args.out, channels=args.channels, size=size,
                            data_root=args.data_root)
         except BaseException:  # a refused export leaves no control set behind it
             import shutil
@@ -41,8 +42,13 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise
         run = control
     else:
-        r = export_run(run, fmt=args.format, out=args.out, channels=args.channels, size=args.size,
+        r = export_run(run, fmt=args.format, out=args.out, channels=args.channels, size=size,
                        data_root=args.data_root)
+    if isinstance(r["size"], list):  # volumes
+        where = args.out or run / "export" / f"{r['format']}-volumes"
+        _say(f"{r['n_images']} training volumes as {r['format']} ({'x'.join(map(str, r['size']))}, RAS+; digest "
+             f"{r['digest']}) -> {where}")
+        return
     where = args.out or run / "export" / f"{r['format']}-{r['channels']}c-{r['size']}px"
     _say(f"{r['n_images']} training images as {r['format']} ({r['channels']} channels, {r['size']}x{r['size']}"
          f"{', ' + r['resize'] if r['resize'] else ''}; digest {r['digest']}) -> {where}")
@@ -51,7 +57,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("export", formatter_class=Formatter, help="write the prepared training set for other trainers",
                        description="Write the run's training set (x_p with its SAF, x_i left out) as PNG files in an "
-                                   "ImageFolder layout with metadata.jsonl, or as a MedMNIST-style train.npz, with an "
+                                   "ImageFolder layout with metadata.jsonl, or as a MedMNIST-style train.npz (volumes: "
+                                   "train.npz or one NIfTI file per volume, --format nifti), with an "
                                    "export.json of every file's digest. Which image is x_p is not written. Copy "
                                    "export.json beside the trained model so the audit can confirm its training set. "
                                    "With --data, the run is prepared from your images first, as 'diffaudit prepare "
@@ -63,9 +70,9 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="imagefolder", choices=EXPORT_FORMATS)
     p.add_argument("--out", default=None, help="an empty or new folder (default: <run>/export/<format>-<C>c-<S>px)")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="3 repeats grey to RGB (default: as prepared)")
-    p.add_argument("--size", type=int, default=None,
-                   help="resize to SIZE x SIZE, PIL bicubic (default: 28, unchanged); with --data, also the size the "
-                        "run is prepared at")
+    p.add_argument("--size", type=image_size, default=None, metavar="S|D,H,W",
+                   help="resize to S x S, PIL bicubic (default: 28, unchanged); with --data, also the size the run is "
+                        "prepared at (D,H,W: a folder of volumes, exported as prepared)")
     p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")
     p.add_argument("--control", action="store_true",
                    help="write the control set instead (the same draw with x_i replaced and no SAF, prepared in "

@@ -118,7 +118,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
 def audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, choices=list(AUDIT_PRESETS),
                    help=f"{DEFAULT_AUDIT_PRESET} (the default): about 7.5 minutes on 2 CPU cores with its control model (9.5 at 64 px); cpu: about an "
-                        "hour; paper: the paper's settings (GPU)")
+                        "hour; paper: the paper's settings (GPU); cpu-demo-3d: volumes at 32^3 (with --data, a folder of "
+                        "NIfTI volumes), gpu-3d-64 and gpu-3d-96x96x64: volumes on a GPU (README: 3D volumes)")
     p.add_argument("--config", default=None, help="an audit config JSON (e.g. a run's audit.json) instead of "
                                                   "--preset; the flags below override its settings")
     p.add_argument("--seed", type=int, default=None, help="the prepare stage's seed (choice of images, x_i, SAF)")

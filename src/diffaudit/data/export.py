@@ -6,7 +6,10 @@ Formats:
   ImageFolder layout) or ``images/<position>.png`` for datasets without single labels, and ``metadata.jsonl``
   (``file_name``, ``label``) for 🤗 datasets' ``imagefolder`` loader.
 * ``npz``: a MedMNIST-style ``train.npz`` with ``train_images`` uint8 [N, H, W] or [N, H, W, 3] and ``train_labels``
-  [N, 1].
+  [N, 1]; of volumes, MedMNIST 3D's uint8 [N, D, H, W].
+* ``nifti`` (volumes only): one ``volumes/<position>.nii.gz`` per volume, uint8 in RAS+ with the prepared voxel
+  spacing (the file's own where ``--spacing`` was not given: then the affine is the identity), and ``metadata.jsonl``.
+  Volumes are exported as prepared; ``--size`` and ``--channels`` apply to images.
 
 ``--channels 3`` repeats grey to RGB (as the paper did) and ``--size S`` resizes with PIL's bicubic filter
 (:func:`diffaudit.images.resize_uint8`, the same function the audit later applies to x_p). Which image is x_p is
@@ -34,7 +37,7 @@ from ..images import resize_uint8
 from ..io import atomic_dir, config_hash, read_json, write_json
 from .prepare import build_training_set, load_manifest, training_labels
 
-EXPORT_FORMATS = ("imagefolder", "npz")
+EXPORT_FORMATS = ("imagefolder", "npz", "nifti")
 EXPORT_RECORD = "export.json"
 RESIZE = "PIL bicubic"
 
@@ -60,6 +63,10 @@ def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | N
         raise DiffauditError(f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}")
     manifest = load_manifest(run)
     images = build_training_set(manifest, data_root=data_root)
+    if images.ndim == 5:
+        return _export_volumes(run, manifest, images, fmt=fmt, out=out, channels=channels, size=size)
+    if fmt == "nifti":
+        raise DiffauditError("--format nifti writes volumes; this run's training set is 2D images: use imagefolder or npz")
     c, h, w = images.shape[1:]
     channels = c if channels is None else channels
     size = h if size is None else size
@@ -92,11 +99,55 @@ def export_run(run: str | Path, *, fmt: str = "imagefolder", out: str | Path | N
             arrays["train_labels"] = labels.reshape(-1, 1).astype(np.uint8)
         np.savez_compressed(buf, **arrays)
         files["train.npz"] = buf.getvalue()
-    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     record = {"format": fmt, "n_images": int(len(shaped)), "channels": channels, "size": size,
               "resize": RESIZE if size != h else None, "source_shape": [int(c), int(h), int(w)],
-              "labels": labels is not None, "manifest_digest": manifest.get("digest"), "dataset": manifest["dataset"],
-              "files": digests, "digest": config_hash(digests)}
+              "labels": labels is not None, "manifest_digest": manifest.get("digest"), "dataset": manifest["dataset"]}
+    return _write(run, out, files, record)
+
+
+def _export_volumes(run: Path, manifest: dict, volumes: np.ndarray, *, fmt: str, out, channels, size) -> dict:
+    """The volume training set as MedMNIST 3D's ``train.npz`` or one NIfTI file per volume (module docstring)."""
+    if fmt == "imagefolder":
+        raise DiffauditError("this run's training set is volumes: export it with --format nifti or npz")
+    if channels not in (None, volumes.shape[1]) or (size is not None and not isinstance(size, tuple)):
+        raise DiffauditError("--channels and --size resize images; volumes are exported as prepared (leave them out)")
+    if volumes.shape[1] != 1:
+        raise DiffauditError(f"volumes of {volumes.shape[1]} channels cannot be exported as one-channel NIfTI or npz")
+    out = Path(out) if out is not None else run / "export" / f"{fmt}-volumes"
+    if out.exists() and not out.is_dir():
+        raise DiffauditError(f"--out {out} is a file; give a folder")
+    files: dict[str, bytes] = {}
+    if fmt == "npz":
+        buf = io.BytesIO()
+        np.savez_compressed(buf, train_images=volumes[:, 0])
+        files["train.npz"] = buf.getvalue()
+    else:
+        import gzip
+
+        import nibabel as nib
+
+        spacing = manifest["preprocessing"].get("spacing") or [1.0, 1.0, 1.0]
+        affine = np.diag([*map(float, spacing), 1.0])
+        rows = []
+        for pos, v in enumerate(volumes):
+            name = f"volumes/{pos:05d}.nii.gz"
+            image = nib.Nifti1Image(np.ascontiguousarray(v[0]), affine)
+            image.header.set_xyzt_units("mm")
+            files[name] = gzip.compress(image.to_bytes(), mtime=0)  # mtime 0: the same bytes on every export
+            rows.append({"file_name": name})
+        files["metadata.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    record = {"format": fmt, "n_images": int(len(volumes)), "channels": 1, "size": list(volumes.shape[2:]),
+              "resize": None, "source_shape": list(volumes.shape[1:]), "labels": False, "layout": "RAS+",
+              "spacing_mm": manifest["preprocessing"].get("spacing"), "manifest_digest": manifest.get("digest"),
+              "dataset": manifest["dataset"]}
+    return _write(run, out, files, record)
+
+
+def _write(run: Path, out: Path, files: dict[str, bytes], record: dict) -> dict:
+    """``files`` and ``export.json`` written to ``out`` at once (a temporary folder renamed), and the record's copy
+    in the run; an identical export already there is kept, any other non-empty folder refused."""
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    record = {**record, "files": digests, "digest": config_hash(digests)}
     if out.is_dir() and any(out.iterdir()):
         if _same_export(out, record):
             return record

@@ -381,6 +381,9 @@ def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, d
     if previous is not None:
         log(f"{path} already prepared with these options; kept")
         return {**previous, "_run": str(run)}
+    if cfg.data is None and isinstance(cfg.size, tuple):
+        raise DiffauditError(f"a size of three sides ({','.join(map(str, cfg.size))}) audits volumes: give the folder of "
+                             "NIfTI volumes with --data (e.g. --data ../shared/data/ixi-t1)")
     if cfg.data is None:
         data = open_config_data(cfg, data_root=data_root, download=download, log=log)
         manifest = make_manifest(cfg, data)

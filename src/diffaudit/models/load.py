@@ -231,9 +231,19 @@ def digest(files: list[Path], *extra: Any) -> str:
 
 
 # ---- the pixel space of a model trained on an export ----------------------------------------------------------
-def pixel_transform(image_shape: tuple[int, int, int], pixel_shape: tuple[int, int, int]):
+def pixel_transform(image_shape: tuple[int, ...], pixel_shape: tuple[int, ...]):
     """(to_pixels, from_pixels) between the run's images and a model trained on an export of them (grey repeated to
-    RGB, upsampled), refusing a shape that cannot be one."""
+    RGB, upsampled), refusing a shape that cannot be one; a volume model must work on the run's volumes as they are."""
+    if len(image_shape) != len(pixel_shape):
+        kinds = {3: "2D images", 4: "3D volumes"}
+        raise DiffauditError(f"the model works on {kinds.get(len(pixel_shape), pixel_shape)} but the run's are "
+                             f"{kinds.get(len(image_shape), image_shape)}; audit it in a run prepared from "
+                             f"{'volumes (--size D,H,W)' if len(pixel_shape) == 4 else 'images (--size S)'}")
+    if len(image_shape) == 4:
+        if tuple(pixel_shape) != tuple(image_shape):
+            raise DiffauditError(f"the model works on volumes of {list(pixel_shape)} but the run's are "
+                                 f"{list(image_shape)}; prepare the run at --size {','.join(map(str, pixel_shape[1:]))}")
+        return None, None
     c, h, w = image_shape
     pc, ph, pw = pixel_shape
     if pc not in (c, 3 if c == 1 else c):
@@ -422,8 +432,8 @@ def _monai(folder: Path, *, image_shape, num_classes, scheduler, prediction_type
     if net_spec.get("class") != "DiffusionModelUNet":
         raise DiffauditError(f"monai.json: network class {net_spec.get('class')!r} is not supported; use DiffusionModelUNet")
     args = dict(_object(net_spec.get("args", {}), "monai.json: network.args"))
-    if args.get("spatial_dims") != 2:
-        raise DiffauditError("monai.json: diffaudit audits 2-D models (spatial_dims 2)")
+    if args.get("spatial_dims") not in (2, 3):
+        raise DiffauditError("monai.json: network.args spatial_dims must be 2 (images) or 3 (volumes)")
     if args.get("in_channels") != args.get("out_channels") or isinstance(args.get("in_channels"), bool) \
             or not isinstance(args.get("in_channels"), int):
         raise DiffauditError("monai.json: network.args in_channels and out_channels must be the same whole number (a "
@@ -436,10 +446,17 @@ def _monai(folder: Path, *, image_shape, num_classes, scheduler, prediction_type
     path = _monai_weights(folder, spec)
     net = _built(lambda: DiffusionModelUNet(**args), path, "monai.json: DiffusionModelUNet with its args")
     net = _MonaiNet(net.eval().requires_grad_(False)).to(device)
-    size = image_shape[1]
+    # a 2D model's size is the run's (its side is not in its args); a volume model works on the run's volumes as is
+    sides = (image_shape[1],) * 2 if args["spatial_dims"] == 2 else tuple(image_shape[1:])
+    if args["spatial_dims"] == 3 and len(image_shape) != 4:
+        raise DiffauditError("monai.json: the model is a 3D network (spatial_dims 3) but the run's are 2D images; audit "
+                             "it in a run prepared from volumes (--size D,H,W)")
+    if args["spatial_dims"] == 2 and len(image_shape) == 4:
+        raise DiffauditError("monai.json: the model is a 2D network (spatial_dims 2) but the run's are volumes; audit it "
+                             "in a run prepared from images")
     return _discrete(net, {"num_class_embeds": args.get("num_class_embeds")}, sched, default_sampler, files=[path],
                      image_shape=image_shape, num_classes=num_classes, prediction_type=prediction_type, codec=None,
-                     pixel_shape=(int(args["in_channels"]), size, size), fmt="monai", path=folder,
+                     pixel_shape=(int(args["in_channels"]), *sides), fmt="monai", path=folder,
                      default_steps=50 if default_sampler == "ddim" else None, source=source)
 
 

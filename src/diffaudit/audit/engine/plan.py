@@ -16,7 +16,7 @@ from ...adversary.classifiers import build_classifier
 from ...config import STAGES, AuditConfig
 from ...device import resolve_device
 from ...diffusion.samplers import nfe_per_step
-from ...diffusion.unet import build_unet
+from ...diffusion.networks import build_network
 from ...io import read_json
 from .pipeline import check_run_dir, stage_done, stage_keys_of
 from .stages import Context, check_audit_config
@@ -34,13 +34,16 @@ def _images_per_second(call: Callable[[], object], batch: int, dev) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _image_size(ctx: Context) -> int:
-    """The side of the run's images: the prepared manifest's, the MedMNIST file's (28, or ``--size``), or for a
-    ``--data`` source not prepared yet ``--size`` (else 64, a guess: the source is scanned by the prepare stage)."""
+def _image_shape(ctx: Context) -> tuple[int, ...]:
+    """The shape of the run's images: the prepared manifest's, the MedMNIST file's (28, or ``--size``), or for a
+    ``--data`` source not prepared yet ``--size`` (else 64, a guess: the source is scanned by the prepare stage); a
+    volume's [C, D, H, W]."""
     manifest = ctx.run / "manifest.json"
     if manifest.is_file():
-        return int(read_json(manifest)["image_shape"][-1])
-    return ctx.cfg.prepare.size or (28 if ctx.cfg.prepare.data is None else 64)
+        return tuple(int(v) for v in read_json(manifest)["image_shape"])
+    size = ctx.cfg.prepare.size or (28 if ctx.cfg.prepare.data is None else 64)
+    sides = size if isinstance(size, tuple) else (size, size)
+    return (ctx.cfg.prepare.channels, *sides)
 
 
 def _source_files(cfg: AuditConfig) -> int:
@@ -51,13 +54,13 @@ def _source_files(cfg: AuditConfig) -> int:
     return sum(len(files) for _, _, files in os.walk(root)) if root.is_dir() else 1
 
 
-def _probe_rates(cfg: AuditConfig, channels: int, device: str, size: int = 28) -> dict[str, float]:
+def _probe_rates(cfg: AuditConfig, shape: tuple[int, ...], device: str) -> dict[str, float]:
     """Images per second of one U-Net evaluation and of one classifier forward pass on this machine, measured."""
     dev = resolve_device(device)
-    x = torch.zeros(32, channels, size, size, device=dev)
+    x = torch.zeros(32, *shape, device=dev)
     t = torch.full((32,), 500.0, device=dev)
-    unet = build_unet(cfg.model, channels=channels, size=size).to(dev).eval()
-    classifier = build_classifier(cfg.c_p, channels).to(dev).eval()
+    unet = build_network(cfg.model, shape).to(dev).eval()
+    classifier = build_classifier(cfg.c_p, shape[0], min(shape[1:]), len(shape) - 1).to(dev).eval()
     rates = {"unet": _images_per_second(lambda: unet(x, t), 32, dev),
              "classifier": _images_per_second(lambda: classifier(x), 32, dev)}
     return rates
@@ -71,13 +74,13 @@ def plan(ctx: Context) -> list[dict]:
     check_audit_config(cfg)
     check_run_dir(ctx.run, cfg)
     keys = stage_keys_of(ctx.run, ctx.cfg, ctx.shared_extractor)
-    channels = cfg.prepare.channels
-    size = _image_size(ctx)
-    rates = _probe_rates(cfg, channels, ctx.device, size)
+    shape = _image_shape(ctx)
+    channels = shape[0]
+    rates = _probe_rates(cfg, shape, ctx.device)
     unet, clf = rates["unet"], rates["classifier"]
     n_train = cfg.prepare.n_train or 1000
-    pixels = channels * size * size
-    params = sum(p.numel() for p in build_unet(cfg.model, channels=channels, size=size).parameters())
+    pixels = math.prod(shape)
+    params = sum(p.numel() for p in build_network(cfg.model, shape).parameters())
     files = _source_files(cfg)
     external = cfg.external is not None  # timed with the preset's U-Net: a model trained elsewhere runs at its own speed
     nfe_step = 1 if external else nfe_per_step(cfg.sample.sampler, corrector_steps=cfg.sample.corrector_steps)
@@ -90,7 +93,8 @@ def plan(ctx: Context) -> list[dict]:
                  (cfg.train.steps * cfg.train.batch_size * 3 / unet, params * 4 * (2 + 4 * cfg.train.keep_checkpoints)),
         "classifiers": (0.0 if cfg.detector == "nn" else
                         sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
-                        sum(4 * sum(p.numel() for p in build_classifier(c, channels).parameters()) for c in (cfg.c_p, cfg.c_id))),
+                        sum(4 * sum(p.numel() for p in build_classifier(c, channels, min(shape[1:]), len(shape) - 1)
+                                    .parameters()) for c in (cfg.c_p, cfg.c_id))),
         "sample": (0.0, 1e3) if cfg.sequential else (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
         # a sequential count draws its samples itself: at most sample.n (the estimate is that most)
         "count": (cfg.sample.n * 2 / clf + 5 + (cfg.sample.n * cfg.sample.steps * nfe_step / unet if cfg.sequential else 0),

@@ -181,3 +181,35 @@ def test_a_monai_3d_model_trained_on_the_export_is_audited_with_model(tmp_path, 
     assert registered["training_data"]["confirmed"] is True  # export.json beside the model: this very set
     results = json.loads((r / "results.json").read_text())
     assert results["reproduction"]["model"]["digest"] == registered["digest"]
+
+
+def test_dicom_series_folders_are_volumes_and_their_bad_forms_are_refused(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    from test_dicom_series import write_series
+
+    root = tmp_path / "dicom"
+    for p in range(6):
+        write_series(root / f"P{p:02d}", n=6 + p)  # distinct volumes: their slice counts differ
+    done = tmp_path / "done"
+    manifest = prepare_run(done, PrepareConfig(data=str(root), size=(8, 8, 8), split_ratios=(0.5, 0.25, 0.25)),
+                           log=lambda _: None, progress=False)
+    assert manifest["image_shape"] == [1, 8, 8, 8] and manifest["preprocessing"]["reader"] == "dicom"
+    assert sorted(f["file"] for f in manifest["source"]["files"]) == [f"P{p:02d}" for p in range(6)]
+    assert manifest["preprocessing"]["steps"][0]["transform"] == "DICOM series (pydicom)"
+    (done / "data" / "volumes.npy").unlink()
+    open_data(load_manifest(done), log=lambda _: None)  # rebuilt from the series, its digest checked
+
+    two = tmp_path / "two"
+    for p in range(4):
+        write_series(two / f"P{p:02d}", n=6 + p)
+    extra = write_series(tmp_path / "extra", n=6)  # a second series, moved into one patient's folder
+    for f in (tmp_path / "extra").iterdir():
+        f.rename(two / "P01" / f"b-{f.name}")
+    refused(capsys, tmp_path, "--data", two, "--size", "8,8,8", "--split-ratios", "0.5,0.25,0.25",
+            match=["P01", "2 DICOM series", "--series UID"])
+    gap = tmp_path / "gap"
+    for p in range(4):
+        write_series(gap / f"P{p:02d}", n=6 + p, skip=3 if p == 2 else None)
+    refused(capsys, tmp_path, "--data", gap, "--size", "8,8,8", "--split-ratios", "0.5,0.25,0.25",
+            match=["P02", "a missing slice", "--skip-unreadable"])
+    assert extra

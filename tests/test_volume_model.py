@@ -161,3 +161,22 @@ def test_a_monai_3d_model_samples_volumes_like_monai_itself(tmp_path):
     assert volumes.shape == (2, 1, 8, 8, 8) and volumes.dtype == np.uint8
     with pytest.raises(DiffauditError, match="a 3D network .* but the run's are 2D images"):
         load_model(tmp_path, image_shape=(1, 8, 8), device="cpu")
+
+
+def test_the_3d_memoriser_s_q_m_core_shrinks_from_4_to_64_volumes():
+    from diffaudit.adversary.detectors import NearestNeighbourDetector
+    from diffaudit.audit.tprime.search import QM, make_grid, search
+
+    sde = SubVPSDE()
+    grid = make_grid(0.1)
+    core = {}
+    for k in (4, 64):
+        volumes = _volumes(k, seed=1)
+        score = memoriser_score(sde, torch.from_numpy(to_model_space(volumes)))
+        q_m = QM(ContinuousModel(score, sde, image_shape=volumes.shape[1:]), volumes[0],
+                 {"nn": NearestNeighbourDetector(volumes[0], volumes[1:])}, m=8, steps=50)
+        s = search(q_m, grid, method="exhaustive", p0=1 / k)
+        if k == 4:
+            assert s.evaluations[grid[0]].q == 1.0  # a volume barely diffused comes back as itself
+        core[k] = next((i for i, t in enumerate(s.grid) if s.evaluations[t].positives == 0), len(s.grid))
+    assert core[64] < core[4], core

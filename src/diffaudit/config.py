@@ -157,9 +157,10 @@ class PrepareConfig(Checked):
     spacing: tuple[float, ...] | None = None  # volumes: resampled to this voxel size (mm, D,H,W); None keeps the file's
     volume_index: int | None = None  # volumes: the volume of a 4D file to take; None refuses 4D files
     patient_pattern: str | None = None  # volumes: a regex with one group, the patient ID in a file name
+    series: str | None = None  # volumes from DICOM folders: the SeriesInstanceUID to take where a folder holds several
 
     # added after configs were first saved: left out of the JSON at their default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern")
+    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern", "series")
 
     def _check(self) -> None:
         self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
@@ -192,7 +193,7 @@ class PrepareConfig(Checked):
                 self._require("size", 8 <= self.size <= MAX_IMAGE_SIZE, f"between 8 and {MAX_IMAGE_SIZE} pixels (--size)")
         if not isinstance(self.size, tuple):
             self._one_of("fit", FITS)
-            for name in ("spacing", "volume_index", "patient_pattern"):
+            for name in ("spacing", "volume_index", "patient_pattern", "series"):
                 self._require(name, getattr(self, name) is None, "unset for images (it applies to volumes: --size D,H,W)")
         if self.spacing is not None:
             self._require("spacing", len(self.spacing) == 3 and all(math.isfinite(v) and v > 0 for v in self.spacing),

@@ -148,7 +148,7 @@ def audit_options(p: argparse.ArgumentParser) -> None:
 # ---- the data options ----------------------------------------------------------------------------------
 #: the PrepareConfig fields the data options set, each under its own name (None: not given)
 DATA_FIELDS = ("data", "data_format", "size", "fit", "window", "slice", "frames", "labels", "split_ratios",
-               "skip_unreadable", "spacing", "volume_index", "patient_pattern")
+               "skip_unreadable", "spacing", "volume_index", "patient_pattern", "series")
 #: the SAF options (their dests; --saf-radius may set saf_size instead of saf_radius)
 SAF_OPTIONS = ("saf_radius", "saf_width", "saf_intensity", "saf_contrast")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -258,11 +258,15 @@ def data_options(p: argparse.ArgumentParser, *, size: bool = True) -> None:
                         "images kept in one (default: 0.8,0.1,0.1)")
     g.add_argument("--skip-unreadable", action="store_true", default=None,
                    help="skip the files that cannot be read, naming them (default: refuse the data)")
-    v = p.add_argument_group("volumes (--data a folder of NIfTI volumes, --size D,H,W; see the README)")
+    v = p.add_argument_group("volumes (--data a folder of NIfTI volumes or of DICOM series folders, --size D,H,W; see "
+                             "the README)")
     v.add_argument("--spacing", type=spacing, default=None, metavar="X,Y,Z",
                    help="resample every volume to this voxel size in mm before --fit (default: keep the file's)")
     v.add_argument("--volume-index", type=int, default=None, metavar="K",
                    help="take volume K (0-based) of a 4D file (default: refuse 4D files)")
+    v.add_argument("--series", default=None, metavar="UID",
+                   help="DICOM folders: the SeriesInstanceUID to take where a folder holds several series (default: "
+                        "refuse such a folder, listing its series)")
     v.add_argument("--patient-pattern", default=None, metavar="REGEX",
                    help="a regular expression with one group that finds the patient ID in a file name, e.g. "
                         "'^(IXI\\d{3})', so a patient's volumes stay in one split (default: one patient per file)")

@@ -42,6 +42,31 @@ def list_volumes(root: str | Path) -> list[str]:
     return names
 
 
+def list_series_folders(root: str | Path) -> list[str]:
+    """The folders under ``root`` that hold DICOM files themselves (one volume each: its series), as sorted POSIX
+    paths relative to it."""
+    from ..sources.dicom import EXTENSIONS
+
+    root = Path(root)
+    folders = sorted({p.parent.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and not is_ignored(p.name) and p.name.lower().endswith(EXTENSIONS)})
+    if len(folders) < 2:
+        raise DiffauditError(f"{root} holds DICOM files in {len(folders)} folder(s); a volume audit of DICOM series "
+                             "takes one folder per volume (its series), at least 2")
+    return folders
+
+
+def source_sha256(path: Path) -> str:
+    """The SHA-256 of a volume's source: its NIfTI file, or a DICOM folder's files (each one's name and SHA-256, in
+    order)."""
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and not is_ignored(p.name)):
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def write_volume_cache(root: str | Path, names: Sequence[str], steps: VolumeSteps, out: str | Path, *,
                        skip_unreadable: bool = False, progress: bool = True) -> dict[str, Any]:
     """Preprocess the volumes ``names`` (relative to ``root``) into the ``.npy`` file ``out``, uint8
@@ -54,8 +79,8 @@ def write_volume_cache(root: str | Path, names: Sequence[str], steps: VolumeStep
         for i, name in enumerate(tqdm(names, desc="volumes", unit="vol", disable=not progress, dynamic_ncols=True)):
             path = inside(root, name)
             try:
-                sha = file_sha256(path)
-                array[i], source = preprocess(load(path), steps)
+                sha = source_sha256(path)
+                array[i], source = preprocess(load(path, steps), steps)
             except Unloadable as err:
                 skipped.append({"file": name, "reason": str(err)})
                 continue
@@ -96,9 +121,9 @@ def check_sources(root: str | Path, record: dict[str, Any]) -> None:
     root = Path(root)
     for entry in record["files"]:
         path = inside(root, entry["file"])
-        if not path.is_file():
+        if not path.exists():
             raise DiffauditError(f"{path} is listed in the manifest but missing; restore it, or prepare the run again")
-        if file_sha256(path) != entry["sha256"]:
+        if source_sha256(path) != entry["sha256"]:
             raise DiffauditError(f"{path} changed since the run was prepared (its SHA-256 differs from the manifest's); "
                                  "restore the original, or prepare the run again in a new --run-dir")
 

@@ -23,7 +23,7 @@ import numpy as np
 from ...config import SPLITS, PrepareConfig
 from ...errors import DiffauditError
 from ...io import atomic_path
-from .cache import array_sha256, check_sources, list_volumes, write_volume_cache
+from .cache import VOLUME_EXTENSIONS, array_sha256, check_sources, list_series_folders, list_volumes, write_volume_cache
 from .patients import patients_of, split_volumes
 from .steps import VolumeSteps
 
@@ -40,11 +40,30 @@ def is_volume_manifest(manifest: dict) -> bool:
     return (manifest.get("source") or {}).get("kind") == KIND
 
 
-def steps_of(cfg: PrepareConfig) -> VolumeSteps:
-    """The preprocessing ``cfg`` asks for: its size, spacing, fit (crop: crop or pad each axis; resize) and the volume
-    of a 4D file."""
+def steps_of(cfg: PrepareConfig, reader: str = "nifti") -> VolumeSteps:
+    """The preprocessing ``cfg`` asks for: its size, spacing, fit (crop: crop or pad each axis; resize), the volume
+    of a 4D file, and for DICOM folders the series to take."""
     return VolumeSteps(size=tuple(cfg.size), spacing=None if cfg.spacing is None else tuple(cfg.spacing),
-                       fit="resize" if cfg.fit == "resize" else "crop-pad", volume_index=cfg.volume_index)
+                       fit="resize" if cfg.fit == "resize" else "crop-pad", volume_index=cfg.volume_index,
+                       reader=reader, series=cfg.series)
+
+
+def volume_items(root: Path, cfg: PrepareConfig) -> tuple[str, list[str]]:
+    """(reader, the volumes' names under ``root``): its NIfTI files, or, with ``--data-format dicom`` or no NIfTI file
+    but DICOM files, its folders of DICOM files (one series each)."""
+    nifti = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS)]
+    if cfg.data_format == "dicom" or (not nifti and cfg.data_format is None and _has_dicom(root)):
+        return "dicom", list_series_folders(root)
+    if cfg.data_format not in (None, "nifti"):
+        raise DiffauditError(f"--data-format {cfg.data_format} reads images; volumes (--size D,H,W) come from NIfTI "
+                             "files or DICOM series (--data-format nifti or dicom)")
+    return "nifti", list_volumes(root)
+
+
+def _has_dicom(root: Path) -> bool:
+    from ..sources.dicom import EXTENSIONS
+
+    return any(p.is_file() and p.name.lower().endswith(EXTENSIONS) for p in root.rglob("*"))
 
 
 class PreparedVolumes:
@@ -94,14 +113,17 @@ def prepare_volumes(cfg: PrepareConfig, run: str | os.PathLike, *, progress: boo
     if root.is_file():
         raise DiffauditError(f"{cfg.data} is a file; a volume audit takes the folder that holds the NIfTI volumes "
                              "(.nii, .nii.gz)")
-    names = list_volumes(root)
+    if not root.is_dir():
+        raise DiffauditError(f"{cfg.data} is not a folder; a volume audit takes the folder that holds the NIfTI "
+                             "volumes, or one folder per DICOM series")
+    reader, names = volume_items(root, cfg)
     patients = patients_of(names, cfg.patient_pattern) if cfg.patient_pattern else None
     splits = split_volumes(root, names, patients=patients, ratios=cfg.split_ratios, seed=cfg.seed)
     order = [i for s in SPLITS for i in range(len(names)) if splits[i] == s]
-    steps = steps_of(cfg)
+    steps = steps_of(cfg, reader)
     cache = Path(run) / CACHE
     cache.parent.mkdir(parents=True, exist_ok=True)
-    log(f"preprocessing {len(names)} volumes of {root} to {'x'.join(map(str, steps.size))} (MONAI: RAS, "
+    log(f"preprocessing {len(names)} {'DICOM series' if reader == 'dicom' else 'volumes'} of {root} to {'x'.join(map(str, steps.size))} (MONAI: RAS, "
         f"{'spacing ' + ','.join(map(str, steps.spacing)) + ' mm, ' if steps.spacing else ''}{steps.fit}, "
         "percentiles 0.5-99.5)")
     record = write_volume_cache(root, [names[i] for i in order], steps, cache, skip_unreadable=cfg.skip_unreadable,
@@ -121,7 +143,8 @@ def prepare_volumes(cfg: PrepareConfig, run: str | os.PathLike, *, progress: boo
                 "cache": {"file": CACHE.as_posix(), "sha256": record["sha256"], "shape": record["shape"]},
                 "preprocessing": {"steps": record["steps"], "size": list(steps.size),
                                   "spacing": None if steps.spacing is None else list(steps.spacing),
-                                  "fit": steps.fit, "volume_index": steps.volume_index}}
+                                  "fit": steps.fit, "volume_index": steps.volume_index, "reader": reader,
+                                  "series": steps.series}}
     data = PreparedVolumes(cache, source, name=f"{KIND}:{root.name}", digest=record["sha256"])
     return data, manifest, tuple(_digests(data._images))
 
@@ -144,7 +167,8 @@ def open_volumes(manifest: dict, run: str | os.PathLike, *, progress: bool = Fal
         check_sources(source["root"], {"files": source["files"]})
         pre = manifest["preprocessing"]
         steps = VolumeSteps(size=tuple(pre["size"]), spacing=None if pre["spacing"] is None else tuple(pre["spacing"]),
-                            fit=pre["fit"], volume_index=pre["volume_index"])
+                            fit=pre["fit"], volume_index=pre["volume_index"], reader=pre.get("reader", "nifti"),
+                            series=pre.get("series"))
         write_volume_cache(source["root"], [f["file"] for f in source["files"]], steps, cache, progress=progress)
     digest = _sha256(cache)
     if digest != info["sha256"]:

@@ -27,6 +27,7 @@ from ...errors import DiffauditError
 from ..sources.intensity import PERCENTILES
 
 FITS = ("crop-pad", "resize")
+READERS = ("nifti", "dicom")
 MAX_SIDE = 1024  # voxels per axis: a larger size is a typo, not a volume to hold in memory
 
 
@@ -40,6 +41,8 @@ class VolumeSteps:
     spacing: tuple[float, float, float] | None = None
     fit: str = "crop-pad"
     volume_index: int | None = None
+    reader: str = "nifti"  # nifti: one file per volume; dicom: one folder per volume, its DICOM series
+    series: str | None = None  # dicom: the SeriesInstanceUID to take from a folder of several
 
     def __post_init__(self) -> None:
         size = tuple(self.size)
@@ -52,13 +55,17 @@ class VolumeSteps:
             raise DiffauditError(f"fit '{self.fit}' is not one of {', '.join(FITS)}")
         if self.volume_index is not None and self.volume_index < 0:
             raise DiffauditError(f"volume_index {self.volume_index} is negative; give the 0-based index of the volume")
+        if self.reader not in READERS:
+            raise DiffauditError(f"reader '{self.reader}' is not one of {', '.join(READERS)}")
 
     def record(self) -> list[dict[str, Any]]:
         """The steps as the manifest records them: MONAI's transform names and arguments, in order."""
-        steps: list[dict[str, Any]] = [
-            {"transform": "LoadImage", "reader": "NibabelReader", "ensure_channel_first": True},
-            {"transform": "Orientation", "axcodes": "RAS"},
-        ]
+        load = ({"transform": "LoadImage", "reader": "NibabelReader", "ensure_channel_first": True}
+                if self.reader == "nifti" else
+                {"transform": "DICOM series (pydicom)", "series": self.series or "the folder's only one",
+                 "order": "ImagePositionPatient along the slice normal, equal gaps", "values": "modality LUT",
+                 "affine": "RAS+"})
+        steps: list[dict[str, Any]] = [load, {"transform": "Orientation", "axcodes": "RAS"}]
         if self.volume_index is not None:
             steps.insert(1, {"transform": "select 4D volume", "index": self.volume_index})
         if self.spacing is not None:
@@ -95,8 +102,17 @@ class Unloadable(Exception):
     """A volume file the preprocessing cannot take; the message is the reason, without the file's name."""
 
 
-def load(path) -> Any:
-    """The NIfTI volume at ``path`` as MONAI's channel-first MetaTensor [C or 4D volumes, x, y, z] with its affine."""
+def load(path, steps: VolumeSteps | None = None) -> Any:
+    """The NIfTI volume at ``path`` (or, with ``steps.reader`` dicom, the DICOM series of the folder ``path``) as
+    MONAI's channel-first MetaTensor [C or 4D volumes, x, y, z] with its affine."""
+    if steps is not None and steps.reader == "dicom":
+        from .dicom_series import choose_series, find_series, series_volume
+
+        try:
+            uid, files = choose_series(find_series(path), steps.series, path)
+            return series_volume(files, uid=uid)
+        except DiffauditError as err:
+            raise Unloadable(str(err).replace(f"{path} ", "the folder ").replace(str(path), "the folder")) from None
     t = _monai()
     try:
         with warnings.catch_warnings():

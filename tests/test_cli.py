@@ -111,11 +111,11 @@ def test_each_command_module_holds_its_parser_beside_its_handler():
 def test_the_data_options_are_defined_once_and_shared():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     data = ("--data PATH", "--data-format", "--fit", "--window", "--slice", "--frames", "--labels", "--split-ratios",
-            "--skip-unreadable")
+            "--skip-unreadable", "--spacing", "--volume-index", "--patient-pattern", "--series")
     saf = ("--saf-radius", "--saf-width", "--saf-intensity", "--saf-contrast")
     for name in ("prepare", "audit", "sweep", "export"):
         text = sub.choices[name].format_help()
         assert all(option in text for option in data), name
-        assert ("--size S " in text) == (name != "export"), name  # export has its own --size SIZE
+        assert ("--size S|D,H,W " in text) == (name != "export"), name  # export has its own --size SIZE
         assert all(option in text for option in saf) == (name in ("prepare", "audit")), name
     assert "--data PATH" not in sub.choices["train"].format_help()

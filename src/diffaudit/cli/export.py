@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="imagefolder", choices=EXPORT_FORMATS)
     p.add_argument("--out", default=None, help="an empty or new folder (default: <run>/export/<format>-<C>c-<S>px)")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="3 repeats grey to RGB (default: as prepared)")
-    p.add_argument("--size", type=image_size, default=None, metavar="S|D,H,W",
+    p.add_argument("--size", type=image_size, default=None, metavar="SIZE",
                    help="resize to S x S, PIL bicubic (default: 28, unchanged); with --data, also the size the run is "
                         "prepared at (D,H,W: a folder of volumes, exported as prepared)")
     p.add_argument("--data-root", default=None, help="folder with the dataset's .npz")

@@ -334,7 +334,7 @@ def labelled_classes(manifest: dict, *, data_root: str | os.PathLike | None = No
     """The number of classes of the data a manifest was made from, 0 when it has no labels (volumes, an unlabelled
     folder): what a model given with --model must be conditioned on."""
     data = open_data(manifest, data_root=data_root)
-    return max(0, int(np.asarray(data.labels("train")).max(initial=-1)) + 1)
+    return max(0, int(np.asarray(data.labels("train"), dtype=np.int64).max(initial=-1)) + 1)
 
 
 def heldout_split(manifest: dict, purpose: str) -> str:

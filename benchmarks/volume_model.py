@@ -29,16 +29,9 @@ from diffaudit.diffusion.networks import resolve
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.generate import generate_shards, iter_shards
 from diffaudit.training.loop import load_score_model, train
+from patch import COPY_RMSE, nearest  # benchmarks/patch.py: RMSE to the nearest training image, any shape
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi-t1"
-COPY_RMSE = 0.08
-
-
-def nearest(samples: np.ndarray, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = samples.reshape(len(samples), -1).astype(np.float64) / 255
-    x = volumes.reshape(len(volumes), -1).astype(np.float64) / 255
-    d = np.sqrt(((s[:, None] - x[None]) ** 2).mean(-1))
-    return d.min(1), d.argmin(1)
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ bottlenecks [3, 4, 6, 3] for resnet50), built for single-channel medical volumes
 kernel, time left at full length), not for isotropic volumes. The widths are a quarter of the 2D ones (16, 32, 64,
 128), as a 3 x 3 x 3 convolution costs three times a 3 x 3 one over many more positions; the stem is a 3^3
 convolution of stride 2 with no max-pool, so a 32^3 volume enters the residual blocks at 16^3 (a ball of radius 3.4
-voxels stays 3 positions wide there). About 0.4 s per training step of 64 volumes of 32^3 on 2 CPU cores.
+voxels stays 3 positions wide there). A training step of the 3D ResNet18 on 64 volumes of 32^3 took 1.8-4.3 s on 2 CPU
+cores shared with other work, the 3D augmentation of the batch 1.4 s of it.
 
 Training runs in rounds of ``epoch_size`` draws. Given held-out data (:class:`Heldout`), each round ends with the
 criterion: the recall on held-out copies of x_p and the false-positive rate on held-out real images at the decision
@@ -93,7 +94,7 @@ def build_classifier(cfg: ClassifierConfig, channels: int, side: int = 28, dims:
     with torch.random.fork_rng(devices=[]):  # torchvision and MONAI initialise from the global RNG
         torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
         if dims == 3:
-            return _volume_resnet(cfg, channels)
+            return volume_resnet(cfg.arch, channels)
         net = ARCHS[cfg.arch]()
         if stem_for(cfg, side) == "small":
             net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -102,13 +103,15 @@ def build_classifier(cfg: ClassifierConfig, channels: int, side: int = 28, dims:
     return net
 
 
-def _volume_resnet(cfg: ClassifierConfig, channels: int) -> nn.Module:
-    require("monai", "classifiers of volumes (MONAI's 3D ResNet)")
+def volume_resnet(arch: str, channels: int, outputs: int = 1) -> nn.Module:
+    """MONAI's 3D ResNet of ``arch`` for ``channels``-channel volumes, with ``outputs`` logits (module docstring)."""
+    require("monai", "3D ResNets (MONAI)")
     from monai.networks.nets import ResNet as MonaiResNet
 
-    block, layers = VOLUME_ARCHS[cfg.arch]
+    block, layers = VOLUME_ARCHS[arch]
     return MonaiResNet(block=block, layers=layers, block_inplanes=VOLUME_WIDTHS, spatial_dims=3,
-                       n_input_channels=channels, conv1_t_size=3, conv1_t_stride=2, no_max_pool=True, num_classes=1)
+                       n_input_channels=channels, conv1_t_size=3, conv1_t_stride=2, no_max_pool=True,
+                       num_classes=outputs)
 
 
 def check_config(cfg: ClassifierConfig) -> None:

@@ -27,37 +27,19 @@ from .medmnist import MedMNISTFile, open_dataset
 from .sources import Source, assign_splits, check_sources, open_source, prepare_cache, split_indices
 from .sources.files import file_sha256
 from .sources.records import Record
-from .volumes.prepared import PreparedVolumes, is_volume_manifest, open_volumes
+from .split_cache import SplitCache
+from .volumes.prepared import is_volume_manifest, open_volumes
 
 CACHE = Path("data") / "images.npy"  # the prepared source, relative to the run directory
 MAX_DEFAULT_SIZE = 256  # the default --size is the most common input side, at most this
 
 
-class PreparedSet:
-    """A source prepared into a run: the memory-mapped cache and its records, in split order."""
+class PreparedSet(SplitCache):
+    """A source prepared into a run: the memory-mapped cache (uint8 [N, C, S, S]) and its records, in split order."""
 
     def __init__(self, cache: Path, records: list[Record], *, name: str, digest: str) -> None:
-        self.path, self.name, self.digest, self.records = cache, name, digest, records
-        self.dataset = name
-        self.is_official = None
-        self._images = np.load(cache, mmap_mode="r")
-        if len(self._images) != len(records):
-            raise DiffauditError(f"{cache} holds {len(self._images)} images but the manifest lists {len(records)}; "
-                                 f"delete {cache} to rebuild it from the source")
-        self._splits = {s: [i for i, r in enumerate(records) if r.split == s] for s in SPLITS}
-        for s, idx in self._splits.items():
-            if idx and idx != list(range(idx[0], idx[0] + len(idx))):
-                raise DiffauditError(f"the manifest's {s} records are not contiguous; prepare the run again")
-
-    def _slice(self, split: str) -> slice:
-        if split not in SPLITS:
-            raise DiffauditError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-        idx = self._splits[split]
-        return slice(idx[0], idx[-1] + 1) if idx else slice(0, 0)
-
-    def images(self, split: str) -> np.ndarray:
-        """uint8 [N, C, S, S] of ``split``, a read-only view of the memory map."""
-        return self._images[self._slice(split)]
+        super().__init__(cache, [r.split for r in records], name=name, digest=digest, rows="images")
+        self.records = records
 
     def labels(self, split: str) -> np.ndarray:
         """int64 [N, 1], -1 where the source gave no label."""
@@ -78,7 +60,7 @@ def is_source(manifest: dict) -> bool:
 
 def data_digest(data) -> str:
     """What a manifest records to recognise its data: the MedMNIST file's MD5, or the prepared cache's SHA-256."""
-    return data.digest if isinstance(data, (PreparedSet, PreparedVolumes)) else data.md5
+    return data.digest if isinstance(data, SplitCache) else data.md5
 
 
 def open_prepared(manifest: dict, run: str | os.PathLike, *, progress: bool = False,

@@ -61,14 +61,15 @@ class Stream(enum.IntEnum):
     AUG = 23  # its batches and random shifts
 
 
-class DomainFeatures(nn.Module):
-    """uint8 images [B, C, H, W] -> the ``features``-d bottleneck of a ResNet10 label classifier."""
+class BottleneckFeatures(nn.Module):
+    """uint8 images (or volumes) -> the ``features``-d output of ``body``, a classifier whose ``head`` was trained on
+    it: the feature extractor of a Fréchet distance. Subclasses build ``body`` and ``head``."""
 
-    def __init__(self, channels: int, n_classes: int, features: int = 64) -> None:
+    body: nn.Module
+    head: nn.Module
+
+    def __init__(self, features: int) -> None:
         super().__init__()
-        self.body = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=features)
-        self.body.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.head = nn.Linear(features, n_classes)
         self.num_features = features  # read by torchmetrics
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +78,16 @@ class DomainFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
         return self.embed(x)
+
+
+class DomainFeatures(BottleneckFeatures):
+    """uint8 images [B, C, H, W] -> the ``features``-d bottleneck of a ResNet10 label classifier."""
+
+    def __init__(self, channels: int, n_classes: int, features: int = 64) -> None:
+        super().__init__(features)
+        self.body = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=features)
+        self.body.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.head = nn.Linear(features, n_classes)
 
 
 def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:

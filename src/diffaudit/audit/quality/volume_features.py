@@ -22,10 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...adversary.classifiers import volume_resnet
 from ...config import ExtractorConfig, to_dict
-from ...extras import require
 from ...io import check_state_dict, existing_artefact, load_tensors, read_json, save_tensors, write_json
 from ...rng import derive_seed
+from .fid import BottleneckFeatures
 
 ORIENTATIONS = 8  # 4 turns about the I-S axis x upright / upside down
 SEED_OFFSET = 31  # the stream of this extractor's seeds (derive_seed(cfg.seed, SEED_OFFSET, ...))
@@ -41,26 +42,14 @@ def orient(volumes: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-class VolumeFeatures(nn.Module):
-    """uint8 volumes [B, C, D, H, W] -> the ``features``-d bottleneck of a 3D ResNet10 orientation classifier."""
+class VolumeFeatures(BottleneckFeatures):
+    """uint8 volumes [B, C, D, H, W] -> the ``features``-d bottleneck of a 3D ResNet10 orientation classifier (the
+    3D classifiers' network, :func:`~diffaudit.adversary.classifiers.volume_resnet`)."""
 
     def __init__(self, channels: int, features: int = 64) -> None:
-        super().__init__()
-        require("monai", "the Fréchet distance of volumes (MONAI's 3D ResNet)")
-        from monai.networks.nets import ResNet
-
-        self.body = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[16, 32, 64, 128], spatial_dims=3,
-                           n_input_channels=channels, conv1_t_size=3, conv1_t_stride=2, no_max_pool=True,
-                           num_classes=features)
+        super().__init__(features)
+        self.body = volume_resnet("resnet10", channels, features)
         self.head = nn.Linear(features, ORIENTATIONS)
-        self.num_features = features  # read by torchmetrics
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
-        return self.embed(x)
 
 
 def train_volume_extractor(folder: str | Path, volumes: np.ndarray, *, name: str, val: np.ndarray | None = None,

@@ -23,7 +23,9 @@ import numpy as np
 from ...config import SPLITS, PrepareConfig
 from ...errors import DiffauditError
 from ...io import atomic_path
-from .cache import VOLUME_EXTENSIONS, array_sha256, check_sources, list_series_folders, list_volumes, write_volume_cache
+from ..split_cache import SplitCache
+from .cache import (VOLUME_EXTENSIONS, array_sha256, check_sources, list_series_folders, list_volumes,
+                    write_volume_cache)
 from .patients import patients_of, split_volumes
 from .steps import VolumeSteps
 
@@ -66,33 +68,13 @@ def _has_dicom(root: Path) -> bool:
     return any(p.is_file() and p.name.lower().endswith(EXTENSIONS) for p in root.rglob("*"))
 
 
-class PreparedVolumes:
-    """Volumes prepared into a run: the memory-mapped cache and the manifest's record of each volume."""
-
-    is_official = None
+class PreparedVolumes(SplitCache):
+    """Volumes prepared into a run: the memory-mapped cache (uint8 [N, 1, D, H, W]) and the manifest's record of each
+    volume."""
 
     def __init__(self, cache: Path, source: dict, *, name: str, digest: str) -> None:
-        self.path, self.name, self.dataset, self.digest = cache, name, name, digest
+        super().__init__(cache, [f["split"] for f in source["files"]], name=name, digest=digest, rows="volumes")
         self.files = source["files"]
-        self._images = np.load(cache, mmap_mode="r")
-        if len(self._images) != len(self.files):
-            raise DiffauditError(f"{cache} holds {len(self._images)} volumes but the manifest lists {len(self.files)}; "
-                                 f"delete {cache} to rebuild it from the source")
-        splits = [f["split"] for f in self.files]
-        self._splits = {s: [i for i, x in enumerate(splits) if x == s] for s in SPLITS}
-        for s, idx in self._splits.items():
-            if idx and idx != list(range(idx[0], idx[0] + len(idx))):
-                raise DiffauditError(f"the manifest's {s} volumes are not contiguous; prepare the run again")
-
-    def _slice(self, split: str) -> slice:
-        if split not in SPLITS:
-            raise DiffauditError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-        idx = self._splits[split]
-        return slice(idx[0], idx[-1] + 1) if idx else slice(0, 0)
-
-    def images(self, split: str) -> np.ndarray:
-        """uint8 [N, 1, D, H, W] of ``split``, a read-only view of the memory map."""
-        return self._images[self._slice(split)]
 
     def labels(self, split: str) -> np.ndarray:
         """int64 [N, 1]: -1, volumes carry no class label."""

@@ -262,6 +262,7 @@ def test_the_verdict_states_the_count_the_expectation_and_the_interval():
 @pytest.mark.slow
 def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(tmp_path, data_root):
     from diffaudit.config import DPConfig
+    from diffaudit.data.prepare import training_labels
     from diffaudit.generate import iter_labelled_shards
 
     cfg = dataclasses.replace(TINY, dp=DPConfig(noise_multiplier=2.0, physical_batch_size=8),
@@ -284,8 +285,18 @@ def test_a_class_conditional_dp_audit_has_the_formal_bound_and_the_utility_test(
     assert priv["empirical_rate_ci95"] == results["reproduction"]["rate_ci95"]
     md = (tmp_path / "dp" / "report.md").read_text()
     assert "formal upper bound, DP-SGD trade-off" in md and "audit: measured rate with 95% interval" in md
+    manifest = read_json(tmp_path / "dp" / "manifest.json")
+    y = training_labels(manifest, data_root=data_root)
     for indices, images, labels in iter_labelled_shards(tmp_path / "dp" / "samples" / "em10-seed0"):
-        assert np.array_equal(labels, indices % 2) and len(images) == len(labels)  # class i mod 2, from i alone
+        # the training set's classes: image i has the class of training image i mod N_D, from i alone
+        assert np.array_equal(labels, y[indices % len(y)]) and len(images) == len(labels)
+    for indices, images, labels in iter_labelled_shards(tmp_path / "dp" / "samples" / "em10-seed0-x_p"):
+        assert (labels == y[manifest["fingerprint"]["position"]]).all()  # x_p's own class, every time
+    own = results["reproduction_x_p"]
+    share = int((y == y[manifest["fingerprint"]["position"]]).sum())
+    assert own["conditions"] == {"mode": "x_p", "matching": share, "x_p": {"class": int(y[manifest["fingerprint"]["position"]])}}
+    assert own["expected_q"] == pytest.approx(own["n_samples"] / share)
+    assert "Sampling with x_p's own attributes" in md
     util = results["utility"]
     assert util["classes"] == 2 and util["synthetic"]["n_train"] == 24 and util["real"]["n_train"] == 8
     for name in ("synthetic", "real"):
@@ -299,7 +310,7 @@ def test_a_class_conditional_model_needs_valid_labels(tmp_path):
 
     images = np.zeros((4, 1, 28, 28), np.uint8)
     cfg = dataclasses.replace(TINY_MODEL, num_classes=2)
-    for labels, match in ((None, "needs the training images' labels"), (np.array([0, 1, 2, 0]), r"in \[0, 2\)"),
+    for labels, match in ((None, "needs the training images' classes or attributes"), (np.array([0, 1, 2, 0]), r"in \[0, 2\)"),
                           (np.array([0, 1]), "need 4 class labels")):
         with pytest.raises(DiffauditError, match=match):
             train(tmp_path / "t", images, model_cfg=cfg, train_cfg=TrainConfig(steps=1, batch_size=2), sde=SubVPSDE(),

@@ -183,6 +183,40 @@ def test_a_monai_3d_model_trained_on_the_export_is_audited_with_model(tmp_path, 
     assert results["reproduction"]["model"]["digest"] == registered["digest"]
 
 
+def test_a_monai_3d_latent_model_is_sampled_in_latent_space_and_decoded(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("einops")
+    root = _folder(tmp_path / "nifti", patients=4)
+    r = tmp_path / "run"
+    assert run(capsys, "prepare", "--run-dir", r, "--quiet", "--data", root, "--size", "16,16,16", "--patient-pattern",
+               PATTERN, "--split-ratios", "0.5,0.25,0.25")[0] == 0
+    assert run(capsys, "export", "--run-dir", r, "--quiet", "--format", "npz", "--out", tmp_path / "data")[0] == 0
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_monai_3d.py"
+    done = subprocess.run([sys.executable, str(example), "--data", str(tmp_path / "data"), "--out",
+                           str(tmp_path / "model"), "--latent", "--ae-steps", "2", "--ae-channels", "4,4",
+                           "--steps", "2", "--batch-size", "2", "--channels", "4,4", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    spec = json.loads((tmp_path / "model" / "monai.json").read_text())
+    assert spec["autoencoder"]["scale_factor"] > 0 and spec["network"]["args"]["in_channels"] == 3
+    assert run(capsys, "sample", "--run-dir", r, "--quiet", "--model", tmp_path / "model", "--n", "2", "--steps", "3")[0] == 0
+    assert run(capsys, "tprime", "--run-dir", r, "--quiet", "--detector", "nn", "--M", "2", "--steps", "4",
+               "--resolution", "0.5")[0] == 0  # partial diffusion: x_p encoded to its latent, diffused, decoded
+    results = json.loads((r / "results.json").read_text())
+    assert results["t_prime"]["model"]["format"] == "monai-latent (AutoencoderKL)"
+    from diffaudit.generate import iter_shards
+    images = np.concatenate([x for _, x in iter_shards(r / "samples" / "ddpm3-seed0")])
+    assert images.shape == (2, 1, 16, 16, 16)  # decoded from 3 x 8 x 8 x 8 latents
+    bad = json.loads((tmp_path / "model" / "monai.json").read_text())
+    bad["network"]["args"]["in_channels"] = bad["network"]["args"]["out_channels"] = 1
+    (tmp_path / "model" / "monai.json").write_text(json.dumps(bad))
+    refused(capsys, tmp_path, "--model", tmp_path / "model", "--n", "1", command="sample", run_dir=r,
+            match=["autoencoder makes 3 latent channels but the diffusion network takes 1"])
+
+
 def test_dicom_series_folders_are_volumes_and_their_bad_forms_are_refused(tmp_path, capsys):
     pytest.importorskip("pydicom")
     from test_dicom_series import write_series
@@ -213,3 +247,81 @@ def test_dicom_series_folders_are_volumes_and_their_bad_forms_are_refused(tmp_pa
     refused(capsys, tmp_path, "--data", gap, "--size", "8,8,8", "--split-ratios", "0.5,0.25,0.25",
             match=["P02", "a missing slice", "--skip-unreadable"])
     assert extra
+
+
+def test_a_medmnist_3d_file_is_prepared_as_volumes_with_its_splits_and_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        vols = np.stack([np.rint(255 * (_head(100 * len(arrays) + i, (12, 12, 12)) > 400)) for i in range(n)])
+        arrays[f"{split}_images"] = vols.astype(np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1))
+    np.savez(tmp_path / "toymnist3d.npz", **arrays)
+    r = tmp_path / "run"
+    assert run(capsys, "prepare", "--run-dir", r, "--quiet", "--data", tmp_path / "toymnist3d.npz", "--size",
+               "16,16,16", "--fit", "resize", "--saf-radius", "1.5")[0] == 0
+    manifest = load_manifest(r)
+    files = manifest["source"]["files"]
+    assert [f["file"] for f in files] == [f"{s}/{i}" for s, n in (("train", 6), ("val", 2), ("test", 3))
+                                          for i in range(n)]  # the file's own splits, kept
+    assert [f["label"] for f in files if f["split"] == "train"] == arrays["train_labels"].ravel().tolist()
+    assert manifest["preprocessing"]["reader"] == "medmnist3d" and manifest["image_shape"] == [1, 16, 16, 16]
+    assert open_data(manifest, run=r).labels("test").ravel().tolist() == arrays["test_labels"].ravel().tolist()
+    before = build_training_set(manifest)
+    (r / "data" / "volumes.npy").unlink()  # rebuilt from the file, each volume's SHA-256 checked
+    np.testing.assert_array_equal(build_training_set(load_manifest(r)), before)
+    np.savez(tmp_path / "flat.npz", train_images=np.zeros((4, 12, 12), np.uint8))
+    refused(capsys, tmp_path, "--data", tmp_path / "flat.npz", "--size", "16,16,16", run_dir=tmp_path / "flat",
+            match=["train_images is uint8 [4, 12, 12], not uint8 [N, D, H, W]", "--size S"])
+
+
+def test_a_volume_datalist_keeps_its_splits_patients_and_labels(tmp_path, capsys):
+    root = _folder(tmp_path / "nifti", patients=4)
+    names = sorted(p.name for p in root.glob("*.nii.gz"))
+    splits = {"training": names[:5], "validation": names[5:6], "test": names[6:]}
+    (root / "list.json").write_text(json.dumps({k: [{"image": n, "label": "ad" if i % 2 else "cn", "patient": n[:3]}
+                                                    for i, n in enumerate(v)] for k, v in splits.items()}))
+    r = tmp_path / "run"
+    assert run(capsys, "prepare", "--run-dir", r, "--quiet", "--data", root / "list.json", "--size", "16,16,16",
+               "--n-train", "3")[0] == 0
+    files = load_manifest(r)["source"]["files"]
+    assert [f["file"] for f in files if f["split"] == "train"] == names[:5]
+    assert {f["patient"] for f in files} == {n[:3] for n in names} and [f["label"] for f in files][:2] == [1, 0]
+    (root / "bad.csv").write_text("file,split\nP00-s0_T1.nii.gz,train\nnotes.txt,train\n")
+    refused(capsys, tmp_path, "--data", root / "bad.csv", "--size", "16,16,16", run_dir=tmp_path / "bad",
+            match=["names notes.txt, which is not a NIfTI volume"])
+
+
+def test_the_patients_split_into_fixed_halves_and_the_volume_privacy_sweep_pretrains_on_the_other(tmp_path):
+    import dataclasses
+
+    from diffaudit.audit.engine.sweep import run_privacy_sweep
+    from diffaudit.data.volumes.patients import patient_half
+    from diffaudit.presets import get_audit_preset
+
+    names = [f"P{p:02d}-s{s}" for p in range(7) for s in range(2)]
+    patients = [n[:3] for n in names]
+    public, private = patient_half(names, patients, "public"), patient_half(names, patients, "private")
+    assert sorted(public + private) == list(range(14)) and len(public) == 8  # ceil(7 / 2) patients public
+    assert not {patients[k] for k in public} & {patients[k] for k in private}  # no patient on both sides
+    assert patient_half(list(reversed(names)), list(reversed(patients)), "public") == [13 - k for k in reversed(public)]
+    root = _folder(tmp_path / "nifti", patients=8)
+    cfg = get_audit_preset("cpu-demo-3d", prepare={"data": str(root), "size": (16, 16, 16), "n_train": 3,
+                                                   "patient_pattern": PATTERN, "split_ratios": (0.5, 0.25, 0.25)},
+                           train={"steps": 2, "batch_size": 2}, sample={"n": 2, "steps": 4, "batch_size": 2},
+                           tprime={"M": 2, "steps": 4, "resolution": 0.5},
+                           nll={"n_train": 1, "n_test": 1, "x_p_repeats": 1, "rtol": 1e-2, "atol": 1e-2})
+    cfg = dataclasses.replace(cfg, control=False, fid=dataclasses.replace(
+        cfg.fid, domain=dataclasses.replace(cfg.fid.domain, steps=2, batch_size=4)))
+    out = tmp_path / "eps"
+    summary = run_privacy_sweep(out, cfg, epsilons=[20.0, None], pretrain=[True], public_dataset=None, device="cpu",
+                                progress=False, log=lambda m: None)
+    assert summary["cells"] == ["eps20-pretrained", "epsinf-pretrained"]
+    public_files = {f["patient"] for f in load_manifest(out / "public" / "data")["source"]["files"]}
+    for cell in summary["cells"]:
+        manifest = load_manifest(out / cell)
+        assert manifest["source"]["half"] == "private"
+        assert not public_files & {f["patient"] for f in manifest["source"]["files"]}  # no patient on both sides
+    dp = json.loads((out / "eps20-pretrained" / "train" / "model.json").read_text())["dp"]
+    assert dp["pretrained"].endswith("public/train") and dp["epsilon"]["prv"] <= 20.5
+    assert "private half of the patients" in (out / "report.md").read_text()

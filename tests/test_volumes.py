@@ -175,5 +175,9 @@ def test_attributes_are_read_by_scan_and_missing_rows_listed(tmp_path):
     with pytest.raises(DiffauditError, match="line 3: MRID A appears twice"):
         read_attributes(tmp_path / "twice.csv")
     (tmp_path / "nokey.csv").write_text("ID,Age\nA,1\n")
+    assert read_attributes(tmp_path / "nokey.csv") == {"A": {"Age": "1"}}  # keyed by the first column
     with pytest.raises(DiffauditError, match="has no 'MRID' column"):
-        read_attributes(tmp_path / "nokey.csv")
+        read_attributes(tmp_path / "nokey.csv", key="MRID")
+    # a scan named by its whole file name, or by its patient
+    found, _ = attributes_for(["A.nii.gz", "scan9.nii"], {"A": {"Age": "1"}, "P9": {"Age": "2"}}, ["PA", "P9"])
+    assert found == [{"Age": "1"}, {"Age": "2"}]

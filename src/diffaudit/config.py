@@ -158,9 +158,13 @@ class PrepareConfig(Checked):
     volume_index: int | None = None  # volumes: the volume of a 4D file to take; None refuses 4D files
     patient_pattern: str | None = None  # volumes: a regex with one group, the patient ID in a file name
     series: str | None = None  # volumes from DICOM folders: the SeriesInstanceUID to take where a folder holds several
+    attributes: str | None = None  # volumes: a CSV of the scans' attributes (first column: the scan), e.g. age, sex
+    condition: tuple[str, ...] = ()  # volumes: the attributes' columns the model is conditioned on (data.conditions)
+    half: str | None = None  # volumes: only the public or private half of the patients (data.volumes.patients)
 
     # added after configs were first saved: left out of the JSON at their default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern", "series")
+    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern", "series", "attributes", "condition", "half")
+    HALVES = ("public", "private")
 
     def _check(self) -> None:
         self._require("dataset", bool(self.dataset.strip()) and "/" not in self.dataset, "a MedMNIST flag, e.g. breastmnist")
@@ -193,12 +197,18 @@ class PrepareConfig(Checked):
                 self._require("size", 8 <= self.size <= MAX_IMAGE_SIZE, f"between 8 and {MAX_IMAGE_SIZE} pixels (--size)")
         if not isinstance(self.size, tuple):
             self._one_of("fit", FITS)
-            for name in ("spacing", "volume_index", "patient_pattern", "series"):
+            for name in ("spacing", "volume_index", "patient_pattern", "series", "attributes", "half"):
                 self._require(name, getattr(self, name) is None, "unset for images (it applies to volumes: --size D,H,W)")
         if self.spacing is not None:
             self._require("spacing", len(self.spacing) == 3 and all(math.isfinite(v) and v > 0 for v in self.spacing),
                           "three positive voxel sizes in mm (--spacing 2,2,2)")
         self._at_least(0, "volume_index")
+        if self.half is not None:
+            self._one_of("half", self.HALVES)
+        self._require("condition", not self.condition or self.attributes is not None,
+                      "given with --attributes FILE.csv, whose columns it names")
+        self._require("condition", all(c.strip() for c in self.condition) and len(set(self.condition)) == len(self.condition),
+                      "distinct column names of the attributes CSV (--condition-on Sex,Age)")
         self._one_of("frames", FRAMES)
         if self.window is not None:
             self._require("window", len(self.window) == 2 and self.window[1] >= 1 and all(map(math.isfinite, self.window)),
@@ -240,12 +250,13 @@ class ModelConfig(Checked):
     mid_attention: bool = False
     norm_num_groups: int = 8
     num_classes: int = 0  # > 0: class-conditional on the dataset's labels (a learned class embedding)
+    covariates: int = 0  # > 0: also conditioned on this many continuous attributes (diffusion.conditioning)
     levels: str = "auto"  # auto: levels from the image size; fixed: the listed levels at any size
     prediction: str = "eps"  # eps or v (the cpu preset's); eps is the default so that earlier model.json files read as eps
     patch: int | str = 1  # p x p patches as channels (a power of two), or "auto" (the cpu preset's)
 
     # added after configs were first saved: left out of the JSON at its default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("levels", "prediction", "patch")
+    _OMIT_AT_DEFAULT = ("levels", "prediction", "patch", "covariates")
     LEVELS = ("auto", "fixed")
     PREDICTIONS = ("eps", "v")
 
@@ -262,7 +273,7 @@ class ModelConfig(Checked):
         self._at_least(1, "layers_per_block", "norm_num_groups")
         self._require("norm_num_groups", all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
                       "a divisor of every channel count")
-        self._at_least(0, "num_classes")
+        self._at_least(0, "num_classes", "covariates")
 
 
 @dataclass(frozen=True)
@@ -337,10 +348,14 @@ class SampleConfig(Checked):
     # diffusion.precision.resolve_numerics), none, default, reduce-overhead, max-autotune
     compile: str = "auto"
     memory_format: str = "auto"  # the network's activations: auto (channels_last on a CPU), channels_last, contiguous
+    # a conditional model's conditions: auto, classes (each in turn), training (the training set's), x_p (x_p's own);
+    # data.conditions
+    condition: str = "auto"
 
     # settings added after configs were first saved: left out of the JSON at their defaults, so the stage keys and
     # sample folders of earlier runs stay valid; a folder records the compile mode and memory format it was drawn in
-    _OMIT_AT_DEFAULT = ("precision", "compile", "memory_format")
+    _OMIT_AT_DEFAULT = ("precision", "compile", "memory_format", "condition")
+    CONDITIONS = ("auto", "classes", "training", "x_p")
     MEMORY_FORMATS = ("contiguous", "channels_last")
 
     def _check(self) -> None:
@@ -351,6 +366,7 @@ class SampleConfig(Checked):
         self._one_of("precision", PRECISIONS)
         self._one_of("compile", ("auto", *COMPILE_MODES))
         self._one_of("memory_format", ("auto", *self.MEMORY_FORMATS))
+        self._one_of("condition", self.CONDITIONS)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import SampleConfig, to_dict
 from .data.prepare import load_manifest, number_of_classes
+from .diffusion.conditioning import as_condition
 from .diffusion.generative import Generative
 from .diffusion.precision import prepared, resolve_numerics
 from .errors import DiffauditError
@@ -124,16 +125,42 @@ def _sample_record(cfg: SampleConfig) -> dict:
     return record
 
 
-def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True) -> SampleConfig:
+def default_conditions(model: Generative) -> tuple[np.ndarray, dict] | None:
+    """What a conditional model samples with when no table is given: every class in turn (image i of class i mod C);
+    None for an unconditional model. A model with covariates needs a table (:func:`run_conditions`)."""
+    if getattr(model, "covariates", 0):
+        raise DiffauditError("a model conditioned on attributes samples with a table of them; sample it with "
+                             "'diffaudit sample', which reads them from the run")
+    if not model.num_classes:
+        return None
+    return np.arange(model.num_classes, dtype=np.int64), {"labels": f"index mod {model.num_classes}"}
+
+
+def run_conditions(manifest: dict, model: Generative, mode: str, data_root=None) -> tuple[np.ndarray, dict] | None:
+    """The conditions a sampling run of ``model`` on the run of ``manifest`` draws with (``SampleConfig.condition``,
+    :func:`diffaudit.data.conditions.condition_table`); None for an unconditional model."""
+    from .data.conditions import condition_table
+    from .data.prepare import training_labels
+
+    table, record = condition_table(manifest, model.num_classes, getattr(model, "covariates", 0), mode,
+                                    labels=lambda: training_labels(manifest, data_root=data_root))
+    return None if table is None else (table, record)
+
+
+def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool = True,
+                 conditions: tuple[np.ndarray, dict] | None = None) -> SampleConfig:
     """Check ``cfg`` and that ``out`` holds no samples of another model or sampling config (refused), then record
     them in ``<out>/config.json``. N and the batch size change no image, so they may differ between runs. Returns
-    ``cfg`` with its numerics settled (:func:`folder_numerics`)."""
+    ``cfg`` with its numerics settled (:func:`folder_numerics`). ``conditions``: the table a conditional model samples
+    with (default: :func:`default_conditions`)."""
     _check_config(cfg, model)
     cfg = folder_numerics(out, model, cfg)
-    num_classes, shape = model.num_classes, model.image_shape
+    shape = model.image_shape
+    if conditions is None:
+        conditions = default_conditions(model)
     record = json.loads(json.dumps(  # tuples -> lists, as read back from config.json
         {"sample": _sample_record(cfg), **model.record(), "image_shape": list(shape), "model": model.model_id,
-         **({"labels": f"index mod {num_classes}"} if num_classes else {})}))
+         **(conditions[1] if conditions is not None else {})}))
     existing_artefact(Path(out) / "config.json", record, what="samples", ignore=("sample.n", "sample.batch_size"),
                       fix="choose another --name")
     if write:
@@ -141,7 +168,8 @@ def claim_folder(out: Path, model: Generative, cfg: SampleConfig, *, write: bool
     return cfg
 
 
-def _compile_failed(out: Path, model: Generative, cfg: SampleConfig, err: Exception, *, rank: int) -> SampleConfig:
+def _compile_failed(out: Path, model: Generative, cfg: SampleConfig, err: Exception, *, rank: int,
+                    conditions: tuple[np.ndarray, dict] | None = None) -> SampleConfig:
     """torch.compile failed at the run's first call: sample uncompiled (one warning line) when the folder holds no
     compiled images yet, else refuse (a folder is drawn in one mode)."""
     why = " ".join(str(err).split())[:200] or type(err).__name__
@@ -152,7 +180,7 @@ def _compile_failed(out: Path, model: Generative, cfg: SampleConfig, err: Except
     cfg = dataclasses.replace(cfg, compile="none")
     if rank == 0:
         (Path(out) / "config.json").unlink(missing_ok=True)  # it named the compiled mode; no image was drawn in it
-        claim_folder(out, model, cfg)
+        claim_folder(out, model, cfg, conditions=conditions)
     return cfg
 
 
@@ -165,6 +193,7 @@ def generate_shards(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    conditions: tuple[np.ndarray, dict] | None = None,
 ) -> Path:
     """Sample ``cfg.n`` images into shards under ``out_dir``; finished shards are kept. Returns ``out_dir``.
 
@@ -173,14 +202,18 @@ def generate_shards(
     have made, since it depends only on (seed, index). The caller then waits for all processes and calls
     :func:`finish_shards` once.
 
-    A class-conditional model (``model.num_classes`` > 0) draws image i of class i mod num_classes (balanced, and still
-    a function of i alone); its shards also hold ``labels``. ``config.json`` records the model's digest and what its
+    A conditional model draws image i with row i mod K of the ``conditions`` table (default: every class in turn, i mod
+    num_classes; :func:`run_conditions` reads the others from the run), so image i is still a function of i alone; its
+    shards also hold the ``labels`` (class labels, or condition rows) each image was drawn with. ``config.json`` records the model's digest and what its
     samples depend on (its SDE, or its scheduler)."""
     if not 0 <= rank < world:
         raise DiffauditError(f"process rank {rank} is outside a world of {world} processes")
     out = Path(out_dir)
-    cfg = claim_folder(out, model, cfg, write=False)  # checked first; config.json is written once sampling can start
-    num_classes = model.num_classes
+    if conditions is None:
+        conditions = default_conditions(model)
+    # checked first; config.json is written once sampling can start
+    cfg = claim_folder(out, model, cfg, write=False, conditions=conditions)
+    table = None if conditions is None else np.asarray(conditions[0])
     options = {"snr": cfg.snr, "corrector_steps": cfg.corrector_steps} if cfg.sampler == "pc" else {}
 
     n_shards = -(-cfg.n // cfg.shard_size)
@@ -194,7 +227,7 @@ def generate_shards(
     nfe = model.nfe(cfg.sampler, cfg.steps, corrector_steps=cfg.corrector_steps)
     network = prepared(model, cfg.compile, cfg.memory_format) if todo else model
     if rank == 0:
-        claim_folder(out, model, cfg)
+        claim_folder(out, model, cfg, conditions=conditions)
     first = cfg.compile != "none"  # a compile that fails does so at the first call
     bar = tqdm(total=sum(len(e) for _, e in todo), disable=not progress or not todo, unit="img",
                desc=f"sample ({cfg.sampler}, {nfe} NFE)", dynamic_ncols=True)
@@ -206,7 +239,7 @@ def generate_shards(
             # every call runs a full batch (a short last batch is padded with the following indices, then dropped):
             # the kernels see one batch shape, so image i is the same bits whatever N is
             idx = list(range(int(expected[lo]), int(expected[lo]) + batch))
-            y = torch.tensor([i % num_classes for i in idx], device=device) if num_classes else None
+            y = None if table is None else as_condition(table[np.asarray(idx) % len(table)], device)
             draw = dict(indices=idx, seed=cfg.seed, sampler=cfg.sampler, steps=cfg.steps, eps=cfg.eps, class_labels=y,
                         device=device, precision=cfg.precision, **options)
             try:
@@ -216,12 +249,12 @@ def generate_shards(
             except Exception as err:  # noqa: BLE001 - whatever torch.compile raised
                 if not first:
                     raise
-                cfg = _compile_failed(out, model, cfg, err, rank=rank)
+                cfg = _compile_failed(out, model, cfg, err, rank=rank, conditions=conditions)
                 network = prepared(model, cfg.compile, cfg.memory_format)
                 chunks.append(network.generate(**draw)[:keep])
             first = False
             bar.update(keep)
-        labels = {"labels": expected % num_classes} if num_classes else {}
+        labels = {} if table is None else {"labels": table[expected % len(table)]}
         save_npz(shard_path(out, k), images=np.concatenate(chunks), indices=expected, **labels)
     bar.close()
     if world == 1:
@@ -276,8 +309,9 @@ def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "
         net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                         num_classes=classes, device=str(procs.device),
                         check=lambda m: claim_folder(out, m, cfg, write=False))  # before a model given is registered
+    conditions = run_conditions(manifest, net, cfg.condition, data_root)
     generate_shards(out, net, cfg, device=procs.device, progress=progress and procs.main, rank=procs.rank,
-                    world=procs.world)
+                    world=procs.world, conditions=conditions)
     if procs.world > 1:
         procs.barrier()
         if procs.main:

@@ -148,7 +148,7 @@ def audit_options(p: argparse.ArgumentParser) -> None:
 # ---- the data options ----------------------------------------------------------------------------------
 #: the PrepareConfig fields the data options set, each under its own name (None: not given)
 DATA_FIELDS = ("data", "data_format", "size", "fit", "window", "slice", "frames", "labels", "split_ratios",
-               "skip_unreadable", "spacing", "volume_index", "patient_pattern", "series")
+               "skip_unreadable", "spacing", "volume_index", "patient_pattern", "series", "attributes", "condition", "half")
 #: the SAF options (their dests; --saf-radius may set saf_size instead of saf_radius)
 SAF_OPTIONS = ("saf_radius", "saf_width", "saf_intensity", "saf_contrast")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -170,6 +170,14 @@ def _length(text: str, *, percent: bool) -> Length:
         raise argparse.ArgumentTypeError(f"takes {forms}, got '{text}'")
     value = float(m.group(1))
     return Length(None, value / 100) if m.group(2) == "%" else Length(value, None)
+
+
+def columns(text: str) -> tuple[str, ...]:
+    """``Sex,Age`` -> ("Sex", "Age")."""
+    names = tuple(c.strip() for c in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"takes column names separated by commas (Sex,Age), got '{text}'")
+    return names
 
 
 def saf_radius(text: str) -> Length:
@@ -270,6 +278,18 @@ def data_options(p: argparse.ArgumentParser, *, size: bool = True) -> None:
     v.add_argument("--patient-pattern", default=None, metavar="REGEX",
                    help="a regular expression with one group that finds the patient ID in a file name, e.g. "
                         "'^(IXI\\d{3})', so a patient's volumes stay in one split (default: one patient per file)")
+    v.add_argument("--attributes", default=None, metavar="FILE.csv",
+                   help="a CSV of the scans' attributes (e.g. IXI_Demog_n181.csv: MRID,Age,Sex), its first column "
+                        "naming each scan (the file name up to the first '_', or without extension, or the patient); "
+                        "a path, or a file name inside --data")
+    v.add_argument("--half", default=None, choices=("public", "private"),
+                   help="only the public or the private half of the patients (a fixed draw of their IDs, the same for "
+                        "every run of the data): pretrain on one, audit the other (default: all)")
+    v.add_argument("--condition-on", dest="condition", type=columns, default=None, metavar="COL[,COL...]",
+                   help="with --attributes: condition the score model on these columns (at most one categorical, "
+                        "e.g. Sex, as a class embedding; numeric ones, e.g. Age, as covariates); volumes without a "
+                        "value are left out. The audit then counts x_p's copies sampled with the training set's "
+                        "attributes and with x_p's own")
 
 
 def saf_options(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ from .options import ALL_SAMPLERS, Formatter, _example, common, model_options, n
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from ..generate import claim_folder, sample_run
+    from ..data.prepare import load_manifest
+    from ..generate import claim_folder, run_conditions, sample_run
 
     run = Path(args.run_dir)
     if args.name is not None:
@@ -25,7 +26,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     flags = dict(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                  shard_size=args.shard_size, precision=args.precision, compile=args.compile,
-                 memory_format=args.memory_format)
+                 memory_format=args.memory_format, condition=args.condition)
     override(base, **flags)  # the flags' types and ranges, before the model is loaded
     if args.sequential and args.detector == "classifiers":  # its detectors too, before a model given is registered
         from ..adversary.stage import load_detectors
@@ -37,7 +38,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         that folder (before a model given with --model is registered; nothing is written)."""
         cfg = override(override(base, **_model_defaults(net)), **flags)
         name = args.name if args.name is not None else f"{cfg.sampler}{cfg.steps}-seed{cfg.seed}"
-        claim_folder(run / "samples" / name, net, cfg, write=False)
+        claim_folder(run / "samples" / name, net, cfg, write=False,
+                     conditions=run_conditions(load_manifest(run), net, cfg.condition, args.data_root))
         if args.sequential:
             from ..audit.count.sequential import check_sequential_folder
 
@@ -54,7 +56,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         _say(f"{r['n_samples']} of at most {cfg.n} samples under {run / 'samples' / name}; 'diffaudit count "
              f"--samples {name}' reports the anytime-valid interval")
         return
-    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet, net=net)
+    out = sample_run(run, name, cfg, device=args.device, progress=not args.quiet, net=net, data_root=args.data_root)
     _say(f"{cfg.n} samples in shards under {out} (grid: {out / 'grid.png'})")
 
 
@@ -77,6 +79,11 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", type=int, default=None)
     p.add_argument("--name", default=None, help="sub-folder under samples/ (default: <sampler><steps>-seed<seed>)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="sampling defaults")
+    p.add_argument("--condition", default=None, choices=SampleConfig.CONDITIONS,
+                   help="a conditional model's conditions: classes (each in turn; the default for a class-conditional "
+                        "model), training (the training set's classes or attributes, as often as they occur; the "
+                        "default for a model conditioned on attributes), x_p (x_p's own: what an attacker who knows "
+                        "the patient's attributes draws)")
     p.add_argument("--sequential", action="store_true",
                    help="draw and count one shard at a time and stop when an anytime-valid interval settles the "
                         "question (--n is then the most to draw); needs the run's detectors")

@@ -169,7 +169,7 @@ class Codec:
 
     encode: Callable[[torch.Tensor], torch.Tensor]
     decode: Callable[[torch.Tensor], torch.Tensor]
-    latent_shape: tuple[int, int, int]
+    latent_shape: tuple[int, ...]
     kind: str = "latent"
 
 

@@ -63,10 +63,11 @@ class ContinuousModel:
     continuous = True
 
     def __init__(self, score_fn: Callable, sde: SDE, *, image_shape: tuple[int, int, int], num_classes: int = 0,
-                 model_id: str = "", described: dict | None = None) -> None:
+                 model_id: str = "", described: dict | None = None, covariates: int = 0) -> None:
         self.score_fn, self.sde, self.T = score_fn, sde, sde.T
         self.image_shape = tuple(int(v) for v in image_shape)
         self.num_classes, self.model_id = int(num_classes), model_id
+        self.covariates = int(covariates)
         self.described = dict(described or {})
 
     def check_sampler(self, sampler: str) -> None:
@@ -108,13 +109,22 @@ class ContinuousModel:
         return {"sde": self.sde.to_dict()}
 
     def describe(self) -> dict:
-        return {"kind": "continuous", "sde": self.sde.to_dict(), "num_classes": self.num_classes, **self.described}
+        return {"kind": "continuous", "sde": self.sde.to_dict(), "num_classes": self.num_classes,
+                **({"covariates": self.covariates} if self.covariates else {}), **self.described}
 
 
-def labels_for(model: Generative, label: int | None, n: int, device: torch.device | str) -> torch.Tensor | None:
-    """One class label for a batch of ``n`` images of a class-conditional ``model`` (None for an unconditional one)."""
+def is_conditional(model: Generative) -> bool:
+    """Whether ``model`` is conditioned on a class or on attributes (:mod:`.conditioning`)."""
+    return bool(model.num_classes or getattr(model, "covariates", 0))
+
+
+def labels_for(model: Generative, label, n: int, device: torch.device | str) -> torch.Tensor | None:
+    """One condition for a batch of ``n`` images of a conditional ``model``: a class label (int) or a condition row
+    (a sequence of floats, for a model with covariates); None for an unconditional one."""
     if label is None:
-        if model.num_classes:
-            raise DiffauditError("a class-conditional model needs the class to sample from")
+        if is_conditional(model):
+            raise DiffauditError("a conditional model needs the class or attributes to sample with")
         return None
-    return torch.full((n,), int(label), dtype=torch.long, device=device)
+    if np.ndim(label) == 0:
+        return torch.full((n,), int(label), dtype=torch.long, device=device)
+    return torch.as_tensor(np.asarray(label, dtype=np.float32), device=device).reshape(1, -1).repeat(n, 1)

@@ -11,6 +11,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import DiffauditError
 from . import unet, unet3d
+from .conditioning import attach
 
 
 def is_volume(image_shape: Sequence[int]) -> bool:
@@ -43,7 +44,13 @@ def resolve(cfg: ModelConfig, image_shape: Sequence[int]) -> ModelConfig:
 
 
 def build_network(cfg: ModelConfig, image_shape: Sequence[int]) -> torch.nn.Module:
-    """The noise-predicting network of ``cfg`` for ``image_shape`` (unseeded: the caller seeds)."""
+    """The noise-predicting network of ``cfg`` for ``image_shape`` (unseeded: the caller seeds); with covariates, its
+    class embedding is the attribute embedding of :mod:`.conditioning`."""
     if is_volume(image_shape):
-        return unet3d.build_unet3d(cfg, channels=int(image_shape[0]), shape=tuple(image_shape[1:]))
-    return unet.build_unet(cfg, channels=int(image_shape[0]), size=_square(image_shape))
+        net = unet3d.build_unet3d(cfg, channels=int(image_shape[0]), shape=tuple(image_shape[1:]))
+        inner = net.net
+    else:
+        net = inner = unet.build_unet(cfg, channels=int(image_shape[0]), size=_square(image_shape))
+    if cfg.covariates:
+        attach(inner, cfg)
+    return net

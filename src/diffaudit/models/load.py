@@ -274,7 +274,7 @@ def _diffaudit_model(folder: Path, image_shape, device) -> ContinuousModel:
         raise DiffauditError(f"{folder}'s model makes {meta['image_shape']} images but the run's are {list(image_shape)}")
     files = [folder / "model.safetensors"]
     return ContinuousModel(model, model.sde, image_shape=image_shape, num_classes=meta["model"].get("num_classes", 0),
-                           model_id=digest(files, meta["sde"]),
+                           covariates=meta["model"].get("covariates", 0), model_id=digest(files, meta["sde"]),
                            described={"format": "diffaudit", "path": str(folder), "n_params": meta.get("n_params")})
 
 
@@ -443,21 +443,78 @@ def _monai(folder: Path, *, image_shape, num_classes, scheduler, prediction_type
     else:
         sched, default_sampler = _monai_scheduler(spec)
         source = f"{folder / 'monai.json'}: scheduler"
+    if spec.get("autoencoder") is not None:  # before any weights are read
+        _check_latent(_object(spec["autoencoder"], "monai.json: autoencoder"), args)
     path = _monai_weights(folder, spec)
     net = _built(lambda: DiffusionModelUNet(**args), path, "monai.json: DiffusionModelUNet with its args")
     net = _MonaiNet(net.eval().requires_grad_(False)).to(device)
-    # a 2D model's size is the run's (its side is not in its args); a volume model works on the run's volumes as is
-    sides = (image_shape[1],) * 2 if args["spatial_dims"] == 2 else tuple(image_shape[1:])
     if args["spatial_dims"] == 3 and len(image_shape) != 4:
         raise DiffauditError("monai.json: the model is a 3D network (spatial_dims 3) but the run's are 2D images; audit "
                              "it in a run prepared from volumes (--size D,H,W)")
     if args["spatial_dims"] == 2 and len(image_shape) == 4:
         raise DiffauditError("monai.json: the model is a 2D network (spatial_dims 2) but the run's are volumes; audit it "
                              "in a run prepared from images")
-    return _discrete(net, {"num_class_embeds": args.get("num_class_embeds")}, sched, default_sampler, files=[path],
-                     image_shape=image_shape, num_classes=num_classes, prediction_type=prediction_type, codec=None,
-                     pixel_shape=(int(args["in_channels"]), *sides), fmt="monai", path=folder,
-                     default_steps=50 if default_sampler == "ddim" else None, source=source)
+    # a 2D model's size is the run's (its side is not in its args); a volume model works on the run's volumes as is
+    sides = (image_shape[1],) * 2 if args["spatial_dims"] == 2 else tuple(image_shape[1:])
+    files, codec, channels, fmt = [path], None, int(args["in_channels"]), "monai"
+    if spec.get("autoencoder") is not None:
+        codec, ae_path, channels = _monai_autoencoder(folder, spec["autoencoder"], args, sides, device)
+        files.append(ae_path)
+        fmt = "monai-latent (AutoencoderKL)"
+    return _discrete(net, {"num_class_embeds": args.get("num_class_embeds")}, sched, default_sampler, files=files,
+                     image_shape=image_shape, num_classes=num_classes, prediction_type=prediction_type, codec=codec,
+                     pixel_shape=(channels, *sides), fmt=fmt, path=folder,
+                     default_steps=50 if default_sampler == "ddim" or codec is not None else None, source=source)
+
+
+def _check_latent(spec: dict, unet_args: dict) -> tuple[dict, int, float, tuple[float, float]]:
+    """``monai.json``'s ``autoencoder`` checked against the diffusion network's args: (its args, latent channels,
+    scale factor, pixel range)."""
+    if spec.get("class", "AutoencoderKL") != "AutoencoderKL":
+        raise DiffauditError(f"monai.json: autoencoder class {spec.get('class')!r} is not supported; use AutoencoderKL")
+    args = dict(_object(spec.get("args", {}), "monai.json: autoencoder.args"))
+    if args.get("spatial_dims") != unet_args["spatial_dims"]:
+        raise DiffauditError(f"monai.json: the autoencoder's spatial_dims {args.get('spatial_dims')!r} is not the "
+                             f"diffusion network's ({unet_args['spatial_dims']})")
+    latent = args.get("latent_channels", 3)
+    if latent != unet_args["in_channels"]:
+        raise DiffauditError(f"monai.json: the autoencoder makes {latent} latent channels but the diffusion network "
+                             f"takes {unet_args['in_channels']}; they must be the same")
+    scale, span = spec.get("scale_factor", 1.0), spec.get("pixel_range", [0.0, 1.0])
+    numbers = lambda *v: all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)  # noqa: E731
+    if (not numbers(scale) or not scale > 0 or not isinstance(span, list) or len(span) != 2 or not numbers(*span)
+            or not span[1] > span[0]):
+        raise DiffauditError("monai.json: autoencoder.scale_factor must be a positive number and pixel_range [low, high] "
+                             "with low < high (MONAI's tutorials: [0, 1])")
+    return args, int(latent), float(scale), (float(span[0]), float(span[1]))
+
+
+def _monai_autoencoder(folder: Path, spec: dict, unet_args: dict, sides: tuple[int, ...],
+                       device) -> tuple[Codec, Path, int]:
+    """A MONAI latent model's ``AutoencoderKL`` (``monai.json`` ``autoencoder``: its class, args, weights,
+    ``scale_factor`` and ``pixel_range``) as the codec of the diffusion network, checked against it and the run's
+    sides; returns (the codec, its weights file, the pixel channels)."""
+    from monai.networks.nets import AutoencoderKL
+
+    args, latent, scale, (low, high) = _check_latent(spec, unet_args)
+    weights = _monai_weights(folder, {"weights": spec.get("weights", "autoencoder.safetensors")})
+    ae = _built(lambda: AutoencoderKL(**args), weights, "monai.json: AutoencoderKL with its args")
+    ae = ae.eval().requires_grad_(False).to(device)
+    halvings = len(args.get("channels", (32, 64, 64, 64))) - 1  # each level but the last halves every side
+    factor = 2 ** halvings
+    if any(side % factor for side in sides):
+        raise DiffauditError(f"the autoencoder halves every side {halvings} times, so the run's sides {'x'.join(map(str, sides))} must be multiples of {factor}; "
+                             "prepare the data at such a --size")
+    span = (high - low) / 2.0
+
+    def encode(x: torch.Tensor) -> torch.Tensor:  # model-space pixels [-1, 1] -> the autoencoder's range -> latents
+        return ae.encode((x + 1) * span + low)[0] * scale
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return (ae.decode(z / scale) - low) / span - 1
+
+    latent_shape = (int(latent), *(side // factor for side in sides))
+    return Codec(encode=encode, decode=decode, latent_shape=latent_shape, kind="vae"), weights, int(args.get("in_channels", 1))
 
 
 def _monai_spec(folder: Path) -> dict:

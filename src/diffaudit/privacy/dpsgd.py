@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..config import ACCOUNTANTS, DP_FINETUNE, DPConfig, ModelConfig, TrainConfig, to_dict
 from ..device import resolve_device
+from ..diffusion.conditioning import check_conditions
 from ..diffusion.score import ScoreModel
 from ..diffusion.sde import SDE
 from ..diffusion.networks import resolve
@@ -50,7 +51,6 @@ from ..training.loop import (
     Stream,
     append_log,
     check_images,
-    check_labels,
     dsm_draws,
     init_model,
     log_row,
@@ -158,7 +158,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
                              "not split across data-parallel ranks; start it without accelerate launch/torchrun")
     n, *image_shape = check_images(images)
     q = check_dp_config(dp, n, train_cfg.batch_size)
-    y_all = check_labels(labels, n, model_cfg.num_classes)
+    y_all = check_conditions(labels, n, model_cfg)
     model_cfg = resolve(model_cfg, image_shape)  # the shape the images' size resolves (recorded as built)
     record = json.loads(json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "sde": sde.to_dict(),
                                     "image_shape": list(image_shape), "data": data_id, "dp_config": to_dict(dp),

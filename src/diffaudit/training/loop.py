@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..device import resolve_device
+from ..diffusion.conditioning import check_conditions
 from ..diffusion.losses import dsm_loss
 from ..diffusion.score import SIGMA_DATA, ScoreModel, with_labels
 from ..diffusion.sde import SDE, sde_from_dict
@@ -238,11 +239,12 @@ def train(
     ``data_id`` names the training set (the manifest's hash) so a run cannot silently continue on other data.
     An existing finished run with the same config is returned as is; a different config is refused; an
     unfinished run is continued only with ``resume``. ``callback(step, loss)`` runs after every step. A
-    class-conditional model (``model_cfg.num_classes`` > 0) needs the images' ``labels`` (int [N]). ``init_from``
+    conditional model (``model_cfg.num_classes`` or ``covariates`` > 0) needs the images' ``labels``: int [N] classes, or
+    the condition rows of :mod:`diffaudit.diffusion.conditioning`. ``init_from``
     (a train/ folder) starts from that model's weights, e.g. one pretrained on public data."""
     train_dir = Path(train_dir)
     n, *image_shape = check_images(images)
-    y_all = check_labels(labels, n, model_cfg.num_classes)
+    y_all = check_conditions(labels, n, model_cfg)
     model_cfg = resolve(model_cfg, image_shape)  # levels and patch "auto": sized to the images; recorded as resolved
     record = _train_record(model_cfg, train_cfg, sde, tuple(image_shape), data_id)
     if init_from is not None:
@@ -339,18 +341,6 @@ def train(
         save_model(train_dir, ema, record, steps=train_cfg.steps)
     procs.barrier()
     return final
-
-
-def check_labels(labels: np.ndarray | None, n: int, num_classes: int) -> torch.Tensor | None:
-    """The class labels of a conditional model's training images as int64 [n]; None for an unconditional one."""
-    if num_classes == 0:
-        return None
-    if labels is None:
-        raise DiffauditError("a class-conditional model needs the training images' labels")
-    y = np.asarray(labels).reshape(-1)
-    if len(y) != n or y.min() < 0 or y.max() >= num_classes:
-        raise DiffauditError(f"need {n} class labels in [0, {num_classes}), got {len(y)} in [{y.min()}, {y.max()}]")
-    return torch.from_numpy(y.astype(np.int64))
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -48,7 +48,7 @@ from ...config import SampleConfig
 from ...diffusion.generative import Generative
 from ...diffusion.precision import compiled
 from ...errors import DiffauditError
-from ...generate import claim_folder, generate_shards, read_shard, shard_path
+from ...generate import claim_folder, generate_shards, read_shard, run_conditions, shard_path
 from ...images import save_grid
 from ...io import read_json, write_json
 
@@ -121,7 +121,8 @@ def looks_of(positives: list[int], n: int, shard_size: int) -> tuple[list[int], 
 
 def sequential_sample(out: str | Path, model: Generative, cfg: SampleConfig, detectors: dict[str, Detector], *,
                       n_train: int, target_rate: float | None = None, alpha: float = 0.05, detector: str = "",
-                      device="cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                      device="cpu", progress: bool = True, log: Callable[[str], None] = print,
+                      conditions=None) -> dict:
     """Draw ``cfg.shard_size`` images at a time into ``out`` (as :func:`~diffaudit.generate.generate_shards`), count
     them with ``detectors`` (q = all positive) and stop when :func:`decide` says so or at ``cfg.n``; write and return
     ``<out>/sequential.json``. Shards already in ``out`` are replayed, not redrawn."""
@@ -130,7 +131,8 @@ def sequential_sample(out: str | Path, model: Generative, cfg: SampleConfig, det
     if not 0 < alpha < 1:
         raise DiffauditError(f"alpha must be in (0, 1), got {alpha}")
     out, p0, size = Path(out), 1.0 / n_train, cfg.shard_size
-    claim_folder(out, model, cfg)  # shards already there are replayed only if this model and config made them
+    # shards already there are replayed only if this model and config made them
+    claim_folder(out, model, cfg, conditions=conditions)
     model = compiled(model, cfg.compile)  # once, not once per shard
     k = n = 0
     looks: list[dict] = []
@@ -143,7 +145,8 @@ def sequential_sample(out: str | Path, model: Generative, cfg: SampleConfig, det
         if path.exists():
             fresh = not np.array_equal(read_shard(path)["indices"], expected)
         if fresh:  # draws shard s only: the ones before it are there
-            generate_shards(out, model, dataclasses.replace(cfg, n=int(expected[-1]) + 1), device=device, progress=False)
+            generate_shards(out, model, dataclasses.replace(cfg, n=int(expected[-1]) + 1), device=device, progress=False,
+                            conditions=conditions)
         images = read_shard(path)["images"]
         flags = np.logical_and.reduce([call_detector(d, images, name) for name, d in detectors.items()])
         k, n = k + int(flags.sum()), n + len(images)
@@ -190,7 +193,8 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     _say_detectable(run, cfg.n, manifest["n_train"], alpha, target_rate, log)
     return sequential_sample(run / "samples" / name, net, cfg, detectors, n_train=manifest["n_train"],
                              target_rate=target_rate, alpha=alpha, detector=detector, device=resolve_device(device),
-                             progress=progress, log=log)
+                             progress=progress, log=log,
+                             conditions=run_conditions(manifest, net, cfg.condition, data_root))
 
 
 def _say_detectable(run: Path, max_n: int, n_train: int, alpha: float, target_rate: float | None,

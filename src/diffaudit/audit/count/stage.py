@@ -14,7 +14,8 @@ import numpy as np
 
 from ...adversary.roc import threshold_for_fpr
 from ...adversary.stage import AuditData, make_detectors, roc_of
-from ...data.prepare import load_manifest
+from ...data.conditions import matching, raw_attributes, training_conditions
+from ...data.prepare import load_manifest, training_labels
 from ...errors import DiffauditError
 from ...generate import iter_shards
 from ...io import read_json, run_relative
@@ -66,6 +67,24 @@ def _check_control(folder: Path, manifest: dict, log: Callable[[str], None]) -> 
                              "--dataset, --n-train and --seed and --no-fingerprint, then train and sample")
 
 
+def conditioned_on(folder: Path, manifest: dict, data_root=None) -> dict | None:
+    """What a conditional model's samples in ``folder`` were drawn with (its ``config.json``): the mode (classes,
+    training or x_p), and N_match, the training images full memorisation chooses among: N_D, or for x_p's own
+    conditions those sharing them (x_p among them). None for an unconditional model's samples."""
+    record = read_json(folder / "config.json")
+    if "conditions" not in record and "labels" not in record:
+        return None
+    mode = (record.get("conditions") or {}).get("mode", "classes")
+    out = {"mode": mode, "matching": manifest["n_train"]}
+    if mode == "x_p":
+        rows = training_conditions(manifest, lambda: training_labels(manifest, data_root=data_root))
+        out["matching"] = matching(rows, rows[manifest["fingerprint"]["position"]])
+        out["x_p"] = raw_attributes(manifest, manifest["fingerprint"]["position"])
+        if out["x_p"] is None:
+            out["x_p"] = {"class": int(rows[manifest["fingerprint"]["position"]])}
+    return out
+
+
 def at_target_fpr(detectors: dict, negatives, target: float) -> dict:
     """Set each classifier's threshold so that it flags at most ``target`` of ``negatives`` (the held-out real test
     images), and return the false positives of each and of q at those thresholds."""
@@ -85,7 +104,11 @@ def at_target_fpr(detectors: dict, negatives, target: float) -> dict:
 
 def run_count(run: Path, *, samples: str | None = None, detector: str = "classifiers", control_samples: str | None = None,
               data_root=None, device: str = "auto", keep: int = 64, progress: bool = True,
-              log: Callable[[str], None] = print, target_fpr: float | None = None) -> dict:
+              log: Callable[[str], None] = print, target_fpr: float | None = None,
+              section_name: str = "reproduction") -> dict:
+    """Count x_p's reproductions among the samples of ``samples`` (and false positives among ``control_samples``)
+    into results.json's ``section_name``. Samples a conditional model drew with x_p's own class or attributes are
+    tested against full memorisation among the training images that share them (1 / N_match, not 1 / N_D)."""
     manifest = load_manifest(run)
     audit = AuditData(manifest, data_root)
     folder = _with_shards(find_samples(run, samples))
@@ -122,17 +145,21 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
             images = np.concatenate([x for _, x in iter_shards(control)])
             rates["roc_control_samples"] = roc_of(detectors, images, audit, seed=detectors["c_p"].meta["config"]["seed"])
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
-    section = reproduction_section(count, manifest["n_train"], detectors=described, rates=rates,
+    drawn_with = conditioned_on(folder, manifest, data_root)
+    n_match = drawn_with["matching"] if drawn_with else manifest["n_train"]
+    section = reproduction_section(count, n_match, detectors=described, rates=rates,
                                    samples=run_relative(run, folder),
                                    figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
     section["model"] = samples_model(folder)
+    if drawn_with:
+        section["conditions"] = drawn_with
     if seq is not None:  # the anytime-valid interval and p-value replace the fixed-N ones
         fixed = {k: section[k] for k in ("p_value", "rate_ci95", "rate_upper95")}
         section.update(sequential_fields(seq, count.q, count.n, manifest["n_train"], fixed))
-    sections = {"reproduction": section}
+    sections = {section_name: section}
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None
-    if dp is not None and detector == "classifiers":
+    if dp is not None and detector == "classifiers" and section_name == "reproduction":
         sections["privacy"] = privacy_section(dp, section)
     update_results(run, manifest, **sections)
     return section

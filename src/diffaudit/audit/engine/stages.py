@@ -30,7 +30,9 @@ import numpy as np
 
 from ...adversary.classifiers import ARCHS
 from ...adversary.stage import train_classifiers
-from ...config import MIN_N_TRAIN, SAF_SHAPES, AuditConfig, DPConfig, ModelConfig, TrainConfig, audit_from_dict
+from ...config import (MIN_N_TRAIN, SAF_SHAPES, AuditConfig, DPConfig, ModelConfig, SampleConfig, TrainConfig,
+                      audit_from_dict)
+from ...data.conditions import conditioned_model, training_conditions
 from ...data.medmnist import MedMNISTFile
 from ...data.prepare import build_training_set, load_manifest, prepare_run, training_labels
 from ...diffusion.discrete import scheduler_class
@@ -167,6 +169,22 @@ class Context:
         s = self.cfg.sample
         return f"{s.sampler}{s.steps}-seed{s.seed}"
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the audit trains a conditional model (classes, or --condition-on attributes) and so also samples
+        it with x_p's own conditions."""
+        c = self.cfg
+        return c.external is None and bool(c.model.num_classes or c.prepare.condition)
+
+    @property
+    def sample_cfg(self) -> SampleConfig:
+        """The sampling config of the main samples: a conditional model's drawn with the training set's conditions."""
+        s = self.cfg.sample
+        return dataclasses.replace(s, condition="training") if self.conditional and s.condition == "auto" else s
+
+
+X_P_SAMPLES = "{}-x_p"  # the samples a conditional model draws with x_p's own class or attributes
+
 
 def _prepare(ctx: Context) -> dict:
     m = prepare_run(ctx.run, ctx.cfg.prepare, data_root=ctx.data_root, log=ctx.log, progress=ctx.progress)
@@ -192,11 +210,14 @@ def fit_score_model(train_dir: Path, images: np.ndarray, *, labels: np.ndarray |
 def train_run(run: Path, *, model_cfg: ModelConfig, train_cfg: TrainConfig, sde: SDE, dp: DPConfig | None = None,
               pretrained: str | None = None, resume: bool = True, data_root: str | None = None, device: str = "auto",
               progress: bool = True) -> dict:
-    """Train the score model of ``run`` on its prepared set (class-conditional when ``model_cfg.num_classes``):
-    the one way every command trains a run's model."""
+    """Train the score model of ``run`` on its prepared set (class-conditional when ``model_cfg.num_classes``,
+    conditioned on the run's ``--condition`` attributes when it has them): the one way every command trains a run's
+    model."""
     manifest = load_manifest(run)
     images = build_training_set(manifest, data_root=data_root)
-    labels = training_labels(manifest, data_root=data_root) if model_cfg.num_classes else None
+    model_cfg = conditioned_model(model_cfg, manifest)
+    labels = (training_conditions(manifest, lambda: training_labels(manifest, data_root=data_root))
+              if model_cfg.num_classes or model_cfg.covariates else None)
     return fit_score_model(run / "train", images, labels=labels, model_cfg=model_cfg, train_cfg=train_cfg, sde=sde,
                            dp=dp, pretrained=pretrained, data_id=config_hash(manifest), resume=resume, device=device,
                            progress=progress)
@@ -234,8 +255,13 @@ def _classifiers(ctx: Context) -> dict:
 def _sample(ctx: Context) -> dict:
     if ctx.cfg.sequential is not None:
         return {"skipped": "sequential: the count stage draws shards until it is decided"}
-    sample_run(ctx.run, ctx.samples_name, ctx.cfg.sample, device=ctx.device, progress=ctx.progress)
-    return {"n": ctx.cfg.sample.n}
+    sample_run(ctx.run, ctx.samples_name, ctx.sample_cfg, device=ctx.device, progress=ctx.progress,
+               data_root=ctx.data_root)
+    if not ctx.conditional:
+        return {"n": ctx.cfg.sample.n}
+    sample_run(ctx.run, X_P_SAMPLES.format(ctx.samples_name), dataclasses.replace(ctx.cfg.sample, condition="x_p"),
+               device=ctx.device, progress=ctx.progress, data_root=ctx.data_root)
+    return {"n": ctx.cfg.sample.n, "n_x_p": ctx.cfg.sample.n}
 
 
 CONTROL = "control"  # <run>/control/: the control run (prepare --no-fingerprint, same settings) of an audit
@@ -257,7 +283,8 @@ def _control(ctx: Context) -> dict:
         return {"n": c.sample.n, "samples": f"{CONTROL}/samples/{ctx.samples_name}", "model": m.path}
     train_run(folder, model_cfg=c.model, train_cfg=c.train, sde=make_sde(c.sde), dp=c.dp, pretrained=c.pretrained,
               data_root=ctx.data_root, device=ctx.device, progress=ctx.progress)
-    sample_run(folder, ctx.samples_name, c.sample, device=ctx.device, progress=ctx.progress)
+    sample_run(folder, ctx.samples_name, ctx.sample_cfg, device=ctx.device, progress=ctx.progress,
+               data_root=ctx.data_root)
     return {"n": c.sample.n, "samples": f"{CONTROL}/samples/{ctx.samples_name}"}
 
 
@@ -265,12 +292,18 @@ def _count(ctx: Context) -> dict:
     control = str(ctx.run / CONTROL / "samples" / ctx.samples_name) if ctx.cfg.with_control else None
     seq = ctx.cfg.sequential
     if seq is not None:
-        sequential_run(ctx.run, ctx.samples_name, ctx.cfg.sample, target_rate=seq.target_rate, alpha=seq.alpha,
+        sequential_run(ctx.run, ctx.samples_name, ctx.sample_cfg, target_rate=seq.target_rate, alpha=seq.alpha,
                        detector=ctx.cfg.detector, data_root=ctx.data_root, device=ctx.device, progress=ctx.progress,
                        log=ctx.log)
     r = run_count(ctx.run, samples=ctx.samples_name, detector=ctx.cfg.detector, data_root=ctx.data_root,
                   device=ctx.device, progress=ctx.progress, log=ctx.log, control_samples=control)
-    return {"q": r["q"], "n": r["n_samples"], "expected_q": r["expected_q"], "p_value": r["p_value"]}
+    out = {"q": r["q"], "n": r["n_samples"], "expected_q": r["expected_q"], "p_value": r["p_value"]}
+    if ctx.conditional and seq is None:
+        own = run_count(ctx.run, samples=X_P_SAMPLES.format(ctx.samples_name), detector=ctx.cfg.detector,
+                        data_root=ctx.data_root, device=ctx.device, progress=ctx.progress, log=ctx.log,
+                        section_name="reproduction_x_p")
+        out.update(q_x_p=own["q"], expected_q_x_p=own["expected_q"], p_value_x_p=own["p_value"])
+    return out
 
 
 def _tprime(ctx: Context) -> dict:

@@ -24,7 +24,9 @@ import numpy as np
 
 from ...config import MIN_N_TRAIN, AuditConfig, DPConfig, PrepareConfig
 from ...data.medmnist import open_dataset
-from ...data.prepare import number_of_classes, number_of_classes_for
+from ...data.conditions import conditioned_model, training_conditions
+from ...data.prepare import build_training_set, number_of_classes, number_of_classes_for, prepare_run
+from ...data.volumes.prepared import is_volume_config
 from ...diffusion.sde import make_sde
 from ...errors import DiffauditError
 from ...io import read_json, write_json
@@ -179,19 +181,40 @@ def pretrain_public(out: Path, base: AuditConfig, *, dataset: str, split: str, d
     return out / "train"
 
 
+def pretrain_public_half(out: Path, base: AuditConfig, *, device: str = "auto", progress: bool = True,
+                         log: Callable[[str], None] = print) -> Path:
+    """Train the model non-privately on every volume of the public half of the patients of ``base``'s data
+    (``--half public``: prepared into ``<out>/data`` without a fingerprint) into ``<out>/train``. Returns the train
+    folder."""
+    prep = dataclasses.replace(base.prepare, half="public", fingerprint=False, n_train=None, split_ratios=(1.0, 0.0, 0.0))
+    manifest = prepare_run(out / "data", prep, log=log, progress=progress)
+    images = build_training_set(manifest)
+    log(f"public pretraining on {len(images)} volumes of the public half of the patients")
+    labels = training_conditions(manifest, None) if base.model.covariates or base.prepare.condition else None
+    model = conditioned_model(base.model, manifest)
+    fit_score_model(out / "train", images, labels=labels, model_cfg=model, train_cfg=base.train,
+                    sde=make_sde(base.sde), data_id=f"public-half:{manifest['cache']['sha256']}", device=device,
+                    progress=progress)
+    return out / "train"
+
+
 def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float | None], pretrain: Sequence[bool],
                       public_dataset: str | None, public_split: str = "train", device: str = "auto",
                       data_root: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """One audit per (epsilon, pretraining) cell: epsilon None trains non-privately; pretraining starts from a
-    model trained on the public set (a MedMNIST split; None only without pretraining) first. Writes
-    ``privacy_sweep.json`` and the report with one table: FID, utility, |q| with its interval, t', the formal
-    bound."""
+    model trained on the public set (a MedMNIST split; None only without pretraining) first. For volumes of your own
+    (``--data``, ``--size D,H,W``) the public set is the public half of the patients and every cell audits the
+    private half (``--half``), so no patient is on both sides. Writes ``privacy_sweep.json`` and the report with one
+    table: FID, utility, |q| with its interval, t', the formal bound."""
     out = Path(out)
     if not epsilons or not pretrain:
         raise DiffauditError("a privacy sweep needs at least one epsilon and one pretraining choice")
     if any(e is not None and not e > 0 for e in epsilons):
         raise DiffauditError(f"epsilon must be positive (or inf), got {list(epsilons)}")
-    if any(pretrain) and public_dataset is None:
+    halves = is_volume_config(base.prepare) and public_dataset is None
+    if halves:
+        base = dataclasses.replace(base, prepare=dataclasses.replace(base.prepare, half="private"))
+    if any(pretrain) and public_dataset is None and not halves:
         raise DiffauditError("public pretraining needs a public MedMNIST set: give --public-dataset, or --pretrain no")
     if (base.prepare.data is None and public_dataset == base.prepare.dataset
             and public_split == base.prepare.split):
@@ -203,7 +226,9 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
                              f"{base.train.batch_size} exceeds N_D = {n_train}: lower it (e.g. --config with "
                              "train.batch_size)")
     public = None
-    if any(pretrain):
+    if any(pretrain) and halves:
+        public = pretrain_public_half(out / "public", base, device=device, progress=progress, log=log)
+    elif any(pretrain):
         public = pretrain_public(out / "public", base, dataset=public_dataset, split=public_split, device=device,
                                  data_root=data_root, progress=progress, log=log)
     cells = []
@@ -230,6 +255,8 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     blocks = [("h", 1, "diffaudit privacy sweep"),
               ("p", f"{len(rows)} audits of {source_name(base.prepare)} (N_D = {base.prepare.n_train}); "
                     + (f"public pretraining on {public_dataset}/{public_split}. " if public_dataset is not None else "")
+                    + ("the cells audit the private half of the patients; public pretraining on the other half. "
+                       if halves else "")
                     + "Each cell's report is in its folder."),
               ("table", headers, rows),
               ("p", "Formal bound: the DP-SGD reconstruction bound 1 - f(κ) on the probability that one sample is x_p, "

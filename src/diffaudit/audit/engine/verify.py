@@ -78,8 +78,8 @@ def stage_files(run: Path, stage: str, samples_name: str) -> dict[str, str]:
         return {**own("train/external.json"), **under("train")}
     if stage == "classifiers":
         return under("classifiers")
-    if stage == "sample":
-        return under(samples)
+    if stage == "sample":  # and a conditional model's samples with x_p's own conditions
+        return {**under(samples), **under(f"{samples}-x_p")}
     if stage == "control":
         return {**own("control/manifest.json", "control/train/external.json"), **under("control/train"),
                 **under(f"control/{samples}")}
@@ -330,6 +330,43 @@ def _recount(run: Path, rep: dict, manifest: dict, metrics: dict, *, data_root, 
                          want, f"recounting {run_relative(run, folder)} with the stored detectors")
 
 
+def _recount_x_p(run: Path, rep: dict, manifest: dict, *, data_root, device: str, progress: bool) -> None:
+    """A conditional model's count of the samples it drew with x_p's own conditions: counted again with the stored
+    detectors, and its test against full memorisation among the training images sharing them recomputed."""
+    from ...adversary.stage import AuditData, make_detectors
+    from ...generate import iter_shards
+    from ..count.reproduction import count_reproductions
+    from ..count.stage import conditioned_on
+    from ..count.stats import reproduction_test
+
+    name = "reproduction_x_p"
+    if not isinstance(rep, dict) or not isinstance(rep.get("samples"), str):
+        _fail("results.json", f"{name} names no samples; the file was edited or damaged")
+    folder = _samples_folder(run, rep["samples"])
+    if not folder.is_dir():
+        _fail(run_relative(run, folder), f"missing: the samples results.json's {name} counted are gone")
+    check_recorded(run, folder, [p.name for p in folder.glob(SHARDS)], "the samples")
+    kinds = {d.get("kind") for d in (rep.get("detectors") or {}).values() if isinstance(d, dict)}
+    try:
+        detectors = make_detectors(run, AuditData(manifest, data_root),
+                                   "nn" if kinds == {"nearest-neighbour"} else "classifiers", device=device)
+        drawn = conditioned_on(folder, manifest, data_root)
+    except DiffauditError as err:
+        _fail(run_relative(run, folder), str(err))
+    if not drawn or drawn.get("mode") != "x_p":
+        _fail(run_relative(run, folder / "config.json"), f"does not record samples drawn with x_p's own conditions, "
+                                                         f"which results.json's {name} counted")
+    count = _counted(run, folder, lambda: count_reproductions(iter_shards(folder), detectors, keep=0,
+                                                              progress=progress))
+    counts = count.counts()
+    test = reproduction_test(counts["q"], count.n, drawn["matching"])
+    how = f"recounting {run_relative(run, folder)} with the stored detectors"
+    for key, value in {"n_samples": count.n, "q": counts["q"], "c_p": counts.get("c_p"), "c_id": counts.get("c_id"),
+                       "expected_q": test["expected_q"], "p_value": test["p_value"]}.items():
+        if not _same(rep.get(key), value):
+            _differs("results.json", f"{name}.{key}", rep.get(key), value, how)
+
+
 def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
     """The derived figures of results.json against their recomputation from its counts."""
     from ..report.render import cautions_of
@@ -440,5 +477,8 @@ def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", 
 
     _recount(run, rep, manifest, metrics, data_root=data_root, device=device, progress=progress)
     _check_figures(results, manifest, metrics)
+    if results.get("reproduction_x_p") is not None:
+        _recount_x_p(run, results["reproduction_x_p"], manifest, data_root=data_root, device=device,
+                     progress=progress)
     level = (results.get("verdict") or {}).get("level")
     return {"model": model, "q": rep["q"], "n": rep["n_samples"], "level": level}

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from ...diffusion.conditioning import as_condition
 from ...diffusion.score import with_labels
 from ...diffusion.sde import SDE
 from ...errors import DiffauditError
@@ -165,7 +166,7 @@ def bits_per_dim(
     volume [N, C, D, H, W] in bits per voxel),
     one value per image, and the total number of network evaluations. ``indices`` (default 0..N-1) name each
     image's random stream; ``progress(n)`` is called after each batch of n images. For a class-conditional
-    ``score_fn`` (a ScoreModel), ``labels`` give each image's class: the result is then -log2 p(x | y) / D."""
+    ``score_fn`` (a ScoreModel), ``labels`` give each image's class (or condition row): the result is then -log2 p(x | y) / D."""
     if images.ndim not in (4, 5) or images.dtype != np.uint8:
         raise DiffauditError(f"NLL needs uint8 images [N, C, H, W] or volumes [N, C, D, H, W], got {images.dtype} "
                              f"{images.shape}")
@@ -178,8 +179,7 @@ def bits_per_dim(
         idx = indices[lo:lo + batch_size]
         z = dequantise(images[lo:lo + batch_size], idx, seed).to(device)
         probe = None if exact_divergence else rademacher(images.shape[1:], idx, seed).to(device)
-        fn = score_fn if labels is None else with_labels(score_fn, torch.as_tensor(
-            np.asarray(labels[lo:lo + batch_size], dtype=np.int64), device=z.device))
+        fn = score_fn if labels is None else with_labels(score_fn, as_condition(labels[lo:lo + batch_size], z.device))
         logp, n = log_likelihood(fn, sde, z, probe=probe, **solver)
         out.append(-logp / (d * math.log(2)) + DEQUANTISATION_BITS)
         nfe += n

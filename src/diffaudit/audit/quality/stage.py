@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...data.conditions import heldout_conditions, training_conditions
 from ...data.dataset import open_data
 from ...data.prepare import (
     build_training_set,
@@ -26,6 +27,7 @@ from ...data.prepare import (
     training_labels,
 )
 from ...device import resolve_device
+from ...diffusion.generative import is_conditional
 from ...errors import DiffauditError
 from ...generate import iter_shards
 from ...io import config_hash, read_json, run_relative, write_json
@@ -87,13 +89,14 @@ def run_nll(run: Path, cfg, *, data_root=None, device: str = "auto", progress: b
         sets["x_p"] = (np.repeat(d_p[position][None], cfg.x_p_repeats, 0), np.arange(cfg.x_p_repeats),
                        derive_seed(cfg.seed, Stream.XP))
     labels = {}
-    if net.num_classes:  # class-conditional: -log p(x | y) with each image's label
-        y_train = training_labels(manifest, data_root=data_root)
-        y_test = np.asarray(open_data(manifest, data_root=data_root)
-                            .labels(heldout_split(manifest, "test"))).reshape(-1)
+    if is_conditional(net):  # -log p(x | y) with each image's class or attributes
+        y_train = training_conditions(manifest, lambda: training_labels(manifest, data_root=data_root))
+        split = heldout_split(manifest, "test")
+        y_test = heldout_conditions(manifest, split, lambda: np.asarray(open_data(manifest, data_root=data_root)
+                                                                       .labels(split)).reshape(-1))
         labels = {"train": y_train[train_pos], "test": y_test[test_idx]}
         if position is not None:
-            labels["x_p"] = np.full(cfg.x_p_repeats, y_train[position])
+            labels["x_p"] = np.repeat(y_train[position][None], cfg.x_p_repeats, 0)
     eps = cfg.eps if net.continuous else max(cfg.eps, 1.0 / net.n_train)  # a discrete model's first timestep
     solver = {"rtol": cfg.rtol, "atol": cfg.atol, "eps": eps}
     total = sum(len(v[0]) for v in sets.values())

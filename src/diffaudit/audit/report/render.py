@@ -20,6 +20,7 @@ from ...errors import DiffauditError
 from ...io import atomic_path, read_json, run_relative, write_json
 from ..count.verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 from ..results import RESULTS, update_results
+from .conditioned import conditioned_blocks
 from .plots import plot_roc
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption) | ("pre", text)
@@ -317,6 +318,7 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
         kinds = ", ".join(f"{k}: {v.get('kind')}" for k, v in rep["detectors"].items())
         out.append(("p", "H0: p = 1/N_D (full memorisation) against p < 1/N_D, exact one-sided binomial test; "
                          f"Clopper–Pearson interval. q = images flagged by every detector ({kinds})."))
+        out += conditioned_blocks(results, fmt)
     out += _quality_blocks(results, metrics)
 
     util = results.get("utility")

@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 
 from ...adversary.detectors import NearestNeighbourDetector, rmse
 from ...adversary.stage import AuditData, make_detectors
+from ...data.conditions import training_conditions
 from ...data.prepare import build_training_set, labelled_classes, load_manifest, training_labels
 from ...device import resolve_device
-from ...diffusion.generative import Generative
+from ...diffusion.generative import Generative, is_conditional
 from ...errors import DiffauditError
 from ...generate import iter_shards
 from ...images import save_grid
@@ -61,11 +62,14 @@ def posthoc(model: Generative, images: np.ndarray, positions: Sequence[int], *, 
     return sorted(rows, key=lambda r: (-r["t_prime_alpha"], -r["t_prime"], r["position"]))
 
 
-def x_p_label(manifest: dict, model: Generative, data_root=None) -> int | None:
-    """x_p's class label (that of x_i) when ``model`` is class-conditional, else None."""
-    if not model.num_classes:
+def x_p_label(manifest: dict, model: Generative, data_root=None) -> int | list[float] | None:
+    """x_p's condition (that of x_i) when ``model`` is conditional: its class label, or its condition row for a model
+    with covariates; else None."""
+    if not is_conditional(model):
         return None
-    return int(training_labels(manifest, data_root=data_root)[manifest["fingerprint"]["position"]])
+    rows = training_conditions(manifest, lambda: training_labels(manifest, data_root=data_root))
+    row = rows[manifest["fingerprint"]["position"]]
+    return int(row) if np.ndim(row) == 0 else [float(v) for v in row]
 
 
 def chance_level(run: Path, manifest: dict, how: str) -> float:
@@ -108,7 +112,7 @@ def run_tprime(run: Path, *, detector: str = "classifiers", grid: Sequence[float
     audit = AuditData(manifest, data_root)
     detectors = make_detectors(run, audit, detector, device=device)
     p0 = chance_level(run, manifest, chance)
-    label = x_p_label(manifest, net, data_root)  # a class-conditional model runs back as x_p's class
+    label = x_p_label(manifest, net, data_root)  # a conditional model runs back with x_p's class or attributes
     q_m = QM(net, audit.x_p, detectors, m=m, seed=seed, steps=steps, sampler=sampler, device=dev, label=label)
     methods = ["exhaustive", "fast"] if method == "both" else [method]
     results = {}
@@ -155,7 +159,7 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
                              data_root=data_root, device=device)
     images = build_training_set(manifest, data_root=data_root)
     positions = range(len(images)) if positions is None else positions
-    if net.num_classes:
+    if is_conditional(net):
         raise DiffauditError("the post-hoc audit supports unconditional models only")
     rows = posthoc(net, images, list(positions), grid=grid, m=m, seed=seed, steps=steps, sampler=sampler,
                    alpha=alpha, device=resolve_device(device), progress=progress, keep=True)

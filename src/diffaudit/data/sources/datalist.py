@@ -76,8 +76,9 @@ def _csv_rows(path: Path, root: Path) -> list[dict]:
     return rows
 
 
-def open_datalist(path: Path, *, options: SourceOptions, workers: int | None = None) -> Source:
-    """The images a datalist names, with its splits, labels and patients."""
+def datalist_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """(the entries of the datalist ``path``: each one's ``file`` relative to its folder, ``split``, ``label`` and
+    ``patient``; notes); a file named twice is refused."""
     root = path.parent
     if path.suffix.lower() == ".json":
         rows, notes = _json_rows(path, root)
@@ -91,6 +92,13 @@ def open_datalist(path: Path, *, options: SourceOptions, workers: int | None = N
             raise DiffauditError(f"{path} names {row['file']} twice ({seen[row['file']]} and {row['where']}); keep one "
                                  "entry per file")
         seen[row["file"]] = row["where"]
+    return rows, notes
+
+
+def open_datalist(path: Path, *, options: SourceOptions, workers: int | None = None) -> Source:
+    """The images a datalist names, with its splits, labels and patients."""
+    root = path.parent
+    rows, notes = datalist_rows(path)
     codes, classes = encode_labels(r["label"] for r in rows)
     entries = [Entry(r["file"], kind_of(r["file"]), split=r["split"], label=c, patient=r["patient"])
                for r, c in zip(rows, codes)]

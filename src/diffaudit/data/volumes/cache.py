@@ -15,6 +15,7 @@ MedMNIST 3D files are already uint8 [N, D, H, W] arrays: :func:`medmnist3d_volum
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ...errors import DiffauditError
 from ...io import atomic_path
 from ..sources.files import file_sha256, inside, is_ignored
-from .steps import Unloadable, VolumeSteps, load, preprocess
+from .steps import Unloadable, VolumeSteps, from_array, load, preprocess
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 FORMAT = "diffaudit-volumes/1"
@@ -74,13 +75,18 @@ def write_volume_cache(root: str | Path, names: Sequence[str], steps: VolumeStep
     root, out = Path(root), Path(out)
     shape = (len(names), 1, *steps.size)
     files, skipped, rows = [], [], []
+    arrays = MedMNIST3D(root) if steps.reader == "medmnist3d" else None
     with atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, name in enumerate(tqdm(names, desc="volumes", unit="vol", disable=not progress, dynamic_ncols=True)):
-            path = inside(root, name)
             try:
-                sha = source_sha256(path)
-                array[i], source = preprocess(load(path, steps), steps)
+                if arrays is not None:
+                    raw = arrays.volume(name)
+                    sha, volume = hashlib.sha256(raw.tobytes()).hexdigest(), from_array(raw)
+                else:
+                    path = inside(root, name)
+                    sha, volume = source_sha256(path), load(path, steps)
+                array[i], source = preprocess(volume, steps)
             except Unloadable as err:
                 skipped.append({"file": name, "reason": str(err)})
                 continue
@@ -119,6 +125,13 @@ def array_sha256(array: np.ndarray) -> str:
 def check_sources(root: str | Path, record: dict[str, Any]) -> None:
     """Refuse, naming the file, when a source listed in ``record`` is missing under ``root`` or changed."""
     root = Path(root)
+    if root.is_file():  # a MedMNIST 3D file: each volume's array
+        arrays = MedMNIST3D(root)
+        for entry in record["files"]:
+            if hashlib.sha256(arrays.volume(entry["file"]).tobytes()).hexdigest() != entry["sha256"]:
+                raise DiffauditError(f"{root}: volume {entry['file']} changed since the run was prepared; restore the "
+                                     "original file, or prepare the run again in a new --run-dir")
+        return
     for entry in record["files"]:
         path = inside(root, entry["file"])
         if not path.exists():
@@ -126,6 +139,45 @@ def check_sources(root: str | Path, record: dict[str, Any]) -> None:
         if source_sha256(path) != entry["sha256"]:
             raise DiffauditError(f"{path} changed since the run was prepared (its SHA-256 differs from the manifest's); "
                                  "restore the original, or prepare the run again in a new --run-dir")
+
+
+class MedMNIST3D:
+    """A MedMNIST 3D file (``{split}_images`` uint8 [N, D, H, W], ``{split}_labels``) as named volumes: "train/0",
+    "train/1", ..., "val/0", ..., "test/0", ... (its own splits, kept)."""
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with np.load(self.path) as data:
+                self.images = {s: data[f"{s}_images"] for s in self.SPLITS if f"{s}_images" in data}
+                self.labels = {s: data[f"{s}_labels"] for s in self.SPLITS if f"{s}_labels" in data}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise DiffauditError(f"{self.path} is not a MedMNIST 3D .npz file ({err}); give the .npz that "
+                                 "medmnist downloads (e.g. organmnist3d.npz)") from None
+        if "train" not in self.images:
+            raise DiffauditError(f"{self.path} has no train_images array; it is not a MedMNIST file")
+        for split, images in self.images.items():
+            if images.ndim != 4 or images.dtype != np.uint8:
+                raise DiffauditError(f"{self.path}: {split}_images is {images.dtype} {list(images.shape)}, not uint8 "
+                                     "[N, D, H, W]; a 2D MedMNIST file is prepared with --size S, not D,H,W")
+
+    def names(self) -> list[tuple[str, str]]:
+        """(name, split) of every volume, in the file's order."""
+        return [(f"{s}/{i}", s) for s, images in self.images.items() for i in range(len(images))]
+
+    def volume(self, name: str) -> np.ndarray:
+        split, _, index = name.partition("/")
+        try:
+            return self.images[split][int(index)]
+        except (KeyError, ValueError, IndexError):
+            raise DiffauditError(f"{self.path} has no volume {name}") from None
+
+    def label(self, name: str) -> int:
+        split, _, index = name.partition("/")
+        labels = self.labels.get(split)
+        return -1 if labels is None else int(np.asarray(labels[int(index)]).reshape(-1)[0])
 
 
 def medmnist3d_volumes(path: str | Path, split: str = "train") -> np.ndarray:

@@ -56,33 +56,61 @@ def split_volumes(root: str | Path, names: Sequence[str], *, patients: Sequence[
     return [r.split for r in assign_splits(source, ratios=ratios, seed=seed, by_patient=patients is not None)]
 
 
-def read_attributes(path: str | Path, *, key: str = "MRID") -> dict[str, dict[str, str]]:
-    """The rows of an attributes CSV by their ``key`` column (IXI: ``MRID,Age,Sex``); a repeated key is refused."""
+HALF_SEED = 20_231_001  # the patients' draw into halves: fixed, so every run of the data agrees on them
+
+
+def patient_half(names: Sequence[str], patients: Sequence[str] | None, half: str) -> list[int]:
+    """The positions of the volumes whose patient lies in ``half`` ("public" or "private") of the patients: their
+    sorted IDs shuffled by a fixed seed, the first ceil(n / 2) public. A patient's volumes stay on one side, and the
+    draw depends on the patients alone, so a public pretraining and a private audit of the same data never share a
+    person."""
+    import numpy as np
+
+    who = list(patients) if patients is not None else list(names)
+    ids = sorted(set(who))
+    if len(ids) < 2:
+        raise DiffauditError(f"--half needs at least 2 patients to split; the data has {len(ids)}")
+    order = np.random.default_rng(HALF_SEED).permutation(len(ids))
+    public = {ids[i] for i in order[: (len(ids) + 1) // 2]}
+    return [k for k, p in enumerate(who) if (p in public) == (half == "public")]
+
+
+def read_attributes(path: str | Path, *, key: str | None = None) -> dict[str, dict[str, str]]:
+    """The rows of an attributes CSV by their ``key`` column (default: the first; IXI: ``MRID,Age,Sex``); a repeated
+    key is refused."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
     except OSError as err:
         raise DiffauditError(f"cannot read the attributes file {path} ({err.strerror})") from None
-    if not rows or key not in rows[0]:
-        raise DiffauditError(f"{path} has no '{key}' column; its first line must name the columns, e.g. {key},Age,Sex")
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DiffauditError(f"{path} is not a CSV file ({err}); give a CSV whose first column names the scan") from None
+    key = key or (columns[0] if columns else "")
+    if not rows or not key or key not in columns:
+        raise DiffauditError(f"{path} has no '{key or 'ID'}' column or no rows; its first line must name the columns, "
+                             "e.g. MRID,Age,Sex, and each further line describe one scan")
     table: dict[str, dict[str, str]] = {}
     for n, row in enumerate(rows, 2):
         k = (row.get(key) or "").strip()
         if k in table:
             raise DiffauditError(f"{path}, line {n}: {key} {k} appears twice; keep one row per scan")
-        table[k] = {c: (v or "").strip() for c, v in row.items() if c != key}
+        table[k] = {c: (v or "").strip() for c, v in row.items() if c != key and c is not None}
     return table
 
 
-def attributes_for(names: Sequence[str], table: dict[str, dict[str, str]]) -> tuple[list[dict[str, str] | None],
-                                                                                    list[str]]:
+def attributes_for(names: Sequence[str], table: dict[str, dict[str, str]],
+                   patients: Sequence[str] | None = None) -> tuple[list[dict[str, str] | None], list[str]]:
     """(each volume's attributes, or None; the names without a row): a volume's row is the one whose key is its file
-    name up to the first ``_`` (IXI012-HH-1211_T1.nii.gz -> IXI012-HH-1211)."""
+    name up to the first ``_`` (IXI012-HH-1211_T1.nii.gz -> IXI012-HH-1211), else its file name without extension,
+    else its patient (``patients``, one per name)."""
     found, missing = [], []
-    for name in names:
-        scan = Path(name).name.split("_")[0]
-        row = table.get(scan)
+    for i, name in enumerate(names):
+        base = Path(name).name
+        keys = (base.split("_")[0], base.split(".")[0], patients[i] if patients is not None else None)
+        row = next((table[k] for k in keys if k is not None and k in table), None)
         found.append(row)
         if row is None:
             missing.append(name)

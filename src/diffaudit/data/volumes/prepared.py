@@ -24,9 +24,9 @@ from ...config import SPLITS, PrepareConfig
 from ...errors import DiffauditError
 from ...io import atomic_path
 from ..split_cache import SplitCache
-from .cache import (VOLUME_EXTENSIONS, array_sha256, check_sources, list_series_folders, list_volumes,
+from .cache import (VOLUME_EXTENSIONS, MedMNIST3D, array_sha256, check_sources, list_series_folders, list_volumes,
                     write_volume_cache)
-from .patients import patients_of, split_volumes
+from .patients import attributes_for, patient_half, patients_of, read_attributes, split_volumes
 from .steps import VolumeSteps
 
 KIND = "volumes"
@@ -77,8 +77,8 @@ class PreparedVolumes(SplitCache):
         self.files = source["files"]
 
     def labels(self, split: str) -> np.ndarray:
-        """int64 [N, 1]: -1, volumes carry no class label."""
-        return np.full((len(self.files[self._slice(split)]), 1), -1, dtype=np.int64)
+        """int64 [N, 1]: a MedMNIST 3D volume's class; -1 for volumes without one."""
+        return np.array([[f.get("label", -1)] for f in self.files[self._slice(split)]], dtype=np.int64).reshape(-1, 1)
 
     def patients(self, split: str) -> list[str | None]:
         return [f["patient"] for f in self.files[self._slice(split)]]
@@ -92,35 +92,65 @@ def prepare_volumes(cfg: PrepareConfig, run: str | os.PathLike, *, progress: boo
     """Split the NIfTI volumes of ``cfg.data`` by patient, preprocess them into ``<run>/data/volumes.npy`` in split
     order; returns the prepared set, what the manifest records of it, and the digest of every volume."""
     root = Path(cfg.data).resolve()
-    if root.is_file():
+    arrays, listed = None, None
+    if root.is_file() and root.suffix.lower() in (".json", ".csv"):
+        listed, root = _datalist(root, cfg), root.parent
+    elif root.is_file() and root.name.lower().endswith(".npz"):
+        arrays = MedMNIST3D(root)
+        if cfg.attributes is not None or cfg.patient_pattern is not None or cfg.half is not None:
+            raise DiffauditError("a MedMNIST 3D file names no scans or patients; --attributes, --patient-pattern and "
+                                 "--half apply to folders of NIfTI volumes or DICOM series")
+    elif root.is_file():
         raise DiffauditError(f"{cfg.data} is a file; a volume audit takes the folder that holds the NIfTI volumes "
-                             "(.nii, .nii.gz)")
-    if not root.is_dir():
+                             "(.nii, .nii.gz), a datalist (.json, .csv) naming them, or a MedMNIST 3D .npz file")
+    elif not root.is_dir():
         raise DiffauditError(f"{cfg.data} is not a folder; a volume audit takes the folder that holds the NIfTI "
-                             "volumes, or one folder per DICOM series")
-    reader, names = volume_items(root, cfg)
-    patients = patients_of(names, cfg.patient_pattern) if cfg.patient_pattern else None
-    splits = split_volumes(root, names, patients=patients, ratios=cfg.split_ratios, seed=cfg.seed)
+                             "volumes, one folder per DICOM series, or a MedMNIST 3D .npz file")
+    attributes, left_out, patients = None, [], None
+    if arrays is not None:  # MedMNIST's own splits, one patient per volume
+        reader, named = "medmnist3d", arrays.names()
+        names, splits = [n for n, _ in named], [s for _, s in named]
+    elif listed is not None:  # the datalist's splits, patients and labels
+        reader, names = "nifti", [r["file"] for r in listed]
+        splits = [r["split"] for r in listed]
+        patients = [r["patient"] or r["file"] for r in listed]
+    else:
+        reader, names = volume_items(root, cfg)
+        patients = patients_of(names, cfg.patient_pattern) if cfg.patient_pattern else None
+        if cfg.attributes is not None:
+            names, patients, attributes, left_out = _with_attributes(cfg, root, names, patients, log)
+        if cfg.half is not None:
+            keep = patient_half(names, patients, cfg.half)
+            log(f"the {cfg.half} half of the patients: {len(keep)} of {len(names)} volumes")
+            names = [names[k] for k in keep]
+            patients = None if patients is None else [patients[k] for k in keep]
+            attributes = None if attributes is None else [attributes[k] for k in keep]
+        splits = split_volumes(root, names, patients=patients, ratios=cfg.split_ratios, seed=cfg.seed)
     order = [i for s in SPLITS for i in range(len(names)) if splits[i] == s]
     steps = steps_of(cfg, reader)
     cache = Path(run) / CACHE
     cache.parent.mkdir(parents=True, exist_ok=True)
     log(f"preprocessing {len(names)} {'DICOM series' if reader == 'dicom' else 'volumes'} of {root} to {'x'.join(map(str, steps.size))} (MONAI: RAS, "
-        f"{'spacing ' + ','.join(map(str, steps.spacing)) + ' mm, ' if steps.spacing else ''}{steps.fit}, "
-        "percentiles 0.5-99.5)")
+        f"{'spacing ' + ','.join(map(str, steps.spacing)) + ' mm, ' if steps.spacing else ''}{steps.fit}"
+        f"{', percentiles 0.5-99.5' if reader != 'medmnist3d' else ''})")
     record = write_volume_cache(root, [names[i] for i in order], steps, cache, skip_unreadable=cfg.skip_unreadable,
                                 progress=progress)
     by_name = {names[i]: i for i in order}
     files = [{**f, "split": splits[by_name[f["file"]]],
-              "patient": patients[by_name[f["file"]]] if patients else f["file"]} for f in record["files"]]
+              "patient": patients[by_name[f["file"]]] if patients else f["file"],
+              **({"label": arrays.label(f["file"])} if arrays is not None else {}),
+              **({"label": listed[by_name[f["file"]]]["code"]} if listed is not None else {}),
+              **({"attributes": attributes[by_name[f["file"]]]} if attributes else {})} for f in record["files"]]
     for s in ("train",):
         if not any(f["split"] == s for f in files):
             raise DiffauditError(f"no volume of {root} could be read into the {s} split; fix the files or add volumes")
     if record["skipped"]:
         log(f"warning: {len(record['skipped'])} volumes could not be read and were left out "
             f"({record['skipped'][0]['file']}: {record['skipped'][0]['reason']}); recorded in manifest.json")
-    source = {"kind": KIND, "root": str(root), "patient_pattern": cfg.patient_pattern, "files": files,
-              "skipped": record["skipped"], "layout": record["layout"]}
+    source = {"kind": KIND, "root": str(root), "patient_pattern": cfg.patient_pattern, "half": cfg.half, "files": files,
+              "skipped": record["skipped"] + left_out, "layout": record["layout"]}
+    if cfg.attributes is not None:
+        source["attributes"] = _attributes_record(cfg, root)
     manifest = {"source": source,
                 "cache": {"file": CACHE.as_posix(), "sha256": record["sha256"], "shape": record["shape"]},
                 "preprocessing": {"steps": record["steps"], "size": list(steps.size),
@@ -129,6 +159,74 @@ def prepare_volumes(cfg: PrepareConfig, run: str | os.PathLike, *, progress: boo
                                   "series": steps.series}}
     data = PreparedVolumes(cache, source, name=f"{KIND}:{root.name}", digest=record["sha256"])
     return data, manifest, tuple(_digests(data._images))
+
+
+def _datalist(path: Path, cfg: PrepareConfig) -> list[dict]:
+    """The NIfTI volumes a datalist names (MONAI's Decathlon JSON, or a CSV ``file,split[,label][,patient]``), each
+    with its split, patient and class code (-1 without a label)."""
+    from ..sources.annotate import encode_labels
+    from ..sources.datalist import datalist_rows
+
+    if cfg.attributes is not None or cfg.patient_pattern is not None or cfg.half is not None:
+        raise DiffauditError("a datalist names each volume's split and patient itself; --attributes, "
+                             "--patient-pattern and --half apply to folders of volumes")
+    rows, _ = datalist_rows(path)
+    other = [r["file"] for r in rows if not r["file"].lower().endswith(VOLUME_EXTENSIONS)]
+    if other:
+        raise DiffauditError(f"{path} names {other[0]}, which is not a NIfTI volume (.nii, .nii.gz); a volume datalist "
+                             "names NIfTI files")
+    if not any(r["split"] == "train" for r in rows):
+        raise DiffauditError(f"{path} names no training volume; give it a 'training' list (or split train)")
+    codes, _ = encode_labels(r["label"] for r in rows)
+    return [{**r, "code": -1 if c is None else int(c)} for r, c in zip(rows, codes)]
+
+
+def _with_attributes(cfg: PrepareConfig, root: Path, names: list[str], patients: list[str] | None,
+                     log: Callable[[str], None]) -> tuple[list[str], list[str] | None, list[dict], list[dict]]:
+    """(the volumes kept, their patients, each one's row of ``--attributes``, the volumes left out): with
+    ``--condition-on``, a volume without a value in a condition column is left out (and listed); without, every volume is
+    kept, with its row where it has one."""
+    from ..conditions import attributes_path
+
+    path = attributes_path(cfg.attributes, root)
+    table = read_attributes(path)
+    known = set(next(iter(table.values()), {}))
+    unknown = [c for c in cfg.condition if c not in known]
+    if unknown:
+        raise DiffauditError(f"--condition-on {unknown[0]}: {path.name} has no such column; it has "
+                             f"{', '.join(sorted(known))}")
+    rows, _ = attributes_for(names, table, patients)
+    keep = [i for i, row in enumerate(rows) if not cfg.condition or (row is not None and
+                                                                     all(row.get(c, "") != "" for c in cfg.condition))]
+    kept = set(keep)
+    left_out = [{"file": names[i], "reason": f"no {'/'.join(cfg.condition)} in {path.name}"}
+                for i in range(len(names)) if i not in kept]
+    if not keep:
+        raise DiffauditError(f"no volume of {root} has a row with {'/'.join(cfg.condition) or 'values'} in {path}: its "
+                             "first column must name each scan (the file name up to the first '_', the name without "
+                             "extension, or the patient)")
+    if left_out:
+        log(f"warning: {len(left_out)} volumes have no {'/'.join(cfg.condition)} in {path.name} and are left out "
+            f"({left_out[0]['file']}, ...); recorded in manifest.json")
+    return ([names[i] for i in keep], None if patients is None else [patients[i] for i in keep],
+            [rows[i] for i in keep], left_out)
+
+
+def _attributes_record(cfg: PrepareConfig, root: Path) -> dict:
+    """What the manifest records of ``--attributes``: the file, its SHA-256, the condition columns and their encoding
+    (:mod:`diffaudit.data.conditions`)."""
+    from ..conditions import attributes_path, encoding
+
+    path = attributes_path(cfg.attributes, root)
+    table = read_attributes(path)
+    return {"file": str(path), "sha256": _sha256_file(path), "condition": list(cfg.condition),
+            "encoding": encoding(table, cfg.condition, path=path.name) if cfg.condition else []}
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _digests(images: np.ndarray) -> list[str]:

@@ -27,7 +27,7 @@ from ...errors import DiffauditError
 from ..sources.intensity import PERCENTILES
 
 FITS = ("crop-pad", "resize")
-READERS = ("nifti", "dicom")
+READERS = ("nifti", "dicom", "medmnist3d")
 MAX_SIDE = 1024  # voxels per axis: a larger size is a typo, not a volume to hold in memory
 
 
@@ -41,7 +41,8 @@ class VolumeSteps:
     spacing: tuple[float, float, float] | None = None
     fit: str = "crop-pad"
     volume_index: int | None = None
-    reader: str = "nifti"  # nifti: one file per volume; dicom: one folder per volume, its DICOM series
+    # nifti: one file per volume; dicom: one folder per volume, its DICOM series; medmnist3d: the arrays of one .npz
+    reader: str = "nifti"
     series: str | None = None  # dicom: the SeriesInstanceUID to take from a folder of several
 
     def __post_init__(self) -> None:
@@ -60,11 +61,12 @@ class VolumeSteps:
 
     def record(self) -> list[dict[str, Any]]:
         """The steps as the manifest records them: MONAI's transform names and arguments, in order."""
-        load = ({"transform": "LoadImage", "reader": "NibabelReader", "ensure_channel_first": True}
-                if self.reader == "nifti" else
-                {"transform": "DICOM series (pydicom)", "series": self.series or "the folder's only one",
-                 "order": "ImagePositionPatient along the slice normal, equal gaps", "values": "modality LUT",
-                 "affine": "RAS+"})
+        load = {"nifti": {"transform": "LoadImage", "reader": "NibabelReader", "ensure_channel_first": True},
+                "dicom": {"transform": "DICOM series (pydicom)", "series": self.series or "the folder's only one",
+                          "order": "ImagePositionPatient along the slice normal, equal gaps", "values": "modality LUT",
+                          "affine": "RAS+"},
+                "medmnist3d": {"transform": "MedMNIST 3D array", "affine": "identity (1 mm, taken as RAS+: the file "
+                                                                          "records no orientation)"}}[self.reader]
         steps: list[dict[str, Any]] = [load, {"transform": "Orientation", "axcodes": "RAS"}]
         if self.volume_index is not None:
             steps.insert(1, {"transform": "select 4D volume", "index": self.volume_index})
@@ -74,8 +76,12 @@ class VolumeSteps:
             steps.append({"transform": "ResizeWithPadOrCrop", "spatial_size": list(self.size)})
         else:
             steps.append({"transform": "Resize", "spatial_size": list(self.size), "mode": "area"})
-        steps.append({"transform": "ScaleIntensityRangePercentiles", "lower": PERCENTILES[0],
-                      "upper": PERCENTILES[1], "b_min": 0, "b_max": 255, "clip": True})
+        if self.reader == "medmnist3d":  # already 0..255: kept (a mask's percentiles could both be 0)
+            steps.append({"transform": "ScaleIntensityRange", "a_min": 0, "a_max": 255, "b_min": 0, "b_max": 255,
+                          "clip": True})
+        else:
+            steps.append({"transform": "ScaleIntensityRangePercentiles", "lower": PERCENTILES[0],
+                          "upper": PERCENTILES[1], "b_min": 0, "b_max": 255, "clip": True})
         steps.append({"transform": "round to uint8"})
         return steps
 
@@ -100,6 +106,14 @@ def _monai():
 
 class Unloadable(Exception):
     """A volume file the preprocessing cannot take; the message is the reason, without the file's name."""
+
+
+def from_array(volume: np.ndarray) -> Any:
+    """A [D, H, W] array with no recorded geometry (a MedMNIST 3D volume) as MONAI's channel-first MetaTensor with an
+    identity affine (1 mm voxels, RAS+)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(np.asarray(volume, dtype=np.float32)[None], affine=np.eye(4))
 
 
 def load(path, steps: VolumeSteps | None = None) -> Any:
@@ -143,8 +157,11 @@ def preprocess(volume, steps: VolumeSteps) -> tuple[np.ndarray, dict[str, Any]]:
         volume = t.ResizeWithPadOrCrop(spatial_size=steps.size)(volume)
     else:
         volume = t.Resize(spatial_size=steps.size, mode="area")(volume)
-    volume = t.ScaleIntensityRangePercentiles(lower=PERCENTILES[0], upper=PERCENTILES[1], b_min=0, b_max=255,
-                                              clip=True)(volume)
+    if steps.reader == "medmnist3d":
+        volume = t.ScaleIntensityRange(a_min=0, a_max=255, b_min=0, b_max=255, clip=True)(volume)
+    else:
+        volume = t.ScaleIntensityRangePercentiles(lower=PERCENTILES[0], upper=PERCENTILES[1], b_min=0, b_max=255,
+                                                  clip=True)(volume)
     return np.rint(np.asarray(volume, dtype=np.float32)).clip(0, 255).astype(np.uint8), source
 
 

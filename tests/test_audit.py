@@ -29,6 +29,7 @@ from diffaudit.config import (
     CLASSIFIER_PRESETS,
     STAGES,
     AuditConfig,
+    CensusConfig,
     ExtractorConfig,
     FIDConfig,
     NLLConfig,
@@ -54,8 +55,9 @@ TINY = AuditConfig(
     tprime=TPrimeConfig(M=4, resolution=0.25, steps=12),
     nll=NLLConfig(n_train=2, n_test=2, x_p_repeats=2, rtol=1e-2, atol=1e-2),
     fid=FIDConfig(extractor="domain", domain=ExtractorConfig(steps=3, features=16, batch_size=32)),
+    census=CensusConfig(),
 )
-SECTIONS = ("reproduction", "t_prime", "nll_bpd", "fid")
+SECTIONS = ("reproduction", "t_prime", "nll_bpd", "fid", "census")
 
 
 class _Balanced(HTMLParser):
@@ -111,6 +113,9 @@ def test_a_finished_audit_has_every_section_and_a_report_that_parses(finished):
     assert set(results["provenance"]) >= {"diffaudit", "created", "model", "data", "config_digest", "versions"}
     assert f"{results['reproduction']['q']} of 24 samples" in md or "No reproduction of x_p was found in 24" in md
     assert "Configuration" in md and "data:image/png;base64" in text
+    census = results["census"]  # the census stage beside the canary's count, on the same samples
+    assert census["n_samples"] == 24 and census["verdict"]["level"] in ("high", "low")
+    assert "Census: the training images the model gives back" in md
     log = (finished / "audit" / "audit.log").read_text()
     assert all(f"[{s}] finished" in log for s in STAGES)
 

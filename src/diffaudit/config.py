@@ -370,6 +370,21 @@ class SampleConfig(Checked):
 
 
 @dataclass(frozen=True)
+class CensusConfig(Checked):
+    """The census stage (``audit --census``, :mod:`diffaudit.audit.census`): every sample matched to its nearest
+    training image in ``space``, a copy below the threshold that flags at most ``fpr`` of held-out real images."""
+
+    space: str = "pixel"  # pixel (RMSE with +-1 px shifts) or embedding (SimCLR trained on the run's real images)
+    fpr: float = 0.001
+    embedding_steps: int = 300
+
+    def _check(self) -> None:
+        self._one_of("space", ("pixel", "embedding"))
+        self._require("fpr", 0 < self.fpr < 1, "strictly between 0 and 1 (--fpr 0.001)")
+        self._at_least(1, "embedding_steps")
+
+
+@dataclass(frozen=True)
 class SequentialConfig(Checked):
     """The sequential count (``--sequential``, :mod:`diffaudit.audit.count.sequential`): shards of ``sample.shard_size``
     images are drawn and counted until the anytime-valid interval settles the question, at most ``sample.n``."""
@@ -660,8 +675,9 @@ class AuditConfig(Checked):
     control: bool | None = None
     control_model: ExternalConfig | None = None  # the control model of a model trained elsewhere (--control-model)
     sequential: SequentialConfig | None = None  # draw and count shards until decided (--sequential), at most sample.n
+    census: CensusConfig | None = None  # the census stage (--census): how many training images the samples copy
 
-    _OMIT_AT_DEFAULT = ("sequential", "control_model")
+    _OMIT_AT_DEFAULT = ("sequential", "control_model", "census")
 
     @property
     def with_control(self) -> bool:
@@ -694,7 +710,8 @@ class AuditConfig(Checked):
 
 
 #: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.engine.pipeline`` knows what each depends on).
-STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "tprime", "nll", "fid", "utility", "report")
+STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "census", "tprime", "nll", "fid", "utility",
+          "report")
 
 
 def audit_from_dict(d: dict[str, Any]) -> AuditConfig:

@@ -39,7 +39,7 @@ def rmse(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0) / a.shape[1])
 
 
-def _windows(images: np.ndarray, shift: int) -> list[np.ndarray]:
+def windows(images: np.ndarray, shift: int) -> list[np.ndarray]:
     """The (2 shift + 1)^k windows of uint8 images [B, C, *spatial] (k spatial axes: 2 for images, 3 for volumes),
     each of the spatial size less 2 shift: the image translated by up to ``shift`` pixels (voxels) along every axis and
     cropped to the common centre."""
@@ -48,7 +48,7 @@ def _windows(images: np.ndarray, shift: int) -> list[np.ndarray]:
             for offsets in itertools.product(range(2 * shift + 1), repeat=len(sizes))]
 
 
-def _centre(images: np.ndarray, shift: int, axes: int) -> np.ndarray:
+def centre_crop(images: np.ndarray, shift: int, axes: int) -> np.ndarray:
     """The centre crop of the last ``axes`` (spatial) axes, ``shift`` pixels dropped at each border."""
     return images[(Ellipsis, *(slice(shift, n - shift) for n in images.shape[-axes:]))]
 
@@ -92,9 +92,9 @@ class NearestNeighbourDetector:
                                  f"got {shift}")
         self.target, self.shift, self.axes = target, shift, target.ndim - 1
         self.image_shape = tuple(target.shape)
-        centre = _centre(target, shift, self.axes)
-        to_target = rmse(centre[None], _centre(others, shift, self.axes))[0]
-        between = rmse(_centre(others, shift, self.axes), _centre(others, shift, self.axes))
+        centre = centre_crop(target, shift, self.axes)
+        to_target = rmse(centre[None], centre_crop(others, shift, self.axes))[0]
+        between = rmse(centre_crop(others, shift, self.axes), centre_crop(others, shift, self.axes))
         np.fill_diagonal(between, np.inf)
         self.target_nn = float(to_target.min())
         self.median_nn = float(np.median(between.min(1)))  # inf with a single other image: no second term
@@ -109,7 +109,7 @@ class NearestNeighbourDetector:
         if tuple(images.shape[1:]) != self.image_shape:
             raise DiffauditError(f"images of shape {tuple(images.shape[1:])} given to a detector calibrated on "
                                  f"{self.image_shape}")
-        return np.min([rmse(np.ascontiguousarray(w), self._centre)[:, 0] for w in _windows(images, self.shift)], axis=0)
+        return np.min([rmse(np.ascontiguousarray(w), self._centre)[:, 0] for w in windows(images, self.shift)], axis=0)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.distance(images) < self.threshold

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..config import SequentialConfig, override
+from ..config import CensusConfig, SequentialConfig, override
 from ..errors import DiffauditError, ReleaseBlocked
 from ..presets import apply_overrides, get_audit_preset
 from .options import DEFAULT_AUDIT_PRESET, with_data_options
@@ -74,6 +74,8 @@ def _audit_config(args: argparse.Namespace):
         raise DiffauditError("--target-rate says when the sequential count stops; add --sequential")
     if getattr(args, "sequential", False):
         base = override(base, sequential=override(base.sequential or SequentialConfig(), target_rate=args.target_rate))
+    if getattr(args, "census", None) is not None:
+        base = override(base, census=override(base.census or CensusConfig(), space=args.census))
     cfg = apply_overrides(
         base,
         prepare={"dataset": getattr(args, "dataset", None), "n_train": getattr(args, "n_train", None), "seed": args.seed},

@@ -136,6 +136,9 @@ def audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequential", action="store_true",
                    help="draw and count shards of sample.shard_size until an anytime-valid interval settles the "
                         "question; --n-samples is then the most to draw (default: the fixed-N count of the paper)")
+    p.add_argument("--census", default=None, choices=("pixel", "embedding"), nargs="?", const="pixel",
+                   help="add the census stage: how many training images the samples copy, in pixel space (the "
+                        "default) or a contrastive embedding trained on the run's real images (see 'diffaudit census')")
     numerics_options(p)
     p.add_argument("--target-rate", type=float, default=None, metavar="RATE",
                    help="with --sequential: stop once the rate is surely below or above RATE (default: once full "

@@ -40,10 +40,10 @@ from .verify import stage_files
 
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
-           "control": ("prepare",), "count": ("sample", "classifiers", "control"),
+           "control": ("prepare",), "count": ("sample", "classifiers", "control"), "census": ("sample",),
            "tprime": ("train", "classifiers", "count"),
            "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
-           "report": ("count", "tprime", "nll", "fid", "utility")}
+           "report": ("count", "census", "tprime", "nll", "fid", "utility")}
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -60,6 +60,7 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
                          {"control": True, "model": c["model"], "train": c["train"], "sde": c["sde"], "dp": c["dp"],
                           "pretrained": c["pretrained"], "sample": c["sample"]}) if cfg.with_control else {"control": False}),
             "count": {"detector": c["detector"], **({"sequential": c["sequential"]} if c.get("sequential") else {})},
+            "census": {"census": c.get("census")},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
             "fid": {"fid": c["fid"]},

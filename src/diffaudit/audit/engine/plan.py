@@ -99,6 +99,10 @@ def plan(ctx: Context) -> list[dict]:
         # a sequential count draws its samples itself: at most sample.n (the estimate is that most)
         "count": (cfg.sample.n * 2 / clf + 5 + (cfg.sample.n * cfg.sample.steps * nfe_step / unet if cfg.sequential else 0),
                   2e6 + (cfg.sample.n * pixels if cfg.sequential else 0)),
+        # the census: its distances (9 shifts of N x N_D pixels at about 2e10 a second), or the embedding's training
+        "census": (0.0 if cfg.census is None else
+                   (9 * cfg.sample.n * n_train * pixels / 2e10 + 5 if cfg.census.space == "pixel" else
+                    cfg.census.embedding_steps * 128 * 3 / clf), 1e3 if cfg.census is None else cfg.sample.n * pixels),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
         "control": ((cfg.train.steps * cfg.train.batch_size * 3 / unet + cfg.sample.n * cfg.sample.steps * nfe_step / unet)
                     if cfg.with_control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.with_control else 1e3),

@@ -45,6 +45,7 @@ from ...generate import sample_run
 from ...io import config_hash, read_json
 from ...privacy.dpsgd import train_dp
 from ...training.loop import train
+from ..census.stage import run_census
 from ..count.sequential import sequential_run
 from ..count.stage import run_count
 from ..quality.fid import find_inception_weights
@@ -306,6 +307,15 @@ def _count(ctx: Context) -> dict:
     return out
 
 
+def _census(ctx: Context) -> dict:
+    c = ctx.cfg.census
+    if c is None:
+        return {"skipped": "no census (--census counts the training images the samples copy)"}
+    r = run_census(ctx.run, samples=ctx.samples_name, space=c.space, fpr=c.fpr, embedding_steps=c.embedding_steps,
+                   data_root=ctx.data_root, progress=ctx.progress, log=ctx.log)
+    return {"copies": r["copies"], "n": r["n_samples"], "n_copied": r["n_copied"], "level": r["verdict"]["level"]}
+
+
 def _tprime(ctx: Context) -> dict:
     t = ctx.cfg.tprime
     r = run_tprime(ctx.run, detector=ctx.cfg.detector, grid=make_grid(t.resolution, t.t_max), m=t.M, seed=t.seed,
@@ -344,7 +354,7 @@ def _report(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict | None]] = {
     "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "control": _control,
-    "count": _count,
+    "count": _count, "census": _census,
     "tprime": _tprime, "nll": _nll, "fid": _fid, "utility": _utility, "report": _report,
 }
 

@@ -20,6 +20,7 @@ from ...errors import DiffauditError
 from ...io import atomic_path, read_json, run_relative, write_json
 from ..count.verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 from ..results import RESULTS, update_results
+from .census import census_blocks
 from .conditioned import conditioned_blocks
 from .plots import plot_roc
 
@@ -39,6 +40,9 @@ def fmt(v: Any, digits: int = 3) -> str:
 def verdict(results: dict) -> str:
     """The report's first sentence: was x_p reproduced, how often against full memorisation, with what certainty."""
     r = results.get("reproduction")
+    census = (results.get("census") or {}).get("verdict")
+    if r is None and census is not None:
+        return f"Census (no canary): {census['statement']}"
     if r is None:
         return "No reproduction count yet: the audit has not reached its count stage."
     lo, hi = r["rate_ci95"]
@@ -95,7 +99,7 @@ def excess_warning(results: dict) -> str | None:
 
 
 #: the results.json sections made by a model, each recording its digest under "model"
-MODEL_SECTIONS = ("reproduction", "t_prime", "t_prime_posthoc", "nll_bpd", "fid")
+MODEL_SECTIONS = ("reproduction", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census")
 
 
 def model_of(results: dict) -> dict | None:
@@ -184,6 +188,12 @@ def verdict_blocks(results: dict) -> list[Block]:
                              f"were flagged): {fmt(net['rate'])}, 95% interval [{fmt(lo)}, {fmt(hi)}] "
                              f"({net['method']})."))
         out += [("p", f"**{c}**") for c in v.get("cautions", [])]
+    census = (results.get("census") or {}).get("verdict")
+    if v is None and census is not None:  # a post-hoc audit: the census gives the level
+        out += [("verdict", census["level"], f"Risk level: {census['level'].upper()} (census). {census['release']}"),
+                ("p", f"**{census['statement']}**"),
+                ("p", f"Why: {census['reason']}. Scope: {census['scope']}.")]
+        return out
     out.append(("p", f"**In the paper's terms.** {verdict(results)}"))
     model = model_of(results)
     if model is not None:
@@ -248,6 +258,8 @@ def _placement_sentence(placed: dict | None, noun: str = "image") -> str:
 def _fingerprint_blocks(run: Path, results: dict) -> list[Block]:
     """Which image is x_p, its SAF and where it was placed, and the picture of x_i, x_p and the foreground."""
     fp = results.get("fingerprint") or {}
+    if not fp:
+        return [("p", "This run has no canary (prepared without a fingerprint): its verdict, if any, is the census's.")]
     volume = len(results.get("image_shape") or ()) == 4
     noun, unit = ("volume", "voxels") if volume else ("image", "px")
     radius = fp.get("radius")
@@ -385,6 +397,7 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
     ph = results.get("t_prime_posthoc")
     if ph:
         out += posthoc_blocks(ph)
+    out += census_blocks(results, fmt)
 
     if rep:
         out.append(("h", 2, "Samples and positives"))

@@ -1,0 +1,37 @@
+"""Training images that stand for one person or one picture count once: near-duplicates (closer than the census's
+threshold to each other, in its space: two slices of one volume, one scan stored twice) and images of one patient
+form a group, the connected components of those two relations (a union-find)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def duplicate_groups(between: np.ndarray, tau: float, patients: Sequence[str | None]) -> np.ndarray:
+    """The group of each training image (int [K], numbered from 0 in order of first appearance) from their pairwise
+    distances ``between`` [K, K] and their ``patients`` (None: a patient of its own)."""
+    k = len(between)
+    parent = list(range(k))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    for i, j in zip(*np.nonzero(np.triu(between < tau, 1))):
+        join(int(i), int(j))
+    first: dict[str, int] = {}
+    for i, p in enumerate(patients):
+        if p is not None:
+            join(i, first.setdefault(p, i))
+    roots = [find(i) for i in range(k)]
+    number = {r: n for n, r in enumerate(dict.fromkeys(roots))}
+    return np.array([number[r] for r in roots], dtype=np.int64)

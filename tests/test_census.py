@@ -14,7 +14,7 @@ import torch
 
 from diffaudit.audit.census.calibrate import check_threshold, fit_threshold
 from diffaudit.audit.census.groups import duplicate_groups
-from diffaudit.audit.census.space import PixelSpace, nearest_two
+from diffaudit.audit.census.space import PixelSpace, close_pairs, nearest_two
 from diffaudit.audit.census.stage import run_census
 from diffaudit.config import PrepareConfig
 from diffaudit.data.prepare import build_training_set, prepare_run, split_images
@@ -94,7 +94,9 @@ def test_near_duplicates_and_a_patient_s_images_count_once():
     images = rng.integers(0, 256, (5, 1, 12, 12), dtype=np.uint8)
     images[3] = np.clip(images[1].astype(int) + 1, 0, 255)  # a near-duplicate of image 1
     space = PixelSpace(shift=1)
-    groups = duplicate_groups(space.distances(images, images), 0.05, [None, None, "p7", None, "p7"])
+    pairs = close_pairs(space, images, 0.05)
+    assert pairs == [(1, 3)]
+    groups = duplicate_groups(5, pairs, [None, None, "p7", None, "p7"])
     assert groups.tolist() == [0, 1, 2, 1, 2] and len(set(groups)) == 3
     found = nearest_two(space, images[[1, 4]], images)
     assert found.index.tolist() == [1, 4] and found.distance.max() < 1e-3 and (found.second_distance > 0).all()
@@ -129,6 +131,10 @@ def test_bad_census_input_is_refused_in_one_line(census_run, data_root, tmp_path
     code, err = cli(capsys, *base, "--embedding", tmp_path / "flat.pt")
     assert code == 2 and "does not take 1-channel inputs of side 28" in err and "--embedding-size" in err
     assert cli(capsys, *base, "--embedding", tmp_path / "flat.pt", "--embedding-size", "10")[0] == 0
+    code, err = cli(capsys, *base, "--space", "pixel", "--embedding", tmp_path / "flat.pt")
+    assert code == 2 and "leave --space pixel out" in err
+    code, err = cli(capsys, *base, "--embedding-steps", "0")
+    assert code == 2 and "embedding_steps" in err
     code, err = cli(capsys, *base, "--space", "pixel", "--embedding-size", "10")
     assert code == 2 and "--embedding-size is the input side of an encoder given with --embedding" in err
     own = tmp_path / "own"

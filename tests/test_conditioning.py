@@ -108,6 +108,10 @@ def test_sampling_tables_follow_the_mode_and_the_model():
     np.testing.assert_allclose(condition_table(manifest, 2, 1, "x_p")[0], [[0, -1]])
     assert condition_table({}, 0, 0, "auto") == (None, {})
     np.testing.assert_array_equal(condition_table({}, 3, 0, "auto")[0], [0, 1, 2])  # classes, each in turn
+    sex_only = {**manifest, "source": {**manifest["source"], "attributes": {"encoding": manifest["source"][
+        "attributes"]["encoding"][:1]}}}
+    labels, _ = condition_table(sex_only, 2, 0, "training")  # one categorical attribute: a class-conditional model
+    assert labels.dtype == np.int64 and labels.tolist() == [1, 0, 1]
     with pytest.raises(DiffauditError, match="continuous attributes samples with the training set's"):
         condition_table(manifest, 2, 1, "classes")
     with pytest.raises(DiffauditError, match="unconditional"):
@@ -142,6 +146,10 @@ def test_the_volume_audit_conditioned_on_age_and_sex_counts_x_p_both_ways(tmp_pa
     assert set(own["conditions"]["x_p"]) == {"Age", "Sex"}
     assert "Sampling with x_p's own attributes" in (r / "report.md").read_text()
     assert run(capsys, "verify", r)[0] == 0
+    # counting the x_p-conditioned samples by hand fills their own section, never the verdict's
+    assert run(capsys, "count", "--run-dir", r, "--quiet", "--detector", "nn", "--samples", "em10-seed0-x_p")[0] == 0
+    again = json.loads((r / "results.json").read_text())
+    assert again["reproduction"] == results["reproduction"] and again["reproduction_x_p"]["q"] == own["q"]
     bad = dict(json.loads((r / "results.json").read_text()))
     bad["reproduction_x_p"] = {**own, "q": 3}
     (r / "results.json").write_text(json.dumps(bad))

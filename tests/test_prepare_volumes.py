@@ -302,7 +302,9 @@ def test_the_patients_split_into_fixed_halves_and_the_volume_privacy_sweep_pretr
     names = [f"P{p:02d}-s{s}" for p in range(7) for s in range(2)]
     patients = [n[:3] for n in names]
     public, private = patient_half(names, patients, "public"), patient_half(names, patients, "private")
-    assert sorted(public + private) == list(range(14)) and len(public) == 8  # ceil(7 / 2) patients public
+    assert sorted(public + private) == list(range(14)) and public and private
+    # each ID is drawn alone: a patient added (or left out by --condition-on) moves no one else across
+    assert patient_half(names + ["P99-s0"], patients + ["P99"], "public")[: len(public)] == public
     assert not {patients[k] for k in public} & {patients[k] for k in private}  # no patient on both sides
     assert patient_half(list(reversed(names)), list(reversed(patients)), "public") == [13 - k for k in reversed(public)]
     root = _folder(tmp_path / "nifti", patients=8)

@@ -122,6 +122,7 @@ def _sample_record(cfg: SampleConfig) -> dict:
     for key, old in (("compile", "none"), ("memory_format", "contiguous")):
         if record.get(key) == old:
             del record[key]
+    record.pop("condition", None)  # the folder's conditions record says how its images were conditioned
     return record
 
 
@@ -308,7 +309,9 @@ def sample_run(run: str | Path, name: str, cfg: SampleConfig, *, device: str = "
         classes = number_of_classes(manifest["dataset"], data_root=data_root) if model is not None else None
         net = run_model(run, manifest=manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                         num_classes=classes, device=str(procs.device),
-                        check=lambda m: claim_folder(out, m, cfg, write=False))  # before a model given is registered
+                        # checked before a model given is registered
+                        check=lambda m: claim_folder(out, m, cfg, write=False,
+                                                     conditions=run_conditions(manifest, m, cfg.condition, data_root)))
     conditions = run_conditions(manifest, net, cfg.condition, data_root)
     generate_shards(out, net, cfg, device=procs.device, progress=progress and procs.main, rank=procs.rank,
                     world=procs.world, conditions=conditions)

@@ -4,8 +4,9 @@ and the table a sampling run draws its conditions from.
 **Attributes.** A volume audit with ``--attributes FILE.csv`` records every volume's row of that CSV (its first
 column names the scan: :func:`~diffaudit.data.volumes.patients.attributes_for`). ``--condition-on Sex,Age`` picks the
 columns the model is conditioned on: a column whose values are all numbers is continuous (standardised by the mean
-and standard deviation of the training split), any other categorical (its distinct values, sorted, over the whole
-CSV, are the classes). At most one column may be categorical: it is the networks' class embedding; the continuous
+and standard deviation of its values in the whole CSV, so every run of the data encodes an age alike), any other
+categorical (its distinct values, sorted, over the whole CSV, are the classes); ``Sex:class`` takes a numeric code
+(1/2) as classes. At most one column may be categorical: it is the networks' class embedding; the continuous
 ones are covariates (:mod:`diffaudit.diffusion.conditioning`). A volume without a value in a condition column is
 left out, and listed in the manifest.
 
@@ -14,7 +15,9 @@ still a function of (seed, index) alone:
 
 * ``classes``: every class in turn (i mod C), what a class-conditional model has always drawn;
 * ``training``: the training set's conditions, row i mod N_D: the attributes of the training set, as often as they
-  occur in it;
+  occur in it. Under full memorisation a sample drawn with training image j's conditions is one of the N_match images
+  that share them, so x_p comes back with probability sum_j (1/N_D)(1/N_match) over x_p's N_match = 1/N_D: the
+  count's null hypothesis holds as for an unconditional model (with ``classes`` it would be 1/(C N_class), not 1/N_D);
 * ``x_p``: x_p's own conditions: what an attacker who knows the patient's attributes samples;
 * ``auto``: ``classes`` for a model with classes only, ``training`` for one with covariates.
 """
@@ -49,11 +52,12 @@ def encoding(table: dict[str, dict[str, str]], columns: Sequence[str], *, path: 
     patients included, encodes an age alike); the categorical column first."""
     known = set(next(iter(table.values()), {}))
     out = []
-    for col in columns:
+    for spec in columns:
+        col, forced = column_of(spec), spec.endswith(CLASS_SUFFIX)
         if col not in known:
             raise DiffauditError(f"--condition-on {col}: {path} has no such column; it has {', '.join(sorted(known))}")
         values = [row[col] for row in table.values() if row.get(col, "") != ""]
-        if values and all(_number(v) is not None for v in values):
+        if not forced and values and all(_number(v) is not None for v in values):
             numbers = np.array([float(v) for v in values], dtype=np.float64)
             std = float(numbers.std()) if len(numbers) > 1 else 0.0
             out.append({"name": col, "kind": "continuous", "mean": float(numbers.mean()), "std": std if std > 0 else 1.0})
@@ -64,6 +68,14 @@ def encoding(table: dict[str, dict[str, str]], columns: Sequence[str], *, path: 
         raise DiffauditError(f"--condition-on names {len(categorical)} categorical columns ({', '.join(categorical)}); a "
                              "model takes one (its class embedding) and any number of numeric ones")
     return sorted(out, key=lambda e: e["kind"] != "categorical")
+
+
+CLASS_SUFFIX = ":class"  # --condition-on Sex:class: a numeric code (1/2) taken as classes, not as a number
+
+
+def column_of(spec: str) -> str:
+    """The CSV column a ``--condition-on`` entry names (``Sex:class`` -> ``Sex``)."""
+    return spec[: -len(CLASS_SUFFIX)] if spec.endswith(CLASS_SUFFIX) else spec
 
 
 def encode(attributes: dict[str, str | float], encoded: Sequence[dict]) -> list[float]:
@@ -109,7 +121,15 @@ def training_conditions(manifest: dict, labels=None) -> np.ndarray | None:
     if encoded is None:
         return None if labels is None else np.asarray(labels())
     files = _train_files(manifest)
-    return np.array([encode(files[i]["attributes"], encoded) for i in manifest["indices"]], dtype=np.float32)
+    return _as_rows([encode(files[i]["attributes"], encoded) for i in manifest["indices"]], encoded)
+
+
+def _as_rows(rows: list[list[float]], encoded: Sequence[dict]) -> np.ndarray:
+    """Condition rows as the model takes them: float32 [N, W] with a continuous column, else the class as int64 [N]
+    (a model of one categorical attribute is a class-conditional model)."""
+    if any(e["kind"] == "continuous" for e in encoded):
+        return np.array(rows, dtype=np.float32).reshape(len(rows), -1)
+    return np.array([r[0] for r in rows], dtype=np.int64)
 
 
 def heldout_conditions(manifest: dict, split: str, labels=None) -> np.ndarray | None:
@@ -117,15 +137,18 @@ def heldout_conditions(manifest: dict, split: str, labels=None) -> np.ndarray | 
     encoded = attribute_encoding(manifest)
     if encoded is None:
         return None if labels is None else np.asarray(labels())
-    return np.array([encode(f["attributes"], encoded) for f in manifest["source"]["files"] if f["split"] == split],
-                    dtype=np.float32)
+    return _as_rows([encode(f["attributes"], encoded) for f in manifest["source"]["files"] if f["split"] == split],
+                    encoded)
 
 
 def raw_attributes(manifest: dict, position: int) -> dict | None:
-    """The recorded attributes of D_p's image at ``position`` (x_p: x_i's), or None when the run records none."""
-    if not (manifest.get("source") or {}).get("attributes"):
+    """The attributes the model is conditioned on of D_p's image at ``position`` (x_p: x_i's), and only those: the
+    CSV's other columns stay out of results.json and the report. None when the run is not conditioned on attributes."""
+    encoded = attribute_encoding(manifest)
+    if encoded is None:
         return None
-    return _train_files(manifest)[manifest["indices"][position]].get("attributes")
+    row = _train_files(manifest)[manifest["indices"][position]].get("attributes") or {}
+    return {e["name"]: row.get(e["name"]) for e in encoded}
 
 
 def condition_table(manifest: dict, num_classes: int, covariates: int, mode: str,

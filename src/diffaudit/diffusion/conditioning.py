@@ -4,7 +4,7 @@ the time embedding, as diffusers and MONAI add their class embedding.
 
 **The condition tensor.** A model with covariates takes ``class_labels`` as float [B, W]: column 0 is the class index
 when the model has classes, the remaining ``covariates`` columns are the standardised continuous attributes
-(:mod:`diffaudit.data.attributes` encodes them). A model with classes only keeps int64 [B] labels, so every
+(:mod:`diffaudit.data.conditions` encodes them). A model with classes only keeps int64 [B] labels, so every
 class-conditional model trained before covariates existed loads and samples as it did.
 
 **The exact conditional memoriser.** :func:`conditioned_memoriser_score` is the score of the training set given the
@@ -91,8 +91,9 @@ def check_conditions(conditions: np.ndarray | None, n: int, cfg: ModelConfig) ->
                                  f"[{y.min()}, {y.max()}]")
         return torch.from_numpy(y.astype(np.int64))
     if c.shape != (n, width) or not np.isfinite(c).all():
+        what = f"{'a class and ' if cfg.num_classes else ''}{cfg.covariates} covariate(s)"
         raise DiffauditError(f"need the {n} training images' attributes as {n} rows of {width} finite values "
-                             f"(class and {cfg.covariates} covariates), got the shape {list(c.shape)}")
+                             f"({what}), got the shape {list(c.shape)}")
     if cfg.num_classes and (c[:, 0].min() < 0 or c[:, 0].max() >= cfg.num_classes):
         raise DiffauditError(f"the class column must lie in [0, {cfg.num_classes})")
     return torch.from_numpy(c.astype(np.float32))

@@ -4,15 +4,14 @@ form a group, the connected components of those two relations (a union-find)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 
-def duplicate_groups(between: np.ndarray, tau: float, patients: Sequence[str | None]) -> np.ndarray:
-    """The group of each training image (int [K], numbered from 0 in order of first appearance) from their pairwise
-    distances ``between`` [K, K] and their ``patients`` (None: a patient of its own)."""
-    k = len(between)
+def duplicate_groups(k: int, close: Iterable[tuple[int, int]], patients: Sequence[str | None]) -> np.ndarray:
+    """The group of each of ``k`` training images (int [k], numbered from 0 in order of first appearance) from the
+    pairs ``close`` (i, j) nearer than the threshold to each other and their ``patients`` (None: one of its own)."""
     parent = list(range(k))
 
     def find(i: int) -> int:
@@ -26,7 +25,7 @@ def duplicate_groups(between: np.ndarray, tau: float, patients: Sequence[str | N
         if a != b:
             parent[max(a, b)] = min(a, b)
 
-    for i, j in zip(*np.nonzero(np.triu(between < tau, 1))):
+    for i, j in close:
         join(int(i), int(j))
     first: dict[str, int] = {}
     for i, p in enumerate(patients):

@@ -114,3 +114,17 @@ def nearest_two(space: Space, queries: np.ndarray, gallery: np.ndarray, *,
         if progress is not None:
             progress(len(chunk))
     return Nearest(np.concatenate(index), np.concatenate(dist), np.concatenate(second), np.concatenate(second_d))
+
+
+def close_pairs(space: Space, images: np.ndarray, tau: float) -> list[tuple[int, int]]:
+    """The pairs (i, j), i < j, of ``images`` closer than ``tau`` to each other in ``space``, computed in blocks of
+    :data:`CHUNK` rows so that memory never holds the whole [K, K] matrix."""
+    feats = isinstance(space, EmbeddingSpace)
+    g = space.features(images) if feats else images
+    out: list[tuple[int, int]] = []
+    for lo in range(0, len(images), CHUNK):
+        d = (np.clip(1.0 - g[lo:lo + CHUNK] @ g.T, 0.0, 2.0) if feats else space.distances(images[lo:lo + CHUNK], g))
+        for i, j in zip(*np.nonzero(d < tau)):
+            if lo + i < j:
+                out.append((int(lo + i), int(j)))
+    return out

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...data.dataset import open_data
-from ...data.prepare import build_training_set, heldout_split, load_manifest, split_images
+from ...config import SPLITS
+from ...data.prepare import build_training_set, load_manifest, split_images
 from ...errors import DiffauditError
 from ...generate import iter_shards
 from ...images import save_grid
@@ -32,7 +33,7 @@ from ..results import update_results
 from .calibrate import check_fpr, check_threshold, fit_threshold
 from .embedding import encoder_space, load_user_encoder, train_embedding
 from .groups import duplicate_groups
-from .space import PixelSpace, Space, nearest_two
+from .space import PixelSpace, Space, close_pairs, nearest_two
 from .verdict import census_verdict
 
 SPACES = ("pixel", "embedding")
@@ -84,7 +85,7 @@ def run_census(run: Path, *, samples: str | None = None, space: str = "pixel", f
     if len(train) < 2:
         raise DiffauditError(f"the census matches samples against the training set, which holds {len(train)} image; "
                              "it needs at least 2 to tell a copy from a resemblance")
-    eval_split, test_split = heldout_split(manifest, "val"), heldout_split(manifest, "test")
+    eval_split, test_split = [s for s in SPLITS if s != manifest["split"]]  # never the training split, never one
     held_eval = split_images(manifest, eval_split, data=data)
     held_test = split_images(manifest, test_split, data=data)
     if len(held_eval) < 1 or len(held_test) < 1:
@@ -109,7 +110,12 @@ def run_census(run: Path, *, samples: str | None = None, space: str = "pixel", f
         found = nearest_two(sp, images, train, progress=bar.update)
     tau = cal["threshold"]
     patients = training_patients(manifest, data)
-    groups = duplicate_groups(sp.distances(train, train), tau, patients)
+    groups = duplicate_groups(len(train), close_pairs(sp, train, tau), patients)
+    if tau <= 0:
+        log(f"warning: held-out images of the {eval_split} split are exact copies of training images (distance 0), so "
+            "no sample can be flagged; the data holds duplicates across its splits: remove them and prepare again")
+        cal["note"] = (f"{cal.get('note', '')} " if cal.get("note") else "") + (
+            "The threshold is 0: held-out images are exact copies of training images, so nothing can be flagged")
     flagged = np.flatnonzero(found.distance < tau)
     copied = sorted(set(found.index[flagged].tolist()))
     lo, hi = clopper_pearson(len(flagged), len(images))

@@ -185,6 +185,9 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     if launched_world() > 1:
         raise DiffauditError("the sequential count looks at the shards in order and runs in one process; launch it "
                              "without accelerate/torchrun, or sample a fixed N in parallel")
+    if cfg.condition == "x_p":
+        raise DiffauditError("the sequential count tests against 1/N_D, which samples drawn with x_p's own conditions "
+                             "do not follow; draw them with a fixed --n and count them ('diffaudit count')")
     run = Path(run)
     manifest = load_manifest(run)
     if net is None:

@@ -112,6 +112,14 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
     manifest = load_manifest(run)
     audit = AuditData(manifest, data_root)
     folder = _with_shards(find_samples(run, samples))
+    drawn_with = conditioned_on(folder, manifest, data_root)
+    if drawn_with is not None and drawn_with["mode"] == "x_p" and section_name == "reproduction":
+        # samples drawn with x_p's own conditions are tested against 1/N_match: their own section, never the verdict's
+        section_name = "reproduction_x_p"
+        log(f"{folder.name} was drawn with x_p's own conditions: counted into results.json's reproduction_x_p")
+    if drawn_with is not None and drawn_with["mode"] == "x_p" and control_samples is not None:
+        raise DiffauditError("samples drawn with x_p's own conditions are counted without --control-samples (the "
+                             "control model has no x_p); count the training-conditioned samples with it")
     detectors = make_detectors(run, audit, detector, device=device)
     rates: dict = {}
     if detector == "classifiers":
@@ -145,7 +153,6 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
             images = np.concatenate([x for _, x in iter_shards(control)])
             rates["roc_control_samples"] = roc_of(detectors, images, audit, seed=detectors["c_p"].meta["config"]["seed"])
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
-    drawn_with = conditioned_on(folder, manifest, data_root)
     n_match = drawn_with["matching"] if drawn_with else manifest["n_train"]
     section = reproduction_section(count, n_match, detectors=described, rates=rates,
                                    samples=run_relative(run, folder),

@@ -79,6 +79,7 @@ def plan(ctx: Context) -> list[dict]:
     rates = _probe_rates(cfg, shape, ctx.device)
     unet, clf = rates["unet"], rates["classifier"]
     n_train = cfg.prepare.n_train or 1000
+    twice = 2 if cfg.external is None and (cfg.model.num_classes or cfg.prepare.condition) else 1
     pixels = math.prod(shape)
     params = sum(p.numel() for p in build_network(cfg.model, shape).parameters())
     files = _source_files(cfg)
@@ -95,7 +96,9 @@ def plan(ctx: Context) -> list[dict]:
                         sum(c.max_epochs * (c.epoch_size + c.val_size / 3) * 3 / clf for c in (cfg.c_p, cfg.c_id)),
                         sum(4 * sum(p.numel() for p in build_classifier(c, channels, min(shape[1:]), len(shape) - 1)
                                     .parameters()) for c in (cfg.c_p, cfg.c_id))),
-        "sample": (0.0, 1e3) if cfg.sequential else (cfg.sample.n * cfg.sample.steps * nfe_step / unet, cfg.sample.n * pixels),
+        # a conditional model is sampled twice: with the training set's conditions and with x_p's own
+        "sample": (0.0, 1e3) if cfg.sequential else (twice * cfg.sample.n * cfg.sample.steps * nfe_step / unet,
+                                                     twice * cfg.sample.n * pixels),
         # a sequential count draws its samples itself: at most sample.n (the estimate is that most)
         "count": (cfg.sample.n * 2 / clf + 5 + (cfg.sample.n * cfg.sample.steps * nfe_step / unet if cfg.sequential else 0),
                   2e6 + (cfg.sample.n * pixels if cfg.sequential else 0)),

@@ -211,8 +211,13 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
         raise DiffauditError("a privacy sweep needs at least one epsilon and one pretraining choice")
     if any(e is not None and not e > 0 for e in epsilons):
         raise DiffauditError(f"epsilon must be positive (or inf), got {list(epsilons)}")
-    halves = is_volume_config(base.prepare) and public_dataset is None
+    # volumes of a folder, pretrained with no public dataset named: the public set is the other half of the patients
+    halves = (any(pretrain) and public_dataset is None and is_volume_config(base.prepare)
+              and Path(base.prepare.data).is_dir())
     if halves:
+        if base.prepare.half == "public":
+            raise DiffauditError("the cells audit the private half of the patients and pretrain on the public one; "
+                                 "leave --half out (or give --half private)")
         base = dataclasses.replace(base, prepare=dataclasses.replace(base.prepare, half="private"))
     if any(pretrain) and public_dataset is None and not halves:
         raise DiffauditError("public pretraining needs a public MedMNIST set: give --public-dataset, or --pretrain no")

@@ -99,7 +99,7 @@ def excess_warning(results: dict) -> str | None:
 
 
 #: the results.json sections made by a model, each recording its digest under "model"
-MODEL_SECTIONS = ("reproduction", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census")
+MODEL_SECTIONS = ("reproduction", "reproduction_x_p", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census")
 
 
 def model_of(results: dict) -> dict | None:

@@ -56,23 +56,26 @@ def split_volumes(root: str | Path, names: Sequence[str], *, patients: Sequence[
     return [r.split for r in assign_splits(source, ratios=ratios, seed=seed, by_patient=patients is not None)]
 
 
-HALF_SEED = 20_231_001  # the patients' draw into halves: fixed, so every run of the data agrees on them
+HALF_SEED = "diffaudit-half-1"  # the patients' draw into halves: fixed, so every run of the data agrees on them
+
+
+def public_patient(patient: str) -> bool:
+    """Whether ``patient`` is in the public half: the parity of the SHA-256 of the seed and the ID alone, so no
+    other patient, no added volume and no choice of columns moves anyone across."""
+    import hashlib
+
+    return hashlib.sha256(f"{HALF_SEED}:{patient}".encode()).digest()[0] % 2 == 0
 
 
 def patient_half(names: Sequence[str], patients: Sequence[str] | None, half: str) -> list[int]:
-    """The positions of the volumes whose patient lies in ``half`` ("public" or "private") of the patients: their
-    sorted IDs shuffled by a fixed seed, the first ceil(n / 2) public. A patient's volumes stay on one side, and the
-    draw depends on the patients alone, so a public pretraining and a private audit of the same data never share a
-    person."""
-    import numpy as np
-
+    """The positions of the volumes whose patient (else file name) lies in ``half`` ("public" or "private"): each ID
+    drawn by :func:`public_patient`, about half of them public. A patient's volumes stay on one side, so a public
+    pretraining and a private audit of the same data never share a person."""
     who = list(patients) if patients is not None else list(names)
-    ids = sorted(set(who))
-    if len(ids) < 2:
-        raise DiffauditError(f"--half needs at least 2 patients to split; the data has {len(ids)}")
-    order = np.random.default_rng(HALF_SEED).permutation(len(ids))
-    public = {ids[i] for i in order[: (len(ids) + 1) // 2]}
-    return [k for k, p in enumerate(who) if (p in public) == (half == "public")]
+    keep = [k for k, p in enumerate(who) if public_patient(p) == (half == "public")]
+    if not keep:
+        raise DiffauditError(f"the {half} half of the {len(set(who))} patients is empty; --half needs more patients")
+    return keep
 
 
 def read_attributes(path: str | Path, *, key: str | None = None) -> dict[str, dict[str, str]]:

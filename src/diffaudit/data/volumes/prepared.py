@@ -117,14 +117,13 @@ def prepare_volumes(cfg: PrepareConfig, run: str | os.PathLike, *, progress: boo
     else:
         reader, names = volume_items(root, cfg)
         patients = patients_of(names, cfg.patient_pattern) if cfg.patient_pattern else None
-        if cfg.attributes is not None:
-            names, patients, attributes, left_out = _with_attributes(cfg, root, names, patients, log)
-        if cfg.half is not None:
+        if cfg.half is not None:  # first: the halves depend on the patients alone
             keep = patient_half(names, patients, cfg.half)
             log(f"the {cfg.half} half of the patients: {len(keep)} of {len(names)} volumes")
             names = [names[k] for k in keep]
             patients = None if patients is None else [patients[k] for k in keep]
-            attributes = None if attributes is None else [attributes[k] for k in keep]
+        if cfg.attributes is not None:
+            names, patients, attributes, left_out = _with_attributes(cfg, root, names, patients, log)
         splits = split_volumes(root, names, patients=patients, ratios=cfg.split_ratios, seed=cfg.seed)
     order = [i for s in SPLITS for i in range(len(names)) if splits[i] == s]
     steps = steps_of(cfg, reader)
@@ -186,27 +185,28 @@ def _with_attributes(cfg: PrepareConfig, root: Path, names: list[str], patients:
     """(the volumes kept, their patients, each one's row of ``--attributes``, the volumes left out): with
     ``--condition-on``, a volume without a value in a condition column is left out (and listed); without, every volume is
     kept, with its row where it has one."""
-    from ..conditions import attributes_path
+    from ..conditions import attributes_path, column_of
 
     path = attributes_path(cfg.attributes, root)
     table = read_attributes(path)
+    columns = [column_of(c) for c in cfg.condition]
     known = set(next(iter(table.values()), {}))
-    unknown = [c for c in cfg.condition if c not in known]
+    unknown = [c for c in columns if c not in known]
     if unknown:
         raise DiffauditError(f"--condition-on {unknown[0]}: {path.name} has no such column; it has "
                              f"{', '.join(sorted(known))}")
     rows, _ = attributes_for(names, table, patients)
-    keep = [i for i, row in enumerate(rows) if not cfg.condition or (row is not None and
-                                                                     all(row.get(c, "") != "" for c in cfg.condition))]
+    keep = [i for i, row in enumerate(rows) if not columns or (row is not None and
+                                                               all(row.get(c, "") != "" for c in columns))]
     kept = set(keep)
-    left_out = [{"file": names[i], "reason": f"no {'/'.join(cfg.condition)} in {path.name}"}
+    left_out = [{"file": names[i], "reason": f"no {'/'.join(columns)} in {path.name}"}
                 for i in range(len(names)) if i not in kept]
     if not keep:
-        raise DiffauditError(f"no volume of {root} has a row with {'/'.join(cfg.condition) or 'values'} in {path}: its "
+        raise DiffauditError(f"no volume of {root} has a row with {'/'.join(columns) or 'values'} in {path}: its "
                              "first column must name each scan (the file name up to the first '_', the name without "
                              "extension, or the patient)")
     if left_out:
-        log(f"warning: {len(left_out)} volumes have no {'/'.join(cfg.condition)} in {path.name} and are left out "
+        log(f"warning: {len(left_out)} volumes have no {'/'.join(columns)} in {path.name} and are left out "
             f"({left_out[0]['file']}, ...); recorded in manifest.json")
     return ([names[i] for i in keep], None if patients is None else [patients[i] for i in keep],
             [rows[i] for i in keep], left_out)

@@ -266,3 +266,22 @@ def test_report_md_escapes_markup_from_results_json(copy, capsys):
     md = (copy / "report.md").read_text()
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in md
     assert "<script>" not in (copy / "report.html").read_text()
+
+
+def test_a_census_is_recounted_and_a_census_only_run_verifies_by_it(copy, data_root, capsys):
+    dr = str(data_root)
+    assert run(capsys, "census", "--run-dir", copy, "--quiet", "--data-root", dr)[0] == 0
+    code, err = verify(capsys, copy, data_root)
+    assert code == 0, err
+    _edit(copy, "results.json", lambda r: r["census"].update(copies=r["census"]["copies"] + 1))
+    code, err = verify(capsys, copy, data_root)
+    assert code == VERIFY_FAILED and one_line(err).startswith("diffaudit verify: results.json: census.copies"), err
+    # no canary count at all: the census is what verify checks, and the level it recomputes
+    _edit(copy, "results.json", lambda r: (r.pop("reproduction"), r.pop("verdict", None),
+                                           r["census"].update(copies=r["census"]["copies"] - 1)))
+    code, err = verify(capsys, copy, data_root)
+    assert code == 0 and "the census of N = 6" in err, err
+    _edit(copy, "results.json", lambda r: r["census"]["verdict"].update(level="low" if r["census"]["verdict"]["level"]
+                                                                        == "high" else "high"))
+    code, err = verify(capsys, copy, data_root)
+    assert code == VERIFY_FAILED and "census.verdict.level" in err, err

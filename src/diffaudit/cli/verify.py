@@ -25,7 +25,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
         _say(f"{run / 'manifest.json'} {'resealed' if resealed else 'was sealed already'}: digest {manifest['digest']}")
         return
     r = verify_run(run, data_root=args.data_root, device=args.device, progress=not args.quiet)
-    _say(f"verified: {run} is what its records say (model {r['model']}; |q| = {r['q']} of N = {r['n']}"
+    counted = f"|q| = {r['q']} of N = {r['n']}" if r["q"] is not None else f"the census of N = {r['n']}"
+    _say(f"verified: {run} is what its records say (model {r['model']}; {counted}"
          + (f"; risk level {r['level']}" if r["level"] else "") + ")")
 
 

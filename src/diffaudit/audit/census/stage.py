@@ -75,8 +75,9 @@ def make_space(run: Path, kind: str, *, train: np.ndarray, others: np.ndarray, m
 
 def run_census(run: Path, *, samples: str | None = None, space: str = "pixel", fpr: float = 0.001,
                embedding: str | None = None, embedding_size: int | None = None, embedding_steps: int = 300,
-               data_root=None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """The census of the samples ``samples`` (module docstring); returns results.json's ``census`` section."""
+               data_root=None, progress: bool = True, log: Callable[[str], None] = print, write: bool = True) -> dict:
+    """The census of the samples ``samples`` (module docstring); returns results.json's ``census`` section, written
+    with its pairs and gallery unless ``write`` is False (``verify`` recomputes it so)."""
     fpr = check_fpr(fpr)
     run = Path(run)
     manifest = load_manifest(run)
@@ -136,13 +137,16 @@ def run_census(run: Path, *, samples: str | None = None, space: str = "pixel", f
                                           "samples": int((found.index[flagged] == x_p).sum())},
     }
     out = run / "census" / folder.name
+    section["pairs"] = run_relative(run, out / "pairs.json")
+    section["gallery"] = run_relative(run, out / "gallery.png")
+    section["verdict"] = census_verdict(section)
+    if not write:
+        return section
     pairs = [{"sample": int(i), "nearest": int(found.index[i]), "distance": float(found.distance[i]),
               "second": int(found.second[i]), "second_distance": float(found.second_distance[i]),
               "group": int(groups[found.index[i]]), "patient": patients[found.index[i]]} for i in flagged]
     write_json(out / "pairs.json", {"threshold": tau, "space": sp.describe(), "pairs": pairs})
-    section["pairs"] = run_relative(run, out / "pairs.json")
-    section["gallery"] = _gallery(out / "gallery.png", images, train, found, run)
-    section["verdict"] = census_verdict(section)
+    _gallery(out / "gallery.png", images, train, found, run)
     update_results(run, manifest, census=section)
     return section
 

@@ -367,6 +367,37 @@ def _recount_x_p(run: Path, rep: dict, manifest: dict, *, data_root, device: str
             _differs("results.json", f"{name}.{key}", rep.get(key), value, how)
 
 
+CENSUS_FIELDS = ("n_samples", "n_train", "threshold", "copies", "share", "share_ci95", "n_copied", "n_copied_groups",
+                 "n_copied_patients", "copied", "x_p")
+
+
+def _recount_census(run: Path, census: dict, *, data_root) -> None:
+    """The census recomputed from its samples in its space (the embedding the census trained is reloaded, the user's
+    encoder read again), without writing, and compared field by field, its verdict included."""
+    from ..census.stage import run_census
+
+    if not isinstance(census, dict) or not isinstance(census.get("samples"), str):
+        _fail("results.json", "census names no samples; the file was edited or damaged")
+    space = census.get("space") or {}
+    user = space.get("path") if space.get("space") == "embedding (user)" else None
+    try:
+        again = run_census(run, samples=str(_samples_folder(run, census["samples"])),
+                           space="embedding" if str(space.get("space", "")).startswith("embedding") else "pixel",
+                           fpr=(census.get("calibration") or {}).get("fpr_target", 0.001), embedding=user,
+                           embedding_size=space.get("input_side") if user else None,
+                           embedding_steps=space.get("steps", 300), data_root=data_root, progress=False,
+                           log=lambda _: None, write=False)
+    except DiffauditError as err:
+        _fail("results.json", f"census: {err}")
+    how = "the census recomputed from its samples"
+    for key in CENSUS_FIELDS:
+        if not _same(census.get(key), again.get(key)):
+            _differs("results.json", f"census.{key}", census.get(key), again.get(key), how)
+    if (census.get("verdict") or {}).get("level") != again["verdict"]["level"]:
+        _differs("results.json", "census.verdict.level", (census.get("verdict") or {}).get("level"),
+                 again["verdict"]["level"], how)
+
+
 def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
     """The derived figures of results.json against their recomputation from its counts."""
     from ..report.render import cautions_of
@@ -438,6 +469,15 @@ def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", 
     except DiffauditError as err:
         _fail("results.json", str(err).removeprefix("results.json: "))
     rep = results.get("reproduction")
+    if not rep and results.get("census"):  # a post-hoc audit: the census is what there is to verify
+        model = _check_model(run, manifest)
+        census = results["census"]
+        folder = _samples_folder(run, str(census.get("samples")))
+        check_recorded(run, folder, [p.name for p in folder.glob(SHARDS)], "the samples")
+        if (census.get("model") or {}).get("digest") not in (None, model):
+            _differs("results.json", "census.model.digest", census["model"]["digest"], model, "the run's model")
+        _recount_census(run, census, data_root=data_root)
+        return {"model": model, "q": None, "n": census["n_samples"], "level": (census.get("verdict") or {}).get("level")}
     if not rep:
         _fail("results.json", "has no reproduction count to verify; run the count stage first")
     missing = [k for k in ("samples", "q", "n_samples", "detectors") if k not in rep]
@@ -480,5 +520,7 @@ def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", 
     if results.get("reproduction_x_p") is not None:
         _recount_x_p(run, results["reproduction_x_p"], manifest, data_root=data_root, device=device,
                      progress=progress)
+    if results.get("census") is not None:
+        _recount_census(run, results["census"], data_root=data_root)
     level = (results.get("verdict") or {}).get("level")
     return {"model": model, "q": rep["q"], "n": rep["n_samples"], "level": level}

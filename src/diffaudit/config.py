@@ -21,6 +21,7 @@ C = TypeVar("C")
 #: The smallest training set an audit can use: x_p and at least one other image, against which the identity
 #: classifier and the reference detector's threshold are calibrated.
 MIN_N_TRAIN = 2
+MAX_CANARIES = 10_000
 SPLITS = ("train", "val", "test")  # the splits of a MedMNIST file
 PRECISIONS = ("fp32", "tf32", "bf16")  # the sampler's numerics (diffusion.precision)
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile modes of the sampler's network
@@ -161,9 +162,13 @@ class PrepareConfig(Checked):
     attributes: str | None = None  # volumes: a CSV of the scans' attributes (first column: the scan), e.g. age, sex
     condition: tuple[str, ...] = ()  # volumes: the attributes' columns the model is conditioned on (data.conditions)
     half: str | None = None  # volumes: only the public or private half of the patients (data.volumes.patients)
+    canaries: int = 1  # m canary candidates, each included with probability `inclusion` (data.canaries); 1: x_p alone
+    duplicates: tuple[int, ...] = (1,)  # how often an included canary occurs in D_p, drawn from these per canary
+    inclusion: float = 1.0  # the probability that a candidate is included (Steinke et al.: 0.5)
 
     # added after configs were first saved: left out of the JSON at their default, so earlier runs' keys stay valid
-    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern", "series", "attributes", "condition", "half")
+    _OMIT_AT_DEFAULT = ("spacing", "volume_index", "patient_pattern", "series", "attributes", "condition", "half",
+                        "canaries", "duplicates", "inclusion")
     HALVES = ("public", "private")
 
     def _check(self) -> None:
@@ -210,12 +215,30 @@ class PrepareConfig(Checked):
         self._require("condition", all(c.strip() for c in self.condition) and len(set(self.condition)) == len(self.condition),
                       "distinct column names of the attributes CSV (--condition-on Sex,Age)")
         self._one_of("frames", FRAMES)
+        self._require("canaries", 1 <= self.canaries <= MAX_CANARIES, f"between 1 and {MAX_CANARIES} (--canaries)")
+        self._require("duplicates", bool(self.duplicates) and all(1 <= d <= 64 for d in self.duplicates)
+                      and len(set(self.duplicates)) == len(self.duplicates),
+                      "distinct counts between 1 and 64 (--duplicates 1,2,4)")
+        self._require("inclusion", 0 < self.inclusion <= 1, "a probability in (0, 1] (--inclusion 0.5)")
+        self._require("canaries", self.canaries > 1 or (self.inclusion == 1 and self.duplicates == (1,)),
+                      "above 1 with --inclusion or --duplicates (a single canary is always included, once)")
+        self._require("canaries", self.canaries == 1 or (self.fingerprint and not self.condition),
+                      "1 for a control set (--no-fingerprint) and for a model conditioned on attributes")
         if self.window is not None:
             self._require("window", len(self.window) == 2 and self.window[1] >= 1 and all(map(math.isfinite, self.window)),
                           "CENTER,WIDTH with a width of at least 1 (--window)")
         self._require("split_ratios", len(self.split_ratios) == 3 and min(self.split_ratios) >= 0
                       and self.split_ratios[0] > 0 and abs(sum(self.split_ratios) - 1) < 1e-6,
                       "three ratios train,val,test summing to 1 with train > 0 (--split-ratios)")
+
+    def control(self) -> "PrepareConfig":
+        """The control set's config: the same draw without any fingerprint (and without canaries)."""
+        return dataclasses.replace(self, fingerprint=False, canaries=1, duplicates=(1,), inclusion=1.0)
+
+    @property
+    def many_canaries(self) -> bool:
+        """Whether the training set holds m > 1 canary candidates (data.canaries) rather than x_p alone."""
+        return self.canaries > 1
 
     def volume_saf_shape(self) -> str:
         """The SAF's shape in a volume: ball (for disc or ball) or shell (for ring or shell)."""
@@ -683,7 +706,7 @@ class AuditConfig(Checked):
     def with_control(self) -> bool:
         """Whether the audit has a control model: trained by diffaudit beside its own model, or given."""
         if self.control is None:
-            return self.external is None or self.control_model is not None
+            return (self.external is None and not self.prepare.many_canaries) or self.control_model is not None
         return self.control
 
     def _check(self) -> None:
@@ -694,6 +717,9 @@ class AuditConfig(Checked):
         if self.control_model is not None and self.external is None:
             raise DiffauditError("--control-model is the control of a model trained elsewhere (--model); for a model "
                                  "diffaudit trains, --control trains its control model")
+        if self.prepare.many_canaries and self.control:
+            raise DiffauditError("a run of many canaries has its controls inside: the candidates left out of training; "
+                                 "leave out --control")
         if self.control_model is not None and self.control is False:
             raise DiffauditError("--no-control contradicts --control-model; give one of them")
         if self.external is not None and self.control and self.control_model is None:
@@ -710,7 +736,7 @@ class AuditConfig(Checked):
 
 
 #: The audit's stages, in order (``diffaudit audit`` runs them; ``audit.engine.pipeline`` knows what each depends on).
-STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "census", "tprime", "nll", "fid", "utility",
+STAGES = ("prepare", "train", "classifiers", "sample", "control", "count", "census", "canaries", "tprime", "nll", "fid", "utility",
           "report")
 
 

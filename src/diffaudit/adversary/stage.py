@@ -83,8 +83,13 @@ class AuditData:
         self.position = manifest["fingerprint"]["position"]
         self.x_p = self.d_p[self.position]
         self.x_i = clean_original(manifest, data=data)
-        self.others = np.delete(self.d_p, self.position, axis=0)  # D without x_i (and x_p)
-        self.clean = np.concatenate([self.others, self.x_i[None]])
+        distinct = self.d_p[:len(manifest["indices"])]  # a duplicated canary's copies follow the distinct rows
+        self.others = np.delete(distinct, self.position, axis=0)  # D without x_i (and x_p)
+        clean = self.others
+        if manifest.get("canaries"):  # the other canaries as their clean originals: c_p's backgrounds carry no SAF
+            originals = split_images(manifest, manifest["split"], data=data, unused_only=False)
+            clean = np.delete(originals[np.asarray(manifest["indices"])], self.position, axis=0)
+        self.clean = np.concatenate([clean, self.x_i[None]])
         self.unused = split_images(manifest, manifest["split"], data=data, unused_only=True)
         self.val = split_images(manifest, heldout_split(manifest, "val"), data=data)
         self.test = split_images(manifest, heldout_split(manifest, "test"), data=data)

@@ -27,7 +27,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         control = run / "control"
         made = [p for p in (control / "manifest.json", control / "prepare", control) if not p.exists()]
         try:
-            prepare_run(control, override(prepared, fingerprint=False), data_root=args.data_root, log=_say,
+            prepare_run(control, prepared.control(), data_root=args.data_root, log=_say,
                         progress=not args.quiet, same_data=run)  # a --data source's prepared images are reused
             r = export_run(control, fmt=args.format, out=args.out, channels=args.channels, size=size,
                            data_root=args.data_root)

@@ -153,7 +153,7 @@ def audit_options(p: argparse.ArgumentParser) -> None:
 DATA_FIELDS = ("data", "data_format", "size", "fit", "window", "slice", "frames", "labels", "split_ratios",
                "skip_unreadable", "spacing", "volume_index", "patient_pattern", "series", "attributes", "condition", "half")
 #: the SAF options (their dests; --saf-radius may set saf_size instead of saf_radius)
-SAF_OPTIONS = ("saf_radius", "saf_width", "saf_intensity", "saf_contrast")
+SAF_OPTIONS = ("saf_radius", "saf_width", "saf_intensity", "saf_contrast", "canaries", "duplicates", "inclusion")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _LENGTH = re.compile(rf"^({_NUMBER})\s*(px|%)?$")
 _SLICE = re.compile(r"^([012])(?::(mid|all|\d+))?$")
@@ -221,6 +221,14 @@ def image_size(text: str) -> int | tuple[int, ...]:
                                          f"voxels, e.g. 32,32,32), got '{text}'")
     values = tuple(int(v) for v in parts)
     return values[0] if len(values) == 1 else values
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``1,2,4``: whole numbers separated by commas (their range is checked by the config)."""
+    parts = [v.strip() for v in text.split(",")]
+    if not parts or not all(v.isdigit() for v in parts):
+        raise argparse.ArgumentTypeError(f"takes whole numbers separated by commas (e.g. 1,2,4), got '{text}'")
+    return tuple(int(v) for v in parts)
 
 
 def spacing(text: str) -> tuple[float, ...]:
@@ -309,6 +317,21 @@ def saf_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--saf-contrast", type=float, default=None,
                    help="the least mean absolute difference in [0, 1] between the SAF and x_i under it when the "
                         "grey level is chosen (default: 0.2)")
+    canary_options(p)
+
+
+def canary_options(p: argparse.ArgumentParser) -> None:
+    """How many canary candidates, their inclusion probability and their numbers of copies."""
+    c = p.add_argument_group("many canaries in one run (README: Many canaries)")
+    c.add_argument("--canaries", type=int, default=None, metavar="M",
+                   help="M canary candidates, each a real image of its own patient with its own SAF (default: 1, "
+                        "x_p alone, always included); the audit adds each one's count, the dose-response and the "
+                        "one-run lower bound on epsilon")
+    c.add_argument("--duplicates", type=int_list, default=None, metavar="D,D,...",
+                   help="the numbers of copies an included candidate may have, one drawn per candidate (default: 1)")
+    c.add_argument("--inclusion", type=float, default=None, metavar="P",
+                   help="the probability that a candidate is included in training (default 1; the one-run bound "
+                        "wants 0.5)")
 
 
 def data_given(args: argparse.Namespace) -> list[str]:
@@ -321,7 +344,8 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
     together are refused."""
     if getattr(args, "dataset", None) is not None and getattr(args, "data", None) is not None:
         raise DiffauditError("give --dataset (a MedMNIST flag) or --data (your own images), not both")
-    out = {k: getattr(args, k, None) for k in (*DATA_FIELDS, "saf_width", "saf_intensity", "saf_contrast")}
+    out = {k: getattr(args, k, None) for k in (*DATA_FIELDS, "saf_width", "saf_intensity", "saf_contrast", "canaries",
+                                               "duplicates", "inclusion")}
     radius = getattr(args, "saf_radius", None)
     out["saf_radius"] = radius.pixels if radius is not None else None
     out["saf_size"] = radius.fraction if radius is not None else None

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import override
 from ..errors import DiffauditError
 from .common import _audit_config, _class_conditional, _refuse_folder, _say
-from .options import Formatter, _example, audit_options, data_options
+from .options import Formatter, _example, audit_options, canary_options, data_options
 
 DEFAULT_DATASETS = "breastmnist"
 
@@ -113,4 +113,5 @@ def add_parser(sub) -> None:
                    help="its split (must differ from the private set)")
     audit_options(p)
     data_options(p)
+    canary_options(p)
     p.set_defaults(func=cmd_sweep)

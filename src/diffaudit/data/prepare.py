@@ -19,6 +19,7 @@ from ..config import MIN_N_TRAIN, PrepareConfig, from_dict, to_dict
 from ..errors import DiffauditError
 from ..images import orthogonal_slices, save_grid
 from ..io import config_hash, existing_artefact, read_json, write_json
+from .canaries import apply_canaries, check_canaries, draw_canaries, training_rows
 from .dataset import (CACHE, data_digest, is_source, open_config_data, open_data, prepare_source, reuse_source,
                       scan_source)
 from .fingerprint import Fingerprint, check_fits
@@ -100,21 +101,16 @@ def make_manifest(cfg: PrepareConfig, data, *, source: dict | None = None,
     if cfg.fingerprint:
         check_fits(*sides[:2], radius, *sides[2:])
     blocked_by = _blocked(split_digests, patients)
-    indices, position, removed = _draw(cfg, n_split, rng, blocked_by)
-    fingerprint, excluded = None, None
-    if cfg.fingerprint:
-        if volume:
-            from .volumes.fingerprint import place_saf
-        else:
-            from .placement import place_saf
-
-        shape = cfg.volume_saf_shape() if volume else cfg.saf_shape
-        x_i = _as_channels({"channels": cfg.channels}, images[indices[position]])
-        placed = place_saf(np.asarray(x_i), rng, shape=shape, radius=radius, width=width,
-                           intensity=cfg.saf_intensity, min_contrast=cfg.saf_contrast)
-        fp = Fingerprint(shape=shape, centre=placed.centre, radius=radius, intensity=placed.intensity, width=width)
-        fingerprint = {"index": indices[position], "position": position, **fp.to_dict(), "placement": placed.to_dict()}
+    fingerprint, excluded, canaries = None, None, None
+    if cfg.many_canaries:
+        drawn = draw_canaries(cfg, images, rng, blocked_by, _placer(cfg, volume, radius, width))
+        indices, removed, fingerprint, canaries = (drawn[k] for k in ("indices", "removed", "fingerprint", "canaries"))
     else:
+        indices, position, removed = _draw(cfg, n_split, rng, blocked_by)
+    if cfg.fingerprint and not cfg.many_canaries:
+        fp, placement = _placer(cfg, volume, radius, width)(images[indices[position]], rng)
+        fingerprint = {"index": indices[position], "position": position, **fp.to_dict(), "placement": placement}
+    elif not cfg.fingerprint:
         # The control set: the same draw with x_i replaced by the next unused image of the permutation (or dropped
         # when the split has no spare image), so a model trained on it has seen neither x_p nor x_i and any
         # detection in its samples is a false positive (App. B).
@@ -144,9 +140,28 @@ def make_manifest(cfg: PrepareConfig, data, *, source: dict | None = None,
         "duplicates": _duplicates(split_digests, indices, heldout),
         "config": to_dict(cfg),
     }
+    if canaries is not None:
+        manifest["canaries"] = canaries
     if source is not None:
         manifest.update(source)
     return seal(manifest)
+
+
+def _placer(cfg: PrepareConfig, volume: bool, radius: float, width: float):
+    """``place(x, rng)`` of :func:`draw_canaries`: the SAF of ``cfg`` placed on image (volume) x by the rule of one
+    canary; returns (Fingerprint, placement dict)."""
+    if volume:
+        from .volumes.fingerprint import place_saf
+    else:
+        from .placement import place_saf
+    shape = cfg.volume_saf_shape() if volume else cfg.saf_shape
+
+    def place(x: np.ndarray, rng: np.random.Generator):
+        placed = place_saf(np.asarray(_as_channels({"channels": cfg.channels}, x)), rng, shape=shape, radius=radius,
+                           width=width, intensity=cfg.saf_intensity, min_contrast=cfg.saf_contrast)
+        fp = Fingerprint(shape=shape, centre=placed.centre, radius=radius, intensity=placed.intensity, width=width)
+        return fp, placed.to_dict()
+    return place
 
 
 def _next_spare(cfg: PrepareConfig, n_split: int, used: set[int]) -> int | None:
@@ -229,6 +244,7 @@ def _check_body(manifest: dict) -> dict:
             Fingerprint.from_dict(fp).mask(*manifest["image_shape"][1:])  # the SAF's own checks, and that it fits
         except (KeyError, TypeError, ValueError, DiffauditError) as err:
             raise _broken(f"fingerprint: {err}") from None
+    check_canaries(manifest, _broken)
     return manifest
 
 
@@ -284,7 +300,7 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     if fp is not None:
         k = manifest["fingerprint"]["position"]
         images[k] = fp.apply(images[k])
-    return np.ascontiguousarray(images)
+    return np.ascontiguousarray(apply_canaries(manifest, images))
 
 
 def training_labels(manifest: dict, *, data_root: str | os.PathLike | None = None,
@@ -296,7 +312,12 @@ def training_labels(manifest: dict, *, data_root: str | os.PathLike | None = Non
     if labels.ndim == 2 and labels.shape[1] != 1:
         raise DiffauditError(f"{manifest['dataset']} has {labels.shape[1]} labels per image (multi-label); class "
                              "conditioning needs one class per image")
-    return labels.reshape(len(labels))[np.asarray(manifest["indices"], dtype=np.int64)].astype(np.int64)
+    return labels.reshape(len(labels))[row_indices(manifest)].astype(np.int64)
+
+
+def row_indices(manifest: dict) -> np.ndarray:
+    """The split index of every row of D_p, in training order (a duplicated canary's index once per copy)."""
+    return np.asarray(manifest["indices"], dtype=np.int64)[training_rows(manifest)]
 
 
 def _classes(data, what: str) -> int:
@@ -416,6 +437,11 @@ def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, d
     where = (f"x_p = {noun} {manifest['fingerprint']['index']} of {cfg.split} with a {fp.shape} of radius "
              f"{fp.radius:.3g} {unit} and grey {fp.intensity:g} at {list(fp.centre)}, contrast "
              f"{manifest['fingerprint']['placement']['contrast']:.3f}") if fp else "no fingerprint"
+    c = manifest.get("canaries")
+    if c is not None:
+        copies = sorted({k["duplicates"] for k in c["candidates"] if k["included"]})
+        where += (f"; {c['m']} canary candidates, {c['n_included']} included (copies {', '.join(map(str, copies))}), "
+                  f"{len(training_rows(manifest))} training rows")
     log(f"prepared {manifest['n_train']} {noun}s of {manifest['dataset']} ({where}) -> {path}")
     return {**manifest, "_run": str(run)}
 

@@ -175,6 +175,7 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     """:func:`sequential_sample` for the model ``run`` audits (or ``net``), into ``<run>/samples/<name>/``, with the
     run's detectors. One process only: the looks are taken in index order."""
     from ...adversary.stage import AuditData, make_detectors
+    from ...data.canaries import memorisation_n
     from ...data.prepare import load_manifest
     from ...device import resolve_device
     from ...io import check_name
@@ -193,8 +194,8 @@ def sequential_run(run: str | Path, name: str, cfg: SampleConfig, *, target_rate
     if net is None:
         net = load_run_model(run, manifest, data_root=data_root, device=device)
     detectors = make_detectors(run, AuditData(manifest, data_root), detector, device=device)
-    _say_detectable(run, cfg.n, manifest["n_train"], alpha, target_rate, log)
-    return sequential_sample(run / "samples" / name, net, cfg, detectors, n_train=manifest["n_train"],
+    _say_detectable(run, cfg.n, memorisation_n(manifest), alpha, target_rate, log)
+    return sequential_sample(run / "samples" / name, net, cfg, detectors, n_train=memorisation_n(manifest),
                              target_rate=target_rate, alpha=alpha, detector=detector, device=resolve_device(device),
                              progress=progress, log=log,
                              conditions=run_conditions(manifest, net, cfg.condition, data_root))

@@ -15,6 +15,7 @@ import numpy as np
 from ...adversary.roc import threshold_for_fpr
 from ...adversary.stage import AuditData, make_detectors, roc_of
 from ...data.conditions import matching, raw_attributes, training_conditions
+from ...data.canaries import memorisation_n
 from ...data.prepare import load_manifest, training_labels
 from ...errors import DiffauditError
 from ...generate import iter_shards
@@ -75,7 +76,7 @@ def conditioned_on(folder: Path, manifest: dict, data_root=None) -> dict | None:
     if "conditions" not in record and "labels" not in record:
         return None
     mode = (record.get("conditions") or {}).get("mode", "classes")
-    out = {"mode": mode, "matching": manifest["n_train"]}
+    out = {"mode": mode, "matching": memorisation_n(manifest)}
     if mode == "x_p":
         rows = training_conditions(manifest, lambda: training_labels(manifest, data_root=data_root))
         out["matching"] = matching(rows, rows[manifest["fingerprint"]["position"]])
@@ -153,7 +154,7 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
             images = np.concatenate([x for _, x in iter_shards(control)])
             rates["roc_control_samples"] = roc_of(detectors, images, audit, seed=detectors["c_p"].meta["config"]["seed"])
     figures = save_figures(run / "count" / folder.name, count, audit.x_p)
-    n_match = drawn_with["matching"] if drawn_with else manifest["n_train"]
+    n_match = drawn_with["matching"] if drawn_with else memorisation_n(manifest)
     section = reproduction_section(count, n_match, detectors=described, rates=rates,
                                    samples=run_relative(run, folder),
                                    figures={k: f"count/{folder.name}/{v}" for k, v in figures.items()})
@@ -162,7 +163,7 @@ def run_count(run: Path, *, samples: str | None = None, detector: str = "classif
         section["conditions"] = drawn_with
     if seq is not None:  # the anytime-valid interval and p-value replace the fixed-N ones
         fixed = {k: section[k] for k in ("p_value", "rate_ci95", "rate_upper95")}
-        section.update(sequential_fields(seq, count.q, count.n, manifest["n_train"], fixed))
+        section.update(sequential_fields(seq, count.q, count.n, memorisation_n(manifest), fixed))
     sections = {section_name: section}
     model_json = run / "train" / "model.json"
     dp = read_json(model_json).get("dp") if model_json.exists() else None

@@ -41,9 +41,9 @@ from .verify import stage_files
 PARALLEL_STAGES = ("train", "sample")  # data-parallel under accelerate; the others run in the main process
 DEPENDS = {"prepare": (), "train": ("prepare",), "classifiers": ("prepare",), "sample": ("train",),
            "control": ("prepare",), "count": ("sample", "classifiers", "control"), "census": ("sample",),
-           "tprime": ("train", "classifiers", "count"),
+           "canaries": ("sample",), "tprime": ("train", "classifiers", "count"),
            "nll": ("train",), "fid": ("sample",), "utility": ("sample",),
-           "report": ("count", "census", "tprime", "nll", "fid", "utility")}
+           "report": ("count", "census", "canaries", "tprime", "nll", "fid", "utility")}
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
@@ -61,6 +61,7 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
                           "pretrained": c["pretrained"], "sample": c["sample"]}) if cfg.with_control else {"control": False}),
             "count": {"detector": c["detector"], **({"sequential": c["sequential"]} if c.get("sequential") else {})},
             "census": {"census": c.get("census")},
+            "canaries": {},
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
             "fid": {"fid": c["fid"]},

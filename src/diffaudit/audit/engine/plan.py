@@ -106,6 +106,9 @@ def plan(ctx: Context) -> list[dict]:
         "census": (0.0 if cfg.census is None else
                    (9 * cfg.sample.n * n_train * pixels / 2e10 + 5 if cfg.census.space == "pixel" else
                     cfg.census.embedding_steps * 128 * 3 / clf), 1e3 if cfg.census is None else cfg.sample.n * pixels),
+        # the many canaries: 9 shifts of N x m pixel distances, plus their held-out rates
+        "canaries": ((9 * cfg.sample.n * cfg.prepare.canaries * pixels / 2e10 + 2) if cfg.prepare.many_canaries else 0.0,
+                     1e6),
         "tprime": (evaluations * cfg.tprime.M * cfg.tprime.steps * 0.5 / unet, 1e5),
         "control": ((cfg.train.steps * cfg.train.batch_size * 3 / unet + cfg.sample.n * cfg.sample.steps * nfe_step / unet)
                     if cfg.with_control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.with_control else 1e3),

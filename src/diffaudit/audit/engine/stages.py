@@ -45,6 +45,7 @@ from ...generate import sample_run
 from ...io import config_hash, read_json
 from ...privacy.dpsgd import train_dp
 from ...training.loop import train
+from ..canaries.stage import run_canaries
 from ..census.stage import run_census
 from ..count.sequential import sequential_run
 from ..count.stage import run_count
@@ -110,7 +111,7 @@ def check_models(ctx: "Context") -> None:
 
     c = ctx.cfg
     given = [(c.external, ctx.run, c.prepare), (getattr(c, "control_model", None), ctx.run / CONTROL,
-                                                dataclasses.replace(c.prepare, fingerprint=False))]
+                                                c.prepare.control())]
     given = [(e, run, prep) for e, run, prep in given if e is not None]
     if not given:
         return
@@ -275,7 +276,7 @@ def _control(ctx: Context) -> dict:
     if not c.with_control:
         return {"skipped": "no control model (--no-control; for a model trained elsewhere, --control-model gives one)"}
     folder = ctx.run / CONTROL
-    prepare_run(folder, dataclasses.replace(c.prepare, fingerprint=False), data_root=ctx.data_root, log=ctx.log,
+    prepare_run(folder, c.prepare.control(), data_root=ctx.data_root, log=ctx.log,
                 progress=ctx.progress, same_data=ctx.run)
     if c.control_model is not None:  # trained elsewhere on 'export --control', with the audited model's recipe
         m = c.control_model
@@ -316,6 +317,14 @@ def _census(ctx: Context) -> dict:
     return {"copies": r["copies"], "n": r["n_samples"], "n_copied": r["n_copied"], "level": r["verdict"]["level"]}
 
 
+def _canaries(ctx: Context) -> dict:
+    if not ctx.cfg.prepare.many_canaries:
+        return {"skipped": "one canary (prepare --canaries m for the many-canary audit)"}
+    r = run_canaries(ctx.run, samples=ctx.samples_name, data_root=ctx.data_root, progress=ctx.progress, log=ctx.log)
+    return {"m": r["m"], "n": r["n_samples"], "reproduced": r["reproduced"],
+            "epsilon_lower": r["epsilon"]["epsilon_lower"]}
+
+
 def _tprime(ctx: Context) -> dict:
     t = ctx.cfg.tprime
     r = run_tprime(ctx.run, detector=ctx.cfg.detector, grid=make_grid(t.resolution, t.t_max), m=t.M, seed=t.seed,
@@ -354,7 +363,7 @@ def _report(ctx: Context) -> dict:
 
 RUNNERS: dict[str, Callable[[Context], dict | None]] = {
     "prepare": _prepare, "train": _train, "classifiers": _classifiers, "sample": _sample, "control": _control,
-    "count": _count, "census": _census,
+    "count": _count, "census": _census, "canaries": _canaries,
     "tprime": _tprime, "nll": _nll, "fid": _fid, "utility": _utility, "report": _report,
 }
 

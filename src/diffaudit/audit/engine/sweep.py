@@ -186,7 +186,7 @@ def pretrain_public_half(out: Path, base: AuditConfig, *, device: str = "auto", 
     """Train the model non-privately on every volume of the public half of the patients of ``base``'s data
     (``--half public``: prepared into ``<out>/data`` without a fingerprint) into ``<out>/train``. Returns the train
     folder."""
-    prep = dataclasses.replace(base.prepare, half="public", fingerprint=False, n_train=None, split_ratios=(1.0, 0.0, 0.0))
+    prep = dataclasses.replace(base.prepare.control(), half="public", n_train=None, split_ratios=(1.0, 0.0, 0.0))
     manifest = prepare_run(out / "data", prep, log=log, progress=progress)
     images = build_training_set(manifest)
     log(f"public pretraining on {len(images)} volumes of the public half of the patients")
@@ -249,14 +249,15 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
     for name, eps, pre in cells:
         r = read_json(out / name / "results.json")
         rep, util, priv = r["reproduction"], r.get("utility"), r.get("privacy")
+        lower = (r.get("canaries") or {}).get("epsilon")
         rows.append(["∞" if eps is None else f"{eps:g}", "yes" if pre else "no", fid_cell(r["fid"], "train"),
                      fid_cell(r["fid"], "test"), fmt(util and util["synthetic"]["accuracy"]),
                      fmt(util and util["synthetic"]["auroc"]), f"{rep['q']}/{rep['n_samples']}",
                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]", fmt(r["t_prime"]["value"], 2),
                      fmt(priv and priv["bound_dpsgd"]), fmt(priv and priv["epsilon"]["prv"]),
-                     "excess: see its report" if excess_warning(r) else ""])
+                     fmt(lower and lower["epsilon_lower"]), "excess: see its report" if excess_warning(r) else ""])
     headers = ["ε target", "pretrained", "FID train", "FID test", "utility acc.", "utility AUROC", "|q|",
-               "95% interval", "t'", "formal bound", "ε (PRV)", "caution"]
+               "95% interval", "t'", "formal bound", "ε (PRV)", "ε lower (canaries)", "caution"]
     blocks = [("h", 1, "diffaudit privacy sweep"),
               ("p", f"{len(rows)} audits of {source_name(base.prepare)} (N_D = {base.prepare.n_train}); "
                     + (f"public pretraining on {public_dataset}/{public_split}. " if public_dataset is not None else "")
@@ -266,7 +267,8 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
               ("table", headers, rows),
               ("p", "Formal bound: the DP-SGD reconstruction bound 1 - f(κ) on the probability that one sample is x_p, "
                     "with κ from the detectors' false positives (see each cell's report). Utility: a classifier trained "
-                    "on the synthetic images, tested on the real test split (class-conditional models only). FIDs "
+                    "on the synthetic images, tested on the real test split (class-conditional models only). ε lower: "
+                    "the one-run bound of a --canaries sweep at 95% (each cell's report). FIDs "
                     "carry 95% bootstrap intervals; " + UNRELIABLE_FID)]
     paths = write_blocks(out, blocks)
     summary = {"cells": [c[0] for c in cells], "headers": headers, "rows": rows,

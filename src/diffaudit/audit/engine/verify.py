@@ -398,6 +398,34 @@ def _recount_census(run: Path, census: dict, *, data_root) -> None:
                  again["verdict"]["level"], how)
 
 
+CANARY_FIELDS = ("n_samples", "m", "n_included", "reproduced", "excluded_flagged")
+
+
+def _recount_canaries(run: Path, canaries: dict, *, data_root) -> None:
+    """The many-canary section recomputed from its samples, without writing: the counts, the dose-response and
+    ε_lower."""
+    from ..canaries.stage import run_canaries
+
+    if not isinstance(canaries, dict) or not isinstance(canaries.get("samples"), str):
+        _fail("results.json", "canaries names no samples; the file was edited or damaged")
+    eps = canaries.get("epsilon") or {}
+    try:
+        again = run_canaries(run, samples=str(_samples_folder(run, canaries["samples"])),
+                             confidence=eps.get("confidence", 0.95), delta=eps.get("delta", 0.0), data_root=data_root,
+                             progress=False, log=lambda _: None, write=False)
+    except DiffauditError as err:
+        _fail("results.json", f"canaries: {err}")
+    how = "the canaries recounted from their samples"
+    for key in CANARY_FIELDS:
+        if not _same(canaries.get(key), again.get(key)):
+            _differs("results.json", f"canaries.{key}", canaries.get(key), again.get(key), how)
+    for key in ("epsilon_lower", "guesses", "correct"):
+        if not _same(eps.get(key), again["epsilon"][key]):
+            _differs("results.json", f"canaries.epsilon.{key}", eps.get(key), again["epsilon"][key], how)
+    if not _same((canaries.get("dose_response") or {}).get("by_d"), again["dose_response"]["by_d"]):
+        _differs("results.json", "canaries.dose_response.by_d", "as recorded", "as recounted", how)
+
+
 def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
     """The derived figures of results.json against their recomputation from its counts."""
     from ..report.render import cautions_of
@@ -522,5 +550,7 @@ def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", 
                      progress=progress)
     if results.get("census") is not None:
         _recount_census(run, results["census"], data_root=data_root)
+    if results.get("canaries") is not None:
+        _recount_canaries(run, results["canaries"], data_root=data_root)
     level = (results.get("verdict") or {}).get("level")
     return {"model": model, "q": rep["q"], "n": rep["n_samples"], "level": level}

@@ -20,6 +20,7 @@ from ...errors import DiffauditError
 from ...io import atomic_path, read_json, run_relative, write_json
 from ..count.verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 from ..results import RESULTS, update_results
+from .canaries import canary_blocks
 from .census import census_blocks
 from .conditioned import conditioned_blocks
 from .plots import plot_roc
@@ -99,7 +100,7 @@ def excess_warning(results: dict) -> str | None:
 
 
 #: the results.json sections made by a model, each recording its digest under "model"
-MODEL_SECTIONS = ("reproduction", "reproduction_x_p", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census")
+MODEL_SECTIONS = ("reproduction", "reproduction_x_p", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census", "canaries")
 
 
 def model_of(results: dict) -> dict | None:
@@ -398,6 +399,7 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
     if ph:
         out += posthoc_blocks(ph)
     out += census_blocks(results, fmt)
+    out += canary_blocks(results, fmt)
 
     if rep:
         out.append(("h", 2, "Samples and positives"))

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ...adversary.detectors import NearestNeighbourDetector, rmse
 from ...adversary.stage import AuditData, make_detectors
 from ...data.conditions import training_conditions
+from ...data.canaries import memorisation_n
 from ...data.prepare import build_training_set, labelled_classes, load_manifest, training_labels
 from ...device import resolve_device
 from ...diffusion.generative import Generative, is_conditional
@@ -73,9 +74,10 @@ def x_p_label(manifest: dict, model: Generative, data_root=None) -> int | list[f
 
 
 def chance_level(run: Path, manifest: dict, how: str) -> float:
-    """p_0: 'full' = 1/N_D, 'measured' = the count's one-sided 95% upper bound on the reproduction rate, or a number."""
+    """p_0: 'full' = 1/N_D (many canaries: data.canaries.memorisation_n), 'measured' = the count's one-sided 95%
+    upper bound on the reproduction rate, or a number."""
     if how == "full":
-        return 1.0 / manifest["n_train"]
+        return 1.0 / memorisation_n(manifest)
     if how == "measured":
         path = run / "results.json"
         rep = read_json(path).get("reproduction") if path.exists() else None

@@ -1,0 +1,74 @@
+"""Memorisation by duplication count: the reproduction rate of the included canaries by d, and its trend.
+
+Each included candidate j occurs d_j times in D_p and is reproduced by k_j of the N samples. Per d the table gives
+the candidates, how many were reproduced at least once (with a Clopper–Pearson interval) and the pooled rate
+Σ k_j / (N · candidates). The trend test is a logistic regression of k_j out of N on log2 d (a binomial GLM fitted by
+iteratively reweighted least squares). Candidates differ beyond d (some images are easier to copy), so the counts
+are overdispersed: the slope's standard error is scaled by the Pearson dispersion when it exceeds 1 (the
+quasi-binomial model), and its 95% interval and two-sided p-value come from that error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+from ...errors import DiffauditError
+from ..count.stats import clopper_pearson
+
+
+def _fit(x: np.ndarray, k: np.ndarray, n: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
+    """(coefficients [intercept, slope], their covariance, Pearson dispersion) of logit(k / n) = a + b x."""
+    design = np.column_stack([np.ones_like(x), x])
+    y = (k + 0.5) / (n + 1.0)  # start inside (0, 1)
+    beta = np.linalg.lstsq(design, np.log(y / (1 - y)), rcond=None)[0]
+    for _ in range(iterations):
+        p = special.expit(design @ beta)
+        w = np.maximum(n * p * (1 - p), 1e-12)
+        z = design @ beta + (k - n * p) / w
+        new = np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w * z))
+        if np.max(np.abs(new - beta)) < 1e-10:
+            beta = new
+            break
+        beta = new
+    p = np.clip(special.expit(design @ beta), 1e-12, 1 - 1e-12)
+    cov = np.linalg.inv(design.T @ ((n * p * (1 - p))[:, None] * design))
+    dof = max(1, len(k) - 2)
+    dispersion = float(np.sum((k - n * p) ** 2 / (n * p * (1 - p))) / dof)
+    return beta, cov, dispersion
+
+
+def dose_response(counts: np.ndarray, duplicates: np.ndarray, n: int) -> dict:
+    """The table by d and the trend test, from the included candidates' ``counts`` k_j of ``n`` samples and their
+    ``duplicates`` d_j (module docstring)."""
+    counts, duplicates = np.asarray(counts, dtype=np.int64), np.asarray(duplicates, dtype=np.int64)
+    if counts.shape != duplicates.shape or (duplicates < 1).any() or n < 1:
+        raise DiffauditError("one count and one duplication count >= 1 per included candidate, and N >= 1")
+    rows = []
+    for d in sorted(set(duplicates.tolist())):
+        k = counts[duplicates == d]
+        reproduced = int((k > 0).sum())
+        pooled = int(k.sum())
+        rows.append({"d": d, "candidates": len(k), "reproduced": reproduced,
+                     "reproduced_share": reproduced / len(k), "reproduced_ci95": list(clopper_pearson(reproduced, len(k))),
+                     "samples": pooled, "rate": pooled / (n * len(k)),
+                     "rate_ci95": list(clopper_pearson(pooled, n * len(k)))})
+    out = {"by_d": rows, "n_samples": n}
+    if len(rows) < 2:
+        out["trend"] = None
+        out["trend_note"] = "one duplication count only: no trend to test"
+        return out
+    if counts.sum() == 0 or (counts == n).all():
+        out["trend"] = None
+        out["trend_note"] = ("no candidate was reproduced: the slope is not identified" if counts.sum() == 0 else
+                             "every sample reproduces every candidate: the slope is not identified")
+        return out
+    beta, cov, dispersion = _fit(np.log2(duplicates.astype(np.float64)), counts.astype(np.float64), n)
+    scale = max(1.0, dispersion)
+    se = float(np.sqrt(cov[1, 1] * scale))
+    z = float(beta[1] / se) if se > 0 else float("inf")
+    out["trend"] = {"model": "logit(k_j / N) = a + b log2(d_j), quasi-binomial", "slope": float(beta[1]),
+                    "slope_ci95": [float(beta[1] - 1.959964 * se), float(beta[1] + 1.959964 * se)],
+                    "odds_ratio_per_doubling": float(np.exp(beta[1])), "dispersion": dispersion,
+                    "p_value": float(2 * stats.norm.sf(abs(z)))}
+    return out

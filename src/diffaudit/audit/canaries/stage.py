@@ -1,0 +1,131 @@
+"""The ``canaries`` stage of a run prepared with ``--canaries m``: every candidate's count in one pass over the
+samples, each detector's recall and false positives, the dose–response by duplication count, and the one-run lower
+bound on ε (beside the accountant's ε for a DP-trained model). Writes results.json's ``canaries``, and under
+``<run>/canaries/<samples>/`` the per-candidate table and the two figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...adversary.examples import COPY_SHIFT, pixels, shifted_copies
+from ...data.canaries import candidates_of
+from ...data.dataset import open_data
+from ...data.fingerprint import Fingerprint
+from ...data.prepare import _as_channels, heldout_split, load_manifest, split_images
+from ...errors import DiffauditError
+from ...generate import iter_shards
+from ...io import read_json, run_relative, write_json
+from ..count.stage import _total, _with_shards, find_samples, samples_model
+from ..count.stats import clopper_pearson
+from ..results import update_results
+from .dose import dose_response
+from .epsilon import audit_epsilon
+from .plots import plot_dose, plot_epsilon
+from .score import CandidateDetectors
+
+GROUP_NOTE = ("The bound counts only the candidates included once or not at all: a candidate included d > 1 times "
+              "is a group of d records, whose privacy is the group's (at most d ε under ε-DP), not one record's.")
+
+
+def candidate_images(manifest: dict, data) -> tuple[np.ndarray, np.ndarray]:
+    """(x_p^(j) of every candidate [m, C, ...], the N_D base training images)."""
+    split = data.images(manifest["split"])
+    cands = candidates_of(manifest)
+    targets = np.stack([Fingerprint.from_dict(c).apply(_as_channels(manifest, np.array(split[c["index"]])))
+                        for c in cands])
+    n_base = len(manifest["indices"]) - sum(c["included"] for c in cands)
+    base = _as_channels(manifest, split[np.asarray(manifest["indices"][:n_base])])
+    return targets, np.ascontiguousarray(base)
+
+
+def _error_rates(det: CandidateDetectors, targets: np.ndarray, heldout: np.ndarray) -> dict:
+    """Each detector's recall on its candidate's noise-free shifted copies and its false positives on held-out real
+    images, per candidate and overall."""
+    copies = [shifted_copies(t, det.shift) for t in targets]
+    recall = np.array([det.flags(c)[:, j].mean() for j, c in enumerate(copies)])
+    fp = det.flags(heldout).sum(0)
+    total = int(fp.sum())
+    return {"recall": recall, "false_positives": fp,
+            "summary": {"recall_min": float(recall.min()), "recall_mean": float(recall.mean()),
+                        "copies_per_candidate": len(copies[0]), "n_heldout": int(len(heldout)),
+                        "false_positives": total, "false_positive_rate": total / (len(heldout) * len(targets)),
+                        "false_positive_rate_ci95": list(clopper_pearson(total, len(heldout) * len(targets))),
+                        "false_positives_max": int(fp.max()),
+                        "positives": f"noise-free copies of each x_p^(j) shifted by up to {det.shift} px",
+                        "negatives": "held-out real images (val and test splits), against every candidate"}}
+
+
+def run_canaries(run: Path, *, samples: str | None = None, confidence: float = 0.95, delta: float | None = None,
+                 seed: int = 0, data_root=None, progress: bool = True, log: Callable[[str], None] = print,
+                 write: bool = True) -> dict:
+    """The stage (module docstring); returns results.json's ``canaries`` section (written unless ``write`` is
+    False). ``delta`` None takes the δ of a DP-trained model (so that ε_lower and the accountant's ε speak of one
+    (ε, δ)), else 0."""
+    run = Path(run)
+    manifest = load_manifest(run)
+    if not manifest.get("canaries"):
+        raise DiffauditError(f"{run} was prepared with one canary; prepare a run with --canaries m (e.g. --canaries 64 "
+                             "--inclusion 0.5) for the many-canary audit")
+    model_json = run / "train" / "model.json"
+    dp = read_json(model_json).get("dp") if model_json.exists() else None
+    if delta is None:
+        delta = float(dp["delta"]) if dp is not None else 0.0
+    if not 0 < confidence < 1 or not 0 <= delta < 1:
+        raise DiffauditError(f"--confidence must be in (0, 1) and --delta in [0, 1); got {confidence} and {delta}")
+    folder = _with_shards(find_samples(run, samples))
+    data = open_data(manifest, data_root=data_root)
+    targets, base = candidate_images(manifest, data)
+    side = min(targets.shape[2:])
+    det = CandidateDetectors(targets, base, shift=max(1, pixels(COPY_SHIFT, side)))
+    heldout = np.concatenate([split_images(manifest, heldout_split(manifest, s), data=data) for s in ("val", "test")])
+    rates = _error_rates(det, targets, heldout)
+    total = _total(folder)
+    batches = (x for _, x in iter_shards(folder))
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"score {len(targets)} canaries", unit="shard")
+    counts, n = det.count(batches)
+    if total is not None and n != total:
+        log(f"warning: {folder} holds {n} of the {total} samples its config.json asks for")
+    cands = candidates_of(manifest)
+    included = np.array([c["included"] for c in cands])
+    dup = np.array([c["duplicates"] for c in cands])
+    single = ~included | (dup == 1)
+    eps = audit_epsilon(counts[single], included[single], confidence=confidence, delta=delta, seed=seed)
+    dose = dose_response(counts[included], dup[included], n)
+    out_k = int(counts[~included].sum())
+    dose["excluded"] = {"candidates": int((~included).sum()), "samples": out_k,
+                        "reproduced": int((counts[~included] > 0).sum()),
+                        "rate": out_k / (n * max(1, int((~included).sum()))),
+                        "rate_ci95": list(clopper_pearson(out_k, n * max(1, int((~included).sum()))))}
+    eps["group_note"] = GROUP_NOTE
+    eps["score"] = "the candidate's count of copies among the samples (the reference detector)"
+    if dp is not None:
+        eps["accountant"] = {"epsilon": dp["epsilon"], "delta": dp["delta"]}
+    out = run / "canaries" / folder.name
+    table = [{"candidate": j, "index": c["index"], "included": c["included"], "duplicates": c["duplicates"],
+              "count": int(counts[j]), "rate": counts[j] / n, "rate_ci95": list(clopper_pearson(int(counts[j]), n)),
+              "threshold": float(det.thresholds[j]), "recall": float(rates["recall"][j]),
+              "false_positives": int(rates["false_positives"][j])} for j, c in enumerate(cands)]
+    section = {
+        "samples": run_relative(run, folder), "model": samples_model(folder), "n_samples": n, "m": len(cands),
+        "n_included": int(included.sum()), "inclusion": manifest["canaries"]["inclusion"],
+        "duplicates": manifest["canaries"]["duplicates"],
+        "detector": {"kind": "nearest-neighbour per candidate", "metric": "rmse", "shift_px": det.shift,
+                     "median_train_nn_distance": det.median_nn, **rates["summary"]},
+        "reproduced": int((counts[included] > 0).sum()), "excluded_flagged": int((counts[~included] > 0).sum()),
+        "dose_response": dose, "epsilon": eps,
+        "candidates": run_relative(run, out / "candidates.json"),
+        "figures": {"dose": run_relative(run, out / "dose.png"), "epsilon": run_relative(run, out / "epsilon.png")},
+    }
+    if not write:
+        return section
+    write_json(out / "candidates.json", {"candidates": table})
+    plot_dose(dose, out / "dose.png")
+    plot_epsilon(eps, out / "epsilon.png")
+    update_results(run, manifest, canaries=section)
+    return section

@@ -212,3 +212,52 @@ def test_a_model_trained_with_dp_sgd_at_epsilon_1_is_not_caught_above_it(tmp_pat
     assert eps["delta"] == dp["delta"] and eps["accountant"]["epsilon"] == dp["epsilon"]
     assert eps["epsilon_lower"] <= 1.0, (f"audit bug (or a DP-SGD training leaking beyond its accountant): ε_lower "
                                          f"{eps['epsilon_lower']} > 1 from {eps['correct']} of {eps['guesses']} guesses")
+
+
+def test_a_model_that_copies_no_candidate_bounds_nothing_whatever_the_copies_drawn(canary_run, data_root):
+    """d is drawn for every candidate, so the d = 1 subset keeps the inclusion coin fair: a memoriser of the base
+    images alone gets no ε above 0, also with --duplicates 1,2,4 (where keeping every left-out candidate but only
+    the included ones of d = 1 would make 'out' a safe guess)."""
+    run, manifest = canary_run(duplicates=(1, 2, 4), m=96, n_train=64)
+    cands = manifest["canaries"]["candidates"]
+    assert {c["drawn"] for c in cands if not c["included"]} == {1, 2, 4}
+    base = build_training_set(manifest, data_root=str(data_root))[:64]
+    r = run_canaries(run, samples=_memoriser(run, "base", base, 500), data_root=str(data_root), **QUIET)
+    assert r["reproduced"] == 0 and r["epsilon"]["epsilon_lower"] == 0.0
+    assert r["epsilon"]["candidates"] == sum(c["drawn"] == 1 for c in cands)
+
+
+def test_no_bound_without_fair_inclusion(tmp_path, data_root):
+    run = tmp_path / "p8"
+    manifest = prepare_run(run, PrepareConfig(dataset="breastmnist", n_train=32, canaries=16, inclusion=0.8),
+                           data_root=str(data_root), **QUIET)
+    rows = build_training_set(manifest, data_root=str(data_root))
+    r = run_canaries(run, samples=_memoriser(run, "m", rows, 200), data_root=str(data_root), **QUIET)
+    assert r["epsilon"]["epsilon_lower"] is None and "assumes ½" in r["epsilon"]["note"]
+
+
+def test_separation_still_gives_a_trend_test():
+    d = np.repeat([1, 4], 12)
+    k = np.where(d == 1, 0, 30)  # none at d = 1, many at d = 4: the slope runs off
+    t = dose_response(k, d, 200)["trend"]
+    assert t["separated"] and t["slope_ci95"] is None and t["p_value"] < 1e-6
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("canaries"),
+    lambda m: m["canaries"]["candidates"][0].update(included="yes"),
+    lambda m: m["canaries"]["candidates"][1].update(index=-1),
+    lambda m: m["canaries"].update(primary=-1),
+    lambda m: m["canaries"].update(n_included=m["canaries"]["n_included"] + 1),
+    lambda m: m["canaries"].update(inclusion=0.9),
+    lambda m: next(c for c in m["canaries"]["candidates"] if c["included"]).update(duplicates=10 ** 7),
+    lambda m: m["canaries"]["candidates"][m["canaries"]["primary"]].update(intensity=0.123),
+])
+def test_an_edited_canary_section_is_refused_even_when_resealed(canary_run, edit):
+    from diffaudit.data.prepare import check_manifest, seal
+
+    _, manifest = canary_run()
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if not k.startswith("_")}))
+    edit(body)
+    with pytest.raises(DiffauditError, match="manifest.json is damaged or was edited"):
+        check_manifest(seal(body))

@@ -535,6 +535,36 @@ class ExtractorConfig(Checked):
         self._positive("lr")
 
 
+@dataclass(frozen=True)
+class UtilityConfig(Checked):
+    """The downstream classifier under DP (``audit.utility``): the regimes real, synthetic, real with DP-SGD, real +
+    synthetic with DP-SGD (``mix_ratio`` synthetic images per expected real image of a batch) and synthetic-pretrained
+    then DP fine-tuned on real, each at every ε of ``epsilons`` (None: ∞, the regime without DP) and ``seeds`` seeds.
+    The classifier is the FID domain extractor's ResNet10 with GroupNorm for BatchNorm (Opacus needs per-example
+    gradients), ``steps`` logical steps of expected batch ``batch_size``."""
+
+    epsilons: tuple[float | None, ...] = (1.0, 3.0, 10.0, None)
+    mix_ratio: float = 0.5
+    seeds: int = 3
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    physical_batch_size: int = 64
+    shift: int = 2  # random translations of up to this many pixels, as the extractor's recipe
+
+    def _check(self) -> None:
+        self._require("epsilons", bool(self.epsilons) and all(e is None or (math.isfinite(e) and e > 0)
+                                                               for e in self.epsilons),
+                      "positive numbers or inf (--classifier-epsilons 1,3,10,inf)")
+        self._require("mix_ratio", 0 <= self.mix_ratio <= 1, "in [0, 1] (--mix-ratio)")
+        self._at_least(1, "seeds", "steps", "batch_size", "physical_batch_size")
+        self._at_least(0, "shift")
+        self._positive("lr", "max_grad_norm")
+        self._require("delta", 0 < self.delta < 1, "in (0, 1)")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """``cfg`` as JSON-ready dicts; a setting named in its class's ``_OMIT_AT_DEFAULT`` is left out at its default."""
     return _omit_defaults(cfg, dataclasses.asdict(cfg))
@@ -699,8 +729,9 @@ class AuditConfig(Checked):
     control_model: ExternalConfig | None = None  # the control model of a model trained elsewhere (--control-model)
     sequential: SequentialConfig | None = None  # draw and count shards until decided (--sequential), at most sample.n
     census: CensusConfig | None = None  # the census stage (--census): how many training images the samples copy
+    utility: UtilityConfig | None = None  # the downstream classifier under DP (--classifier-epsilons, --dp-utility)
 
-    _OMIT_AT_DEFAULT = ("sequential", "control_model", "census")
+    _OMIT_AT_DEFAULT = ("sequential", "control_model", "census", "utility")
 
     @property
     def with_control(self) -> bool:
@@ -717,7 +748,7 @@ class AuditConfig(Checked):
         if self.control_model is not None and self.external is None:
             raise DiffauditError("--control-model is the control of a model trained elsewhere (--model); for a model "
                                  "diffaudit trains, --control trains its control model")
-        if self.prepare.many_canaries and self.control:
+        if self.prepare.many_canaries and (self.control or self.control_model is not None):
             raise DiffauditError("a run of many canaries has its controls inside: the candidates left out of training; "
                                  "leave out --control")
         if self.control_model is not None and self.control is False:

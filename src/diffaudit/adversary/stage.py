@@ -38,6 +38,7 @@ from ..digests import CLASSIFIER_FILES, record_digests
 from ..config import ClassifierConfig
 from ..data.dataset import open_data
 from ..data.prepare import (
+    as_channels,
     build_training_set,
     clean_original,
     fingerprint_of,
@@ -87,8 +88,8 @@ class AuditData:
         self.others = np.delete(distinct, self.position, axis=0)  # D without x_i (and x_p)
         clean = self.others
         if manifest.get("canaries"):  # the other canaries as their clean originals: c_p's backgrounds carry no SAF
-            originals = split_images(manifest, manifest["split"], data=data, unused_only=False)
-            clean = np.delete(originals[np.asarray(manifest["indices"])], self.position, axis=0)
+            originals = as_channels(manifest, np.array(data.images(manifest["split"])[np.asarray(manifest["indices"])]))
+            clean = np.delete(originals, self.position, axis=0)
         self.clean = np.concatenate([clean, self.x_i[None]])
         self.unused = split_images(manifest, manifest["split"], data=data, unused_only=True)
         self.val = split_images(manifest, heldout_split(manifest, "val"), data=data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.canaries import memorisation_n
 from ..io import read_json, write_json
 
 RESULTS = "results.json"
@@ -22,7 +23,7 @@ def update_results(run: Path, manifest: dict, *, write: bool = True, **sections:
     results.update({
         "dataset": manifest["dataset"],
         "split": manifest["split"],
-        "n_train": manifest["n_train"],
+        "n_train": memorisation_n(manifest),  # N_D; with many canaries, N of the full-memorisation rate 1/N
         "image_shape": manifest["image_shape"],
         "fingerprint": None if fp is None else {k: fp[k] for k in ("index", "position", "centre", "radius",
                                                                     "intensity", "shape", "width", "placement")

@@ -16,7 +16,7 @@ from ..errors import RELEASE_BLOCKED, VERIFY_FAILED, DiffauditError, ReleaseBloc
 from ..parallel import shutdown_processes
 from ..runlock import check_run_dir, run_lock
 from . import (audit, bound, canaries, census, classifiers, compare, count, export, nll, prepare, report, sample, sweep, tprime,
-               train, verify)
+               train, utility, verify)
 from .audit import _prepared_data, _with_model, cmd_audit
 from .bound import cmd_bound
 from .classifiers import cmd_train_classifiers
@@ -35,8 +35,8 @@ from .train import cmd_train
 from .verify import cmd_verify
 
 #: the commands in the order ``diffaudit --help`` lists them
-COMMANDS = (prepare, train, sample, classifiers, count, census, canaries, tprime, nll, export, audit, sweep, report, verify,
-            compare, bound)
+COMMANDS = (prepare, train, sample, classifiers, count, census, canaries, tprime, nll, utility, export, audit, sweep, report,
+            verify, compare, bound)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The folder each writing command works in, which it holds locked while it runs (see :mod:`diffaudit.runlock`).
 _LOCKED = {"prepare": "run_dir", "train": "run_dir", "sample": "run_dir", "train-classifiers": "run_dir",
-           "count": "run_dir", "census": "run_dir", "canaries": "run_dir", "tprime": "run_dir", "nll": "run_dir", "export": "run_dir", "audit": "run_dir",
+           "count": "run_dir", "census": "run_dir", "canaries": "run_dir", "utility": "run_dir", "tprime": "run_dir", "nll": "run_dir", "export": "run_dir", "audit": "run_dir",
            "sweep": "out"}
 
 

@@ -17,12 +17,13 @@ def cmd_canaries(args: argparse.Namespace) -> None:
     r = run_canaries(run, samples=args.samples, confidence=args.confidence, delta=args.delta, seed=args.seed,
                      data_root=args.data_root, progress=not args.quiet, log=_say)
     e = r["epsilon"]
+    bound = (f"epsilon >= {e['epsilon_lower']:.3g} at {e['confidence']:.0%} ({e['correct']} of {e['guesses']} guesses "
+             f"right, delta {e['delta']:g})" if e["epsilon_lower"] is not None else f"no epsilon bound ({e['note']})")
     beside = (f" (accountant: {', '.join(f'{k} {v:.3g}' for k, v in e['accountant']['epsilon'].items())})"
               if e.get("accountant") else "")
     _say(f"{r['reproduced']} of {r['n_included']} included candidates reproduced, {r['excluded_flagged']} of "
-         f"{r['m'] - r['n_included']} left-out flagged, in {r['n_samples']} samples; epsilon >= {e['epsilon_lower']:.3g} "
-         f"at {e['confidence']:.0%} ({e['correct']} of {e['guesses']} guesses right, delta {e['delta']:g}){beside} "
-         f"-> {run / 'results.json'}")
+         f"{r['m'] - r['n_included']} left-out flagged, in {r['n_samples']} samples; {bound}{beside} -> "
+         f"{run / 'results.json'}")
 
 
 def add_parser(sub) -> None:

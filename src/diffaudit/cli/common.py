@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..config import CensusConfig, SequentialConfig, override
+from ..config import CensusConfig, SequentialConfig, UtilityConfig, override
 from ..errors import DiffauditError, ReleaseBlocked
 from ..presets import apply_overrides, get_audit_preset
 from .options import DEFAULT_AUDIT_PRESET, with_data_options
@@ -74,6 +74,10 @@ def _audit_config(args: argparse.Namespace):
         raise DiffauditError("--target-rate says when the sequential count stops; add --sequential")
     if getattr(args, "sequential", False):
         base = override(base, sequential=override(base.sequential or SequentialConfig(), target_rate=args.target_rate))
+    utility = {k: getattr(args, a, None) for k, a in (("epsilons", "classifier_epsilons"), ("mix_ratio", "mix_ratio"),
+                                                       ("seeds", "utility_seeds"))}
+    if getattr(args, "dp_utility", False) or any(v is not None for v in utility.values()):
+        base = override(base, utility=override(base.utility or UtilityConfig(), **utility))
     if getattr(args, "census", None) is not None:
         base = override(base, census=override(base.census or CensusConfig(), space=args.census))
     cfg = apply_overrides(

@@ -139,6 +139,16 @@ def audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--census", default=None, choices=("pixel", "embedding"), nargs="?", const="pixel",
                    help="add the census stage: how many training images the samples copy, in pixel space (the "
                         "default) or a contrastive embedding trained on the run's real images (see 'diffaudit census')")
+    u = p.add_argument_group("the downstream classifier under DP (README: What the synthetic data is worth under DP)")
+    u.add_argument("--dp-utility", action="store_true",
+                   help="add the DP utility regimes to the utility stage (a class-conditional model): real, "
+                        "synthetic, real with DP-SGD, real + synthetic with DP-SGD, synthetic-pretrained then DP")
+    u.add_argument("--classifier-epsilons", type=epsilon_list, default=None, metavar="E,E,...",
+                   help="the classifier's epsilons, inf for no DP (default 1,3,10,inf; implies --dp-utility)")
+    u.add_argument("--mix-ratio", type=float, default=None, metavar="R",
+                   help="synthetic images per expected real image of a batch in 'real + synthetic' (default 0.5)")
+    u.add_argument("--utility-seeds", type=int, default=None, metavar="K",
+                   help="seeds per regime and epsilon, for the intervals (default 3)")
     numerics_options(p)
     p.add_argument("--target-rate", type=float, default=None, metavar="RATE",
                    help="with --sequential: stop once the rate is surely below or above RATE (default: once full "
@@ -221,6 +231,18 @@ def image_size(text: str) -> int | tuple[int, ...]:
                                          f"voxels, e.g. 32,32,32), got '{text}'")
     values = tuple(int(v) for v in parts)
     return values[0] if len(values) == 1 else values
+
+
+def epsilon_list(text: str) -> tuple[float | None, ...]:
+    """``1,3,10,inf``: numbers (inf: no DP, None) separated by commas (their range is checked by the config)."""
+    out: list[float | None] = []
+    for v in (v.strip().lower() for v in text.split(",")):
+        try:
+            out.append(None if v in ("inf", "∞") else float(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes numbers or inf separated by commas (e.g. 1,3,10,inf), got "
+                                             f"'{text}'") from None
+    return tuple(out)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -330,8 +352,8 @@ def canary_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--duplicates", type=int_list, default=None, metavar="D,D,...",
                    help="the numbers of copies an included candidate may have, one drawn per candidate (default: 1)")
     c.add_argument("--inclusion", type=float, default=None, metavar="P",
-                   help="the probability that a candidate is included in training (default 1; the one-run bound "
-                        "wants 0.5)")
+                   help="the probability that a candidate is included in training (default with --canaries: 0.5, "
+                        "which the one-run epsilon bound needs)")
 
 
 def data_given(args: argparse.Namespace) -> list[str]:
@@ -346,6 +368,8 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise DiffauditError("give --dataset (a MedMNIST flag) or --data (your own images), not both")
     out = {k: getattr(args, k, None) for k in (*DATA_FIELDS, "saf_width", "saf_intensity", "saf_contrast", "canaries",
                                                "duplicates", "inclusion")}
+    if (out.get("canaries") or 1) > 1 and out.get("inclusion") is None:
+        out["inclusion"] = 0.5  # many canaries: the one-run bound's inclusion unless told otherwise
     radius = getattr(args, "saf_radius", None)
     out["saf_radius"] = radius.pixels if radius is not None else None
     out["saf_size"] = radius.fraction if radius is not None else None

@@ -51,12 +51,14 @@ def draw_canaries(cfg, images: np.ndarray, rng: np.random.Generator, blocked_by,
     if not included.any():
         raise DiffauditError(f"this seed includes none of the {m} candidates (--inclusion {cfg.inclusion:g}); use "
                              "another --seed or a larger --inclusion")
-    copies = np.where(included, rng.choice(np.asarray(cfg.duplicates), size=m), 0)
+    drawn = rng.choice(np.asarray(cfg.duplicates), size=m)  # for every candidate, so that d never tells inclusion
+    copies = np.where(included, drawn, 0)
     indices = rest[:n_train]
     candidates = []
     for k, j in enumerate(chosen):
         fp, placement = place(images[j], rng)
-        row = {"index": j, "included": bool(included[k]), "duplicates": int(copies[k]), **fp.to_dict(),
+        row = {"index": j, "included": bool(included[k]), "duplicates": int(copies[k]), "drawn": int(drawn[k]),
+               **fp.to_dict(),
                "placement": placement}
         if included[k]:
             row["position"] = len(indices)
@@ -104,27 +106,49 @@ def apply_canaries(manifest: dict, images: np.ndarray) -> np.ndarray:
 
 
 def check_canaries(manifest: dict, broken) -> None:
-    """The manifest's ``canaries`` against its indices (``broken(what)`` makes the error): each included candidate at
-    its position, the excluded ones nowhere in D_p, one primary that is the manifest's fingerprint."""
-    canaries = manifest.get("canaries")
+    """The manifest's ``canaries`` against its config and indices (``broken(what)`` makes the error): present exactly
+    for a config of m > 1 with its m, inclusion and duplicates; every candidate a distinct image of the split with a
+    boolean inclusion and a drawn d from the config's list; the included ones, in candidate order, the tail of
+    ``indices``, with d copies; the excluded ones nowhere in D_p; the primary the included candidate of fewest copies,
+    whose SAF is the manifest's fingerprint."""
+    canaries, cfg = manifest.get("canaries"), manifest["config"]
+    m_cfg = int(cfg.get("canaries", 1))
+    if (canaries is None) != (m_cfg == 1):
+        raise broken(f"canaries: the config asks for {m_cfg} candidates but the section is "
+                     f"{'missing' if canaries is None else 'present'}")
     if canaries is None:
         return
-    indices = manifest["indices"]
+    indices, n_split = manifest["indices"], manifest["split_size"]
+    allowed = list(cfg.get("duplicates", [1]))
     try:
         candidates = canaries["candidates"]
+        if (canaries["m"] != m_cfg or len(candidates) != m_cfg or canaries["inclusion"] != cfg.get("inclusion", 1.0)
+                or list(canaries["duplicates"]) != allowed):
+            raise ValueError("m, inclusion or duplicates differ from the config")
         for c in candidates:
-            if c["included"]:
-                if not (isinstance(c["position"], int) and 0 <= c["position"] < len(indices)
-                        and indices[c["position"]] == c["index"] and isinstance(c["duplicates"], int)
-                        and c["duplicates"] >= 1):
-                    raise ValueError(f"included candidate {c['index']} is not at its position")
-            elif c["index"] in indices or c["duplicates"] != 0:
+            if not isinstance(c["included"], bool) or not isinstance(c["index"], int) or isinstance(c["index"], bool):
+                raise ValueError("a candidate's inclusion must be true or false and its index a whole number")
+            if not 0 <= c["index"] < n_split or c["drawn"] not in allowed:
+                raise ValueError(f"candidate {c['index']} is outside the split or has a d not in {allowed}")
+            if c["duplicates"] != (c["drawn"] if c["included"] else 0):
+                raise ValueError(f"candidate {c['index']} has {c['duplicates']} copies for a drawn d of {c['drawn']}")
+            if not c["included"] and c["index"] in indices:
                 raise ValueError(f"excluded candidate {c['index']} is in the training set")
             Fingerprint.from_dict(c).mask(*manifest["image_shape"][1:])
-        primary = candidates[canaries["primary"]]
-        if len(candidates) != canaries["m"] or primary["index"] != manifest["fingerprint"]["index"]:
-            raise ValueError("the primary candidate is not the manifest's fingerprint")
+        included = [c for c in candidates if c["included"]]
+        tail = len(indices) - len(included)
+        if (canaries["n_included"] != len(included) or not included
+                or [c["position"] for c in included] != list(range(tail, len(indices)))
+                or [indices[c["position"]] for c in included] != [c["index"] for c in included]):
+            raise ValueError("the included candidates are not the tail of the training indices, in order")
         if len({c["index"] for c in candidates}) != len(candidates):
             raise ValueError("two candidates are one image")
+        p = canaries["primary"]
+        if not isinstance(p, int) or not 0 <= p < len(candidates):
+            raise ValueError(f"primary {p!r} is not a candidate")
+        primary, fp = candidates[p], manifest["fingerprint"]
+        if (not primary["included"] or primary["duplicates"] != min(c["duplicates"] for c in included)
+                or any(primary[k] != fp[k] for k in ("index", "position", *FINGERPRINT_KEYS))):
+            raise ValueError("the primary candidate is not the included one of fewest copies, or not the fingerprint")
     except (KeyError, TypeError, IndexError, ValueError, DiffauditError) as err:
         raise broken(f"canaries: {err}") from None

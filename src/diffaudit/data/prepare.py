@@ -157,7 +157,7 @@ def _placer(cfg: PrepareConfig, volume: bool, radius: float, width: float):
     shape = cfg.volume_saf_shape() if volume else cfg.saf_shape
 
     def place(x: np.ndarray, rng: np.random.Generator):
-        placed = place_saf(np.asarray(_as_channels({"channels": cfg.channels}, x)), rng, shape=shape, radius=radius,
+        placed = place_saf(np.asarray(as_channels({"channels": cfg.channels}, x)), rng, shape=shape, radius=radius,
                            width=width, intensity=cfg.saf_intensity, min_contrast=cfg.saf_contrast)
         fp = Fingerprint(shape=shape, centre=placed.centre, radius=radius, intensity=placed.intensity, width=width)
         return fp, placed.to_dict()
@@ -279,7 +279,7 @@ def fingerprint_of(manifest: dict) -> Fingerprint | None:
     return None if fp is None else Fingerprint.from_dict(fp)
 
 
-def _as_channels(manifest: dict, images: np.ndarray) -> np.ndarray:
+def as_channels(manifest: dict, images: np.ndarray) -> np.ndarray:
     """Grey images [..., 1, H, W] repeated to the manifest's 3 channels when it asks for RGB (a volume keeps its
     channels: ``make_manifest`` refuses other channels for volumes)."""
     spatial = len(manifest.get("image_shape", ())) - 1 if "image_shape" in manifest else 2
@@ -295,7 +295,7 @@ def build_training_set(manifest: dict, *, data_root: str | os.PathLike | None = 
     check_manifest(manifest)
     if data is None:
         data = open_data(manifest, data_root=data_root)
-    images = _as_channels(manifest, split_of(manifest, data)[np.asarray(manifest["indices"], dtype=np.int64)])
+    images = as_channels(manifest, split_of(manifest, data)[np.asarray(manifest["indices"], dtype=np.int64)])
     fp = fingerprint_of(manifest)
     if fp is not None:
         k = manifest["fingerprint"]["position"]
@@ -374,7 +374,7 @@ def split_images(manifest: dict, split: str, *, data_root: str | os.PathLike | N
     images = data.images(split)
     if split == manifest["split"] and unused_only:
         images = np.delete(images, np.asarray(manifest["indices"], dtype=np.int64), axis=0)
-    return np.array(_as_channels(manifest, images), order="C")  # a writable copy, never the memory map
+    return np.array(as_channels(manifest, images), order="C")  # a writable copy, never the memory map
 
 
 def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None,
@@ -385,7 +385,7 @@ def clean_original(manifest: dict, *, data_root: str | os.PathLike | None = None
         raise DiffauditError("this training set has no fingerprint (prepared with --no-fingerprint)")
     if data is None:
         data = open_data(manifest, data_root=data_root)
-    return np.array(_as_channels(manifest, data.images(manifest["split"])[fp["index"]]))
+    return np.array(as_channels(manifest, data.images(manifest["split"])[fp["index"]]))
 
 
 def prepare_run(run: str | os.PathLike, cfg: PrepareConfig, *, data_root=None, download: bool = False, log=print,

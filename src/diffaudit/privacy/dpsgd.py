@@ -28,7 +28,9 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -131,6 +133,114 @@ def _check_opacus_compatible(net: torch.nn.Module) -> None:
         raise DiffauditError(f"the model cannot be trained with DP-SGD: {errors[0]} (use GroupNorm, not BatchNorm)")
 
 
+@dataclass
+class DPRun:
+    """What :func:`dp_sgd` did: the logical steps taken, the losses of its batches, and the ε its Opacus engine's own
+    accountant gives at the run's δ with the noisy steps it counted (None for a non-private run)."""
+
+    steps: int
+    losses: list[float]
+    epsilon_engine: float | None
+    accountant_steps: int
+    module: torch.nn.Module | None = None  # the module trained (Opacus' GradSampleModule for a private run)
+
+
+def dp_sgd(net: torch.nn.Module, opt: torch.optim.Optimizer, *, n: int, batch_size: int, steps: int, sigma: float,
+           dp: DPConfig, seed: int, device, loss_of: Callable[[torch.nn.Module, torch.Tensor, int, int], torch.Tensor],
+           rows_per_example: int = 1, warm_up: Callable[[int], float] | None = None,
+           after_step: Callable[[int, list[float], float], None] | None = None, progress: bool = True,
+           desc: str = "DP-SGD", private: bool = True) -> DPRun:
+    """The one DP-SGD loop of diffaudit (the score model's and the downstream classifier's): ``steps`` logical steps
+    on Opacus' Poisson batches of n records at rate q = batch_size / n, per-example gradients clipped to
+    ``dp.max_grad_norm``, Gaussian noise of std sigma x max_grad_norm added, split into physical batches of at most
+    ``dp.physical_batch_size``.
+
+    ``loss_of(module, idx, step, chunk)`` is the mean loss of the records ``idx`` (a physical batch; ``chunk`` counts
+    the physical batches of the logical step) computed with ``module``; it may add rows that cost no privacy (public
+    or synthetic images, the same on neighbouring datasets), since the sensitivity to one record stays the clipping
+    norm. ``rows_per_example`` > 1 averages that many adjacent rows' gradients into one per record before clipping
+    (the noise multiplicity). An empty Poisson batch still takes a noisy step.
+
+    ``private=False`` is the same loop on the same Poisson batches without Opacus: the plain gradient of the summed
+    loss over the expected batch size, which is what the private loop computes with no noise and no clipping (the
+    non-private baseline of the utility regimes, and the check that the two agree)."""
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(n)), batch_size=batch_size,
+        generator=torch.Generator().manual_seed(derive_seed(seed, Stream.DP_LOADER)))
+    bar = tqdm(total=steps, disable=not progress, desc=desc, unit="step", dynamic_ncols=True)
+    step, chunk, losses, lr = 0, 0, [], float("nan")
+    if not private:
+        poisson = DPDataLoader.from_data_loader(loader, generator=loader.generator)
+        expected = int(n * poisson.sample_rate)  # what Opacus' optimizer divides by (make_private: the same rate)
+        net.train()
+        while step < steps:
+            for (idx,) in poisson:
+                lr = warm_up(step) if warm_up else lr
+                opt.zero_grad(set_to_none=False)
+                for p in net.parameters():
+                    if p.requires_grad and p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                for chunk, part in enumerate(idx.split(dp.physical_batch_size) if len(idx) else []):
+                    loss = loss_of(net, part, step, chunk)
+                    (loss * len(part) / expected).backward()  # the sum over records, over the expected batch
+                    losses.append(loss.item())
+                opt.step()
+                step += 1
+                bar.update(1)
+                if after_step:
+                    after_step(step, losses, lr)
+                if step >= steps:
+                    break
+        bar.close()
+        return DPRun(step, losses, None, 0, net)
+    with warnings.catch_warnings():  # seeded noise on purpose (reproducible runs); the module docstring says so
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+    module, opt, loader = engine.make_private(
+        module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=torch.Generator(device=device).manual_seed(derive_seed(seed, Stream.DP_NOISE)))
+    module.train()
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches, \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus' hook on the input layer
+        while step < steps:
+            for (idx,) in batches:
+                lr = warm_up(step) if warm_up else lr
+                b = len(idx)
+                if b:
+                    loss = loss_of(module, idx, step, chunk)
+                    loss.backward()
+                    if rows_per_example > 1:
+                        average_draws(module, b, rows_per_example)
+                    losses.append(loss.item())
+                else:  # an empty Poisson batch still takes a noisy step
+                    for p in module.parameters():
+                        if p.requires_grad:
+                            p.grad_sample = torch.zeros(0, *p.shape, device=device)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                chunk += 1
+                if opt._is_last_step_skipped:  # a physical batch of a logical step that goes on
+                    continue
+                step, chunk = step + 1, 0
+                bar.update(1)
+                if losses:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if after_step:
+                    after_step(step, losses, lr)
+                if step >= steps:
+                    break
+    bar.close()
+    performed = sum(h[2] for h in engine.accountant.history)  # noisy steps the engine's accountant counted
+    spent = float(engine.get_epsilon(dp.delta)) if sigma > 0 else math.inf  # no noise: no finite ε
+    return DPRun(step, losses, spent, performed, module)
+
+
 #: Settings of the training config that DP-SGD does not use, recorded as such in config.json and model.json.
 NOT_APPLIED = {
     "train.grad_clip": "per-example clipping at dp.max_grad_norm bounds every gradient instead",
@@ -148,9 +258,7 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     clipped, noised and accounted by Opacus. model.json gains a ``dp`` record; :data:`NOT_APPLIED` lists the
     training settings that do not apply. Returns the path of model.safetensors."""
     require("opacus", "DP-SGD training")
-    from opacus import PrivacyEngine
     from opacus.accountants.utils import get_noise_multiplier
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
 
     train_dir = Path(train_dir)
     if launched_world() > 1:
@@ -177,66 +285,37 @@ def train_dp(train_dir: str | Path, images: np.ndarray, *, model_cfg: ModelConfi
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=train_cfg.lr,
                             weight_decay=train_cfg.weight_decay)
     data = torch.from_numpy(to_model_space(images))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.arange(n)), batch_size=train_cfg.batch_size,
-        generator=torch.Generator().manual_seed(derive_seed(train_cfg.seed, Stream.DP_LOADER)))
-    with warnings.catch_warnings():  # seeded noise on purpose (reproducible runs); the module docstring says so
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        engine = PrivacyEngine(accountant=dp.accountant)
-    private, opt, loader = engine.make_private(
-        module=net, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=torch.Generator(device=dev).manual_seed(derive_seed(train_cfg.seed, Stream.DP_NOISE)))
-    model = ScoreModel(private, sde, prediction=model_cfg.prediction)
+    model_holder: list[ScoreModel] = []
     k = dp.noise_multiplicity
     train_dir.mkdir(parents=True, exist_ok=True)
     write_json(train_dir / "config.json", record)
     (train_dir / "loss.csv").unlink(missing_ok=True)  # a DP run always starts from step 0
-    bar = tqdm(total=train_cfg.steps, disable=not progress, desc=f"DP-SGD (sigma {sigma:.3g}, q {q:.3g})", unit="step",
-               dynamic_ncols=True)
-    step, chunk, t_wall, losses, log_rows = 0, 0, time.perf_counter(), [], []
-    private.train()
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=dp.physical_batch_size, optimizer=opt) as batches, \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus' hook on the input layer
-        while step < train_cfg.steps:
-            for (idx,) in batches:
-                lr = warm_up(opt, train_cfg, step)
-                b = len(idx)
-                if b:
-                    g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, chunk, Stream.NOISE))
-                    x0 = data[idx].repeat_interleave(k, 0).to(dev)  # the K rows of an image are adjacent
-                    t, z = dsm_draws(train_cfg, sde, g, tuple(x0.shape))
-                    y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
-                    loss = step_loss(model, sde, x0, t.float().to(dev), z.to(dev), y, step=step)
-                    loss.backward()
-                    average_draws(private, b, k)
-                    losses.append(loss.item())
-                else:  # an empty Poisson batch still takes a noisy step
-                    for p in private.parameters():
-                        if p.requires_grad:
-                            p.grad_sample = torch.zeros(0, *p.shape, device=dev)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                chunk += 1
-                if opt._is_last_step_skipped:  # a physical batch of a logical step that goes on
-                    continue
-                ema.update_parameters(net)  # a logical step was taken: noise added, accountant stepped
-                step, chunk = step + 1, 0
-                bar.update(1)
-                if losses:
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                if losses and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
-                    log_rows.append(log_row(step, float(np.mean(losses[-20:])), None, lr, t_wall))
-                if step >= train_cfg.steps:
-                    break
-    bar.close()
+    t_wall, log_rows = time.perf_counter(), []
+
+    def loss_of(private: torch.nn.Module, idx: torch.Tensor, step: int, chunk: int) -> torch.Tensor:
+        if not model_holder:
+            model_holder.append(ScoreModel(private, sde, prediction=model_cfg.prediction))
+        g = torch.Generator().manual_seed(derive_seed(train_cfg.seed, step, chunk, Stream.NOISE))
+        x0 = data[idx].repeat_interleave(k, 0).to(dev)  # the K rows of an image are adjacent
+        t, z = dsm_draws(train_cfg, sde, g, tuple(x0.shape))
+        y = None if y_all is None else y_all[idx].repeat_interleave(k, 0).to(dev)
+        return step_loss(model_holder[0], sde, x0, t.float().to(dev), z.to(dev), y, step=step)
+
+    def after_step(step: int, losses: list[float], lr: float) -> None:
+        ema.update_parameters(net)  # a logical step was taken: noise added, accountant stepped
+        if losses and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
+            log_rows.append(log_row(step, float(np.mean(losses[-20:])), None, lr, t_wall))
+
+    run = dp_sgd(net, opt, n=n, batch_size=train_cfg.batch_size, steps=train_cfg.steps, sigma=sigma, dp=dp,
+                 seed=train_cfg.seed, device=dev, loss_of=loss_of, rows_per_example=k,
+                 warm_up=lambda step: warm_up(opt, train_cfg, step), after_step=after_step, progress=progress,
+                 desc=f"DP-SGD (sigma {sigma:.3g}, q {q:.3g})")
+    step, losses = run.steps, run.losses
     append_log(train_dir / "loss.csv", log_rows)
-    performed = sum(h[2] for h in engine.accountant.history)  # noisy steps the engine's accountant counted
     eps = epsilons(sigma, q, step, dp.delta)
     dp_record = {"noise_multiplier": sigma, "sample_rate": q, "steps": step, "delta": dp.delta, "epsilon": eps,
-                 "epsilon_engine": float(engine.get_epsilon(dp.delta)), "accountant": dp.accountant,
-                 "accountant_steps": performed, "max_grad_norm": dp.max_grad_norm, "noise_multiplicity": k,
+                 "epsilon_engine": run.epsilon_engine, "accountant": dp.accountant,
+                 "accountant_steps": run.accountant_steps, "max_grad_norm": dp.max_grad_norm, "noise_multiplicity": k,
                  "physical_batch_size": dp.physical_batch_size, "finetune": dp.finetune, "trainable_params": trainable,
                  "pretrained": dp.pretrained, "seconds": round(time.perf_counter() - t_wall, 2),
                  "mean_loss_last_20": float(np.mean(losses[-20:])) if losses else None}

@@ -5,7 +5,9 @@ the candidates, how many were reproduced at least once (with a Clopper–Pearson
 Σ k_j / (N · candidates). The trend test is a logistic regression of k_j out of N on log2 d (a binomial GLM fitted by
 iteratively reweighted least squares). Candidates differ beyond d (some images are easier to copy), so the counts
 are overdispersed: the slope's standard error is scaled by the Pearson dispersion when it exceeds 1 (the
-quasi-binomial model), and its 95% interval and two-sided p-value come from that error.
+quasi-binomial model) for its 95% t-interval, and the p-value is the likelihood-ratio test of the slope over that
+dispersion (an F test), which stays valid where the rates of some d reach 0 or 1 and the slope itself runs off (then
+reported as separated, without an interval).
 """
 
 from __future__ import annotations
@@ -63,12 +65,22 @@ def dose_response(counts: np.ndarray, duplicates: np.ndarray, n: int) -> dict:
         out["trend_note"] = ("no candidate was reproduced: the slope is not identified" if counts.sum() == 0 else
                              "every sample reproduces every candidate: the slope is not identified")
         return out
-    beta, cov, dispersion = _fit(np.log2(duplicates.astype(np.float64)), counts.astype(np.float64), n)
+    x, k = np.log2(duplicates.astype(np.float64)), counts.astype(np.float64)
+    beta, cov, dispersion = _fit(x, k, n)
     scale = max(1.0, dispersion)
+    dof = max(1, len(k) - 2)
+    # the likelihood-ratio test of the slope, scaled by the dispersion (an F test): valid also where the fitted rates
+    # reach 0 or 1 (separation), where the slope runs off and its Wald interval means nothing
+    p_full = np.clip(special.expit(beta[0] + beta[1] * x), 1e-12, 1 - 1e-12)
+    p_null = np.clip(k.sum() / (n * len(k)), 1e-12, 1 - 1e-12)
+    loglik = lambda p: float(np.sum(k * np.log(p) + (n - k) * np.log(1 - p)))  # noqa: E731
+    lr = max(0.0, 2 * (loglik(p_full) - loglik(p_null)))
+    separated = bool(np.any(p_full < 1e-8) or np.any(p_full > 1 - 1e-8) or abs(beta[1]) > 20)
     se = float(np.sqrt(cov[1, 1] * scale))
-    z = float(beta[1] / se) if se > 0 else float("inf")
     out["trend"] = {"model": "logit(k_j / N) = a + b log2(d_j), quasi-binomial", "slope": float(beta[1]),
-                    "slope_ci95": [float(beta[1] - 1.959964 * se), float(beta[1] + 1.959964 * se)],
-                    "odds_ratio_per_doubling": float(np.exp(beta[1])), "dispersion": dispersion,
-                    "p_value": float(2 * stats.norm.sf(abs(z)))}
+                    "slope_ci95": None if separated else [float(beta[1] - stats.t.ppf(0.975, dof) * se),
+                                                          float(beta[1] + stats.t.ppf(0.975, dof) * se)],
+                    "odds_ratio_per_doubling": float(np.exp(min(beta[1], 700.0))), "dispersion": dispersion,
+                    "p_value": float(stats.f.sf(lr / scale, 1, dof)), "test": "likelihood ratio over the dispersion (F)",
+                    "separated": separated}
     return out

@@ -38,6 +38,10 @@ def plot_epsilon(eps: dict, path: str | Path) -> Path:
     """ε_lower against the number of guesses r = k₊ + k₋: the best grid point of each r."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    if eps["epsilon_lower"] is None:
+        ax.text(0.5, 0.5, "no bound:\n" + eps["note"], ha="center", va="center", wrap=True, fontsize=8)
+        ax.set_axis_off()
+        return _save(fig, path)
     best: dict[int, float] = {}
     for p in eps["points"]:
         best[p["guesses"]] = max(best.get(p["guesses"], 0.0), p["epsilon"])

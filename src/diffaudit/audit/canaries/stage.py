@@ -14,7 +14,7 @@ from ...adversary.examples import COPY_SHIFT, pixels, shifted_copies
 from ...data.canaries import candidates_of
 from ...data.dataset import open_data
 from ...data.fingerprint import Fingerprint
-from ...data.prepare import _as_channels, heldout_split, load_manifest, split_images
+from ...data.prepare import as_channels, heldout_split, load_manifest, split_images
 from ...errors import DiffauditError
 from ...generate import iter_shards
 from ...io import read_json, run_relative, write_json
@@ -26,18 +26,35 @@ from .epsilon import audit_epsilon
 from .plots import plot_dose, plot_epsilon
 from .score import CandidateDetectors
 
-GROUP_NOTE = ("The bound counts only the candidates included once or not at all: a candidate included d > 1 times "
-              "is a group of d records, whose privacy is the group's (at most d ε under ε-DP), not one record's.")
+GROUP_NOTE = ("The bound counts only the candidates drawn with d = 1, included or not (d is drawn for every candidate, "
+              "so the subset does not depend on inclusion): a candidate included d > 1 times is a group of d records, "
+              "whose privacy is the group's (at most d ε under ε-DP), not one record's.")
+
+
+def _epsilon(scores: np.ndarray, included: np.ndarray, *, inclusion: float, confidence: float, delta: float,
+             seed: int) -> dict:
+    """:func:`audit_epsilon` on the candidates drawn with d = 1, or why there is no bound: the theorem needs each
+    candidate included with probability ½, and candidates to guess on."""
+    why = None
+    if inclusion != 0.5:
+        why = (f"the candidates were included with probability {inclusion:g}; the one-run bound assumes ½ "
+               "(prepare with --inclusion 0.5)")
+    elif len(scores) == 0:
+        why = "no candidate was drawn with d = 1 (--duplicates without 1): nothing to bound one record's ε with"
+    if why is not None:
+        return {"epsilon_lower": None, "note": why, "confidence": confidence, "delta": delta, "candidates": int(len(scores)),
+                "guesses": 0, "correct": 0, "k_plus": 0, "k_minus": 0, "grid_size": 0, "points": []}
+    return audit_epsilon(scores, included, confidence=confidence, delta=delta, seed=seed)
 
 
 def candidate_images(manifest: dict, data) -> tuple[np.ndarray, np.ndarray]:
     """(x_p^(j) of every candidate [m, C, ...], the N_D base training images)."""
     split = data.images(manifest["split"])
     cands = candidates_of(manifest)
-    targets = np.stack([Fingerprint.from_dict(c).apply(_as_channels(manifest, np.array(split[c["index"]])))
+    targets = np.stack([Fingerprint.from_dict(c).apply(as_channels(manifest, np.array(split[c["index"]])))
                         for c in cands])
     n_base = len(manifest["indices"]) - sum(c["included"] for c in cands)
-    base = _as_channels(manifest, split[np.asarray(manifest["indices"][:n_base])])
+    base = as_channels(manifest, split[np.asarray(manifest["indices"][:n_base])])
     return targets, np.ascontiguousarray(base)
 
 
@@ -76,6 +93,11 @@ def run_canaries(run: Path, *, samples: str | None = None, confidence: float = 0
     if not 0 < confidence < 1 or not 0 <= delta < 1:
         raise DiffauditError(f"--confidence must be in (0, 1) and --delta in [0, 1); got {confidence} and {delta}")
     folder = _with_shards(find_samples(run, samples))
+    record = read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+    if (record.get("conditions") or {}).get("mode") == "x_p":
+        raise DiffauditError(f"{folder.name} was drawn with x_p's own attributes, and x_p is an included candidate: "
+                             "scores from it would depend on the inclusions; score the samples drawn with the "
+                             "training set's attributes")
     data = open_data(manifest, data_root=data_root)
     targets, base = candidate_images(manifest, data)
     side = min(targets.shape[2:])
@@ -94,16 +116,17 @@ def run_canaries(run: Path, *, samples: str | None = None, confidence: float = 0
     cands = candidates_of(manifest)
     included = np.array([c["included"] for c in cands])
     dup = np.array([c["duplicates"] for c in cands])
-    single = ~included | (dup == 1)
-    eps = audit_epsilon(counts[single], included[single], confidence=confidence, delta=delta, seed=seed)
+    single = np.array([c["drawn"] == 1 for c in cands])  # drawn for every candidate: independent of inclusion
+    eps = _epsilon(counts[single], included[single], inclusion=manifest["canaries"]["inclusion"],
+                   confidence=confidence, delta=delta, seed=seed)
     dose = dose_response(counts[included], dup[included], n)
     out_k = int(counts[~included].sum())
     dose["excluded"] = {"candidates": int((~included).sum()), "samples": out_k,
                         "reproduced": int((counts[~included] > 0).sum()),
                         "rate": out_k / (n * max(1, int((~included).sum()))),
                         "rate_ci95": list(clopper_pearson(out_k, n * max(1, int((~included).sum()))))}
-    eps["group_note"] = GROUP_NOTE
-    eps["score"] = "the candidate's count of copies among the samples (the reference detector)"
+    eps.update(group_note=GROUP_NOTE, tie_seed=seed,
+               score="the candidate's count of copies among the samples (the reference detector)")
     if dp is not None:
         eps["accountant"] = {"epsilon": dp["epsilon"], "delta": dp["delta"]}
     out = run / "canaries" / folder.name

@@ -65,7 +65,7 @@ def stage_config(cfg: AuditConfig, stage: str) -> dict:
             "tprime": {"tprime": c["tprime"], "detector": c["detector"]},
             "nll": {"nll": c["nll"]},
             "fid": {"fid": c["fid"]},
-            "utility": {"classifier": c["fid"]["domain"]},
+            "utility": {"classifier": c["fid"]["domain"], **({"utility": c["utility"]} if c.get("utility") else {})},
             "report": {}}[stage]
 
 

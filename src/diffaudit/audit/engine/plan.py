@@ -114,7 +114,11 @@ def plan(ctx: Context) -> list[dict]:
                     if cfg.with_control else 0.0, params * 4 * 2 + cfg.sample.n * pixels if cfg.with_control else 1e3),
         "nll": ((cfg.nll.x_p_repeats + cfg.nll.n_train + cfg.nll.n_test) * 150 * 3 / unet, 1e5),
         "fid": (cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf + (cfg.sample.n + 2 * n_train) / clf, 2e6),
-        "utility": ((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0, 2e7),
+        "utility": (((2 * cfg.fid.domain.steps * cfg.fid.domain.batch_size * 3 / clf) if cfg.model.num_classes else 0.0)
+                    # the DP regimes: per seed 2 + 3 per finite epsilon + 2 at infinity, DP-SGD about 3x a plain step
+                    + (0.0 if cfg.utility is None else cfg.utility.seeds * cfg.utility.steps * cfg.utility.batch_size
+                       * 9 / clf * (2 + 3 * sum(e is not None for e in cfg.utility.epsilons)
+                                    + 2 * (None in cfg.utility.epsilons))), 2e7),
         "report": (5.0, 5e6),
     }
     # stages that stop early: their estimate is the cap (classifiers at their criterion, a sequential count when decided)

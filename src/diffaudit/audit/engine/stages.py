@@ -47,6 +47,7 @@ from ...privacy.dpsgd import train_dp
 from ...training.loop import train
 from ..canaries.stage import run_canaries
 from ..census.stage import run_census
+from ..utility.stage import run_dp_utility
 from ..count.sequential import sequential_run
 from ..count.stage import run_count
 from ..quality.fid import find_inception_weights
@@ -347,13 +348,23 @@ def _fid(ctx: Context) -> dict:
 
 
 def _utility(ctx: Context) -> dict:
-    if ctx.cfg.external is not None:
+    if ctx.cfg.external is not None and ctx.cfg.utility is None:
         return {"skipped": "a model trained elsewhere (the utility test trains diffaudit's class-conditional model)"}
-    if not ctx.cfg.model.num_classes:
+    if not ctx.cfg.model.num_classes and ctx.cfg.external is None:
+        if ctx.cfg.utility is not None:
+            raise DiffauditError("the DP utility regimes need a class-conditional model: add --class-conditional")
         return {"skipped": "unconditional model (--class-conditional for the utility test)"}
-    r = run_utility(ctx.run, ctx.run / "samples" / ctx.samples_name, ctx.cfg.fid.domain, data_root=ctx.data_root,
-                    device=ctx.device, progress=ctx.progress)
-    return {"synthetic_accuracy": r["synthetic"]["accuracy"], "real_accuracy": r["real"]["accuracy"]}
+    samples = ctx.run / "samples" / ctx.samples_name
+    out = {}
+    if ctx.cfg.external is None:
+        r = run_utility(ctx.run, samples, ctx.cfg.fid.domain, data_root=ctx.data_root, device=ctx.device,
+                        progress=ctx.progress)
+        out = {"synthetic_accuracy": r["synthetic"]["accuracy"], "real_accuracy": r["real"]["accuracy"]}
+    if ctx.cfg.utility is not None:
+        d = run_dp_utility(ctx.run, samples, ctx.cfg.utility, data_root=ctx.data_root, device=ctx.device,
+                           progress=ctx.progress, log=ctx.log)
+        out["dp_winners"] = d["winners"]
+    return out
 
 
 def _report(ctx: Context) -> dict:

@@ -49,6 +49,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, NoReturn
 
+from ...data.canaries import memorisation_n
 from ...digests import CLASSIFIER_FILES, DIGESTS, MODEL_FILES, SHARDS, sha256_file
 from ...errors import DiffauditError, VerifyFailed
 from ...io import read_json, run_relative
@@ -411,11 +412,16 @@ def _recount_canaries(run: Path, canaries: dict, *, data_root) -> None:
     eps = canaries.get("epsilon") or {}
     try:
         again = run_canaries(run, samples=str(_samples_folder(run, canaries["samples"])),
-                             confidence=eps.get("confidence", 0.95), delta=eps.get("delta", 0.0), data_root=data_root,
-                             progress=False, log=lambda _: None, write=False)
+                             confidence=eps.get("confidence", 0.95), delta=eps.get("delta", 0.0),
+                             seed=eps.get("tie_seed", 0), data_root=data_root, progress=False, log=lambda _: None,
+                             write=False)
     except DiffauditError as err:
         _fail("results.json", f"canaries: {err}")
     how = "the canaries recounted from their samples"
+    model_json = run / "train" / "model.json"
+    dp = read_json(model_json).get("dp") if model_json.exists() else None
+    if dp is not None and not _same(eps.get("delta"), dp["delta"]):
+        _differs("results.json", "canaries.epsilon.delta", eps.get("delta"), dp["delta"], "the DP model's δ")
     for key in CANARY_FIELDS:
         if not _same(canaries.get(key), again.get(key)):
             _differs("results.json", f"canaries.{key}", canaries.get(key), again.get(key), how)
@@ -434,7 +440,7 @@ def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
     from ..count.verdict import verdict_section
 
     rep = results["reproduction"]
-    n_train = manifest["n_train"]
+    n_train = memorisation_n(manifest)
     if results.get("n_train") != n_train:
         _differs("results.json", "n_train", results.get("n_train"), n_train, "manifest.json")
     try:

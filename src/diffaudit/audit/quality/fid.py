@@ -90,7 +90,8 @@ class DomainFeatures(BottleneckFeatures):
         self.head = nn.Linear(features, n_classes)
 
 
-def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+def shift_images(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Each image of a batch translated by up to ``max_shift`` pixels (replicate padding), seeded by ``g``."""
     if max_shift == 0:
         return x
     pad = nn.functional.pad(x, [max_shift] * 4, mode="replicate")
@@ -131,7 +132,7 @@ def train_extractor(folder: str | Path, images: np.ndarray, labels: np.ndarray, 
             perm, pos = torch.randperm(len(x_all), generator=g), 0
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        x = _shift(x_all[idx].float() / 127.5 - 1.0, cfg.shift, g).to(device)
+        x = shift_images(x_all[idx].float() / 127.5 - 1.0, cfg.shift, g).to(device)
         loss = nn.functional.cross_entropy(net.head(net.embed(x)), y_all[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,8 +28,9 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
           for r in ([dose["excluded"]] if dose.get("excluded", {}).get("candidates") else []) + dose["by_d"]]),
     ]
     t = dose.get("trend")
-    out.append(("p", (f"Trend ({t['model']}): slope {fmt(t['slope'])} per doubling of d, 95% "
-                      f"[{fmt(t['slope_ci95'][0])}, {fmt(t['slope_ci95'][1])}], odds ratio "
+    ci = (f"95% [{fmt(t['slope_ci95'][0])}, {fmt(t['slope_ci95'][1])}]" if t and t.get("slope_ci95") else
+          "no interval: the rates of some d are 0 or 1 (separation)")
+    out.append(("p", (f"Trend ({t['model']}): slope {fmt(t['slope'])} per doubling of d, {ci}, odds ratio "
                       f"{fmt(t['odds_ratio_per_doubling'])}, p = {fmt(t['p_value'])} (dispersion "
                       f"{fmt(t['dispersion'])}). d = 0 is the left-out candidates, shown for reference.")
                      if t else f"Trend: {dose.get('trend_note', 'not tested')}."))
@@ -39,6 +40,8 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
               + ", ".join(f"{name} {fmt(v)}" for name, v in accountant["epsilon"].items())
               + f" at δ = {fmt(accountant['delta'])}; ε_lower at or below it is what a correct DP training allows."
               if accountant else "")
+    if eps["epsilon_lower"] is None:
+        return out + [("p", f"ε lower bound: none. {eps['note']}.")]
     out += [
         ("table", ["ε lower bound", "confidence", "δ", "guesses r (k+, k-)", "right", "candidates counted",
                    "grid (Bonferroni)"],

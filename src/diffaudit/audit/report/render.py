@@ -22,6 +22,7 @@ from ..count.verdict import check_derived, derived_figures, dig, per_thousand, p
 from ..results import RESULTS, update_results
 from .canaries import canary_blocks
 from .census import census_blocks
+from .dp_utility import dp_utility_blocks
 from .conditioned import conditioned_blocks
 from .plots import plot_roc
 
@@ -100,7 +101,8 @@ def excess_warning(results: dict) -> str | None:
 
 
 #: the results.json sections made by a model, each recording its digest under "model"
-MODEL_SECTIONS = ("reproduction", "reproduction_x_p", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census", "canaries")
+MODEL_SECTIONS = ("reproduction", "reproduction_x_p", "t_prime", "t_prime_posthoc", "nll_bpd", "fid", "census", "canaries",
+                  "utility_dp")
 
 
 def model_of(results: dict) -> dict | None:
@@ -400,6 +402,7 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
         out += posthoc_blocks(ph)
     out += census_blocks(results, fmt)
     out += canary_blocks(results, fmt)
+    out += dp_utility_blocks(results, fmt)
 
     if rep:
         out.append(("h", 2, "Samples and positives"))

@@ -159,7 +159,7 @@ def run_posthoc(run: Path, positions: Sequence[int] | None, *, grid: Sequence[fl
     if net is None:
         net = load_run_model(run, manifest, model=model, scheduler=scheduler, prediction_type=prediction_type,
                              data_root=data_root, device=device)
-    images = build_training_set(manifest, data_root=data_root)
+    images = build_training_set(manifest, data_root=data_root)[:len(manifest["indices"])]  # a canary's copies once
     positions = range(len(images)) if positions is None else positions
     if is_conditional(net):
         raise DiffauditError("the post-hoc audit supports unconditional models only")

@@ -559,7 +559,9 @@ class UtilityConfig(Checked):
                                                                for e in self.epsilons),
                       "positive numbers or inf (--classifier-epsilons 1,3,10,inf)")
         self._require("mix_ratio", 0 <= self.mix_ratio <= 1, "in [0, 1] (--mix-ratio)")
-        self._at_least(1, "seeds", "steps", "batch_size", "physical_batch_size")
+        self._require("epsilons", len(set(self.epsilons)) == len(self.epsilons), "distinct")
+        self._at_least(3, "seeds")  # an interval over seeds needs a few of them
+        self._at_least(1, "steps", "batch_size", "physical_batch_size")
         self._at_least(0, "shift")
         self._positive("lr", "max_grad_norm")
         self._require("delta", 0 < self.delta < 1, "in (0, 1)")
@@ -748,6 +750,9 @@ class AuditConfig(Checked):
         if self.control_model is not None and self.external is None:
             raise DiffauditError("--control-model is the control of a model trained elsewhere (--model); for a model "
                                  "diffaudit trains, --control trains its control model")
+        if self.utility is not None and self.external is None and not self.model.num_classes:
+            raise DiffauditError("the DP utility regimes (--dp-utility, --classifier-epsilons) need a class-conditional "
+                                 "model: add --class-conditional")
         if self.prepare.many_canaries and (self.control or self.control_model is not None):
             raise DiffauditError("a run of many canaries has its controls inside: the candidates left out of training; "
                                  "leave out --control")

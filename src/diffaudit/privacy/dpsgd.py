@@ -84,7 +84,13 @@ def check_dp_config(dp: DPConfig, n_train: int, batch_size: int) -> float:
     if not 1 <= batch_size <= n_train:
         raise DiffauditError(f"the expected batch size {batch_size} must be between 1 and N_D = {n_train} (q = batch / N_D); "
                              "lower --batch-size (audit: train.batch_size in --config) or raise --n-train")
-    return batch_size / n_train
+    return poisson_rate(n_train, batch_size)
+
+
+def poisson_rate(n: int, batch_size: int) -> float:
+    """The rate Opacus' Poisson loader samples each record with for a batch size over n records: 1 / (batches per
+    epoch), which is batch / n when batch divides n and a little less otherwise. The accountants take this rate."""
+    return 1.0 / math.ceil(n / batch_size)
 
 
 def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
@@ -133,6 +139,11 @@ def _check_opacus_compatible(net: torch.nn.Module) -> None:
         raise DiffauditError(f"the model cannot be trained with DP-SGD: {errors[0]} (use GroupNorm, not BatchNorm)")
 
 
+def _loss_rows(out, records: int) -> tuple[torch.Tensor, int]:
+    """``loss_of``'s answer as (mean loss, rows averaged over)."""
+    return out if isinstance(out, tuple) else (out, records)
+
+
 @dataclass
 class DPRun:
     """What :func:`dp_sgd` did: the logical steps taken, the losses of its batches, and the ε its Opacus engine's own
@@ -149,21 +160,26 @@ def dp_sgd(net: torch.nn.Module, opt: torch.optim.Optimizer, *, n: int, batch_si
            dp: DPConfig, seed: int, device, loss_of: Callable[[torch.nn.Module, torch.Tensor, int, int], torch.Tensor],
            rows_per_example: int = 1, warm_up: Callable[[int], float] | None = None,
            after_step: Callable[[int, list[float], float], None] | None = None, progress: bool = True,
-           desc: str = "DP-SGD", private: bool = True) -> DPRun:
+           desc: str = "DP-SGD", private: bool = True, public_rows: bool = False) -> DPRun:
     """The one DP-SGD loop of diffaudit (the score model's and the downstream classifier's): ``steps`` logical steps
     on Opacus' Poisson batches of n records at rate q = batch_size / n, per-example gradients clipped to
     ``dp.max_grad_norm``, Gaussian noise of std sigma x max_grad_norm added, split into physical batches of at most
     ``dp.physical_batch_size``.
 
     ``loss_of(module, idx, step, chunk)`` is the mean loss of the records ``idx`` (a physical batch; ``chunk`` counts
-    the physical batches of the logical step) computed with ``module``; it may add rows that cost no privacy (public
-    or synthetic images, the same on neighbouring datasets), since the sensitivity to one record stays the clipping
-    norm. ``rows_per_example`` > 1 averages that many adjacent rows' gradients into one per record before clipping
-    (the noise multiplicity). An empty Poisson batch still takes a noisy step.
+    the physical batches of the logical step) computed with ``module``, or (mean loss, rows) when it averaged over
+    more rows than records. With ``public_rows`` it adds rows that cost no privacy (public or synthetic images, the
+    same on neighbouring datasets) to the first physical batch of every logical step, the empty ones included, so
+    that the sensitivity to one record stays the clipping norm. ``rows_per_example`` > 1 averages that many adjacent
+    rows' gradients into one per record before clipping (the noise multiplicity; not with public rows). An empty
+    Poisson batch still takes a noisy step.
 
     ``private=False`` is the same loop on the same Poisson batches without Opacus: the plain gradient of the summed
     loss over the expected batch size, which is what the private loop computes with no noise and no clipping (the
     non-private baseline of the utility regimes, and the check that the two agree)."""
+    if public_rows and rows_per_example > 1:
+        raise DiffauditError("public rows and a noise multiplicity above 1 do not mix: the rows of a record would no "
+                             "longer be adjacent")
     from opacus import PrivacyEngine
     from opacus.data_loader import DPDataLoader
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -184,9 +200,12 @@ def dp_sgd(net: torch.nn.Module, opt: torch.optim.Optimizer, *, n: int, batch_si
                 for p in net.parameters():
                     if p.requires_grad and p.grad is None:
                         p.grad = torch.zeros_like(p)
-                for chunk, part in enumerate(idx.split(dp.physical_batch_size) if len(idx) else []):
-                    loss = loss_of(net, part, step, chunk)
-                    (loss * len(part) / expected).backward()  # the sum over records, over the expected batch
+                # the physical batches of Opacus' BatchSplittingSampler (np.array_split), so chunks match
+                parts = (torch.tensor_split(idx, math.ceil(len(idx) / dp.physical_batch_size)) if len(idx) else
+                         [idx] if public_rows else [])
+                for chunk, part in enumerate(parts):
+                    loss, rows = _loss_rows(loss_of(net, part, step, chunk), len(part))
+                    (loss * rows / expected).backward()  # the sum over rows, over the expected batch
                     losses.append(loss.item())
                 opt.step()
                 step += 1
@@ -212,8 +231,8 @@ def dp_sgd(net: torch.nn.Module, opt: torch.optim.Optimizer, *, n: int, batch_si
             for (idx,) in batches:
                 lr = warm_up(step) if warm_up else lr
                 b = len(idx)
-                if b:
-                    loss = loss_of(module, idx, step, chunk)
+                if b or (public_rows and chunk == 0):
+                    loss, _ = _loss_rows(loss_of(module, idx, step, chunk), b)
                     loss.backward()
                     if rows_per_example > 1:
                         average_draws(module, b, rows_per_example)

@@ -31,7 +31,7 @@ from torchvision.models.resnet import BasicBlock
 from ...config import DPConfig, UtilityConfig
 from ...errors import DiffauditError
 from ...extras import require
-from ...privacy.dpsgd import dp_sgd, epsilons
+from ...privacy.dpsgd import dp_sgd, epsilons, poisson_rate
 from ...rng import derive_seed
 from ..quality.fid import DomainFeatures, evaluate_classifier, shift_images
 
@@ -91,14 +91,25 @@ def check_classes(labels: np.ndarray, n_classes: int, batch_size: int, what: str
                              "the batch size or audit a training set with more images of each class")
 
 
+def noise_for(epsilon: float, q: float, cfg: UtilityConfig) -> float:
+    """σ that reaches ``epsilon`` at δ with rate q over the steps (PRV accountant), refused in one line where no σ
+    does (an ε so large that the calibration fails)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=cfg.delta, sample_rate=q,
+                                          steps=cfg.steps, accountant="prv", epsilon_tolerance=0.01))
+    except (ValueError, RuntimeError, OverflowError) as err:
+        raise DiffauditError(f"no noise multiplier reaches classifier epsilon {epsilon:g} at delta {cfg.delta:g} with "
+                             f"rate {q:.3g} over {cfg.steps} steps ({err}); use a smaller epsilon, or inf for no DP") from None
+
+
 def train_regime(regime: str, *, real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
                  n_classes: int, cfg: UtilityConfig, epsilon: float | None, seed: int, device,
                  init: dict | None = None, progress: bool = False) -> tuple[DomainFeatures, dict]:
     """Train one classifier of ``regime`` (module docstring) at ``epsilon`` (None: ∞) with ``seed``; ``init`` the
     weights to start from (``pretrained_dp``: the ``synthetic`` classifier's). Returns the network and its record
     (σ, q, steps and ε by each accountant for a DP regime)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     if regime not in REGIMES:
         raise DiffauditError(f"unknown regime '{regime}'; one of {', '.join(REGIMES)}")
     x, y = synthetic if regime == "synthetic" else real
@@ -113,24 +124,24 @@ def train_regime(regime: str, *, real: tuple[np.ndarray, np.ndarray], synthetic:
     n, batch = len(x), min(cfg.batch_size, len(x))
     dp = DPConfig(epsilon=epsilon if private else 1.0, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
                   physical_batch_size=cfg.physical_batch_size)
-    q = batch / n
-    sigma = (get_noise_multiplier(target_epsilon=epsilon, target_delta=cfg.delta, sample_rate=q, steps=cfg.steps,
-                                  accountant=dp.accountant) if private else 0.0)
+    q = poisson_rate(n, batch)
+    sigma = noise_for(epsilon, q, cfg) if private else 0.0
     extra = round(cfg.mix_ratio * batch) if regime == "mixed_dp" else 0
 
-    def loss_of(module: nn.Module, idx: torch.Tensor, step: int, chunk: int) -> torch.Tensor:
+    def loss_of(module: nn.Module, idx: torch.Tensor, step: int, chunk: int):
         xs, ys = data[idx], target[idx]
-        if extra and chunk == 0:  # the synthetic rows of this logical step, once
+        if extra and chunk == 0:  # the synthetic rows of this logical step, once, also when no real record came
             g = torch.Generator().manual_seed(derive_seed(seed, step, Stream.SYNTH))
             pick = torch.randint(0, len(sx), (extra,), generator=g)
             xs, ys = torch.cat([xs, sx[pick]]), torch.cat([ys, sy[pick]])
         g = torch.Generator().manual_seed(derive_seed(seed, step, chunk, Stream.SHIFT))
         inputs = shift_images(xs.float() / 127.5 - 1.0, cfg.shift, g).to(device)
         inner = getattr(module, "_module", module)  # Opacus' GradSampleModule wraps the classifier
-        return nn.functional.cross_entropy(inner.head(module(inputs)), ys.to(device))
+        return nn.functional.cross_entropy(inner.head(module(inputs)), ys.to(device)), len(ys)
 
     run = dp_sgd(net, opt, n=n, batch_size=batch, steps=cfg.steps, sigma=sigma, dp=dp, seed=seed, device=device,
-                 loss_of=loss_of, private=private, progress=progress, desc=f"{regime} (seed {seed})")
+                 loss_of=loss_of, private=private, progress=progress, desc=f"{regime} (seed {seed})",
+                 public_rows=extra > 0)
     record = {"regime": regime, "epsilon_target": epsilon, "seed": seed, "n_real": len(real[0]),
               "n_train": int(n), "synthetic_per_step": extra, "steps": run.steps}
     if private:

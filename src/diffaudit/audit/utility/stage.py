@@ -24,7 +24,9 @@ from ...generate import iter_labelled_shards
 from ...io import read_json, run_relative, write_json
 from ..results import update_results
 from .plots import plot_utility
-from .regimes import DP_REGIMES, check_classes, evaluate, train_regime
+from ...privacy.dpsgd import poisson_rate
+from ..count.stage import samples_model
+from .regimes import DP_REGIMES, check_classes, evaluate, noise_for, train_regime
 
 LABEL = {"real": "real", "synthetic": "synthetic", "real_dp": "real, DP", "mixed_dp": "real + synthetic, DP",
          "pretrained_dp": "synthetic → real, DP"}
@@ -93,7 +95,18 @@ def run_dp_utility(run: Path, samples: Path, cfg: UtilityConfig, *, data_root=No
     if n_classes < 2:
         raise DiffauditError("the DP utility regimes need labelled data of at least two classes")
     real = (build_training_set(manifest, data=data), training_labels(manifest, data=data))
+    if real[0].ndim != 4:
+        raise DiffauditError("the DP utility regimes train a 2D image classifier; this run holds volumes")
+    if synth_x.shape[1:] != real[0].shape[1:]:
+        raise DiffauditError(f"the samples are {list(synth_x.shape[1:])} but the real images {list(real[0].shape[1:])}; "
+                             "sample the run's model at the run's image shape")
+    if synth_y.ndim != 1 or synth_y.min(initial=0) < 0 or synth_y.max(initial=0) >= n_classes:
+        raise DiffauditError(f"the samples' labels must be classes 0 .. {n_classes - 1}, one per image (a model "
+                             "conditioned on continuous attributes has none)")
     check_classes(real[1], n_classes, cfg.batch_size)
+    for eps in cfg.epsilons:  # every noise multiplier before any training: an unreachable epsilon fails at once
+        if eps is not None:
+            noise_for(eps, poisson_rate(len(real[0]), min(cfg.batch_size, len(real[0]))), cfg)
     test_split = heldout_split(manifest, "test")
     test = (split_images(manifest, test_split, data=data), np.asarray(data.labels(test_split)).reshape(-1))
     dev = resolve_device(device)
@@ -139,7 +152,7 @@ def run_dp_utility(run: Path, samples: Path, cfg: UtilityConfig, *, data_root=No
                       f"{cfg.steps} steps of expected batch {cfg.batch_size}, clipping {cfg.max_grad_norm}, δ {cfg.delta:g}",
         "accounting": "only the real records: the synthetic images' privacy is the generator's",
         "winners": winners(table, cfg.epsilons),
-        "records": run_relative(run, out / "records.json"),
+        "records": run_relative(run, out / "records.json"), "model": samples_model(Path(samples)),
         "figure": run_relative(run, out / "utility_vs_epsilon.png"),
     }
     write_json(out / "records.json", {"records": records})

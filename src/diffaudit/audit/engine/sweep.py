@@ -250,11 +250,15 @@ def run_privacy_sweep(out: Path, base: AuditConfig, *, epsilons: Sequence[float 
         r = read_json(out / name / "results.json")
         rep, util, priv = r["reproduction"], r.get("utility"), r.get("privacy")
         lower = (r.get("canaries") or {}).get("epsilon")
+        model = out / name / "train" / "model.json"
+        # the reference detector alone writes no privacy section: the model's own record gives its epsilon
+        spent = (priv["epsilon"] if priv else
+                 ((read_json(model).get("dp") or {}).get("epsilon") if model.exists() else None))
         rows.append(["∞" if eps is None else f"{eps:g}", "yes" if pre else "no", fid_cell(r["fid"], "train"),
                      fid_cell(r["fid"], "test"), fmt(util and util["synthetic"]["accuracy"]),
                      fmt(util and util["synthetic"]["auroc"]), f"{rep['q']}/{rep['n_samples']}",
                      f"[{fmt(rep['rate_ci95'][0])}, {fmt(rep['rate_ci95'][1])}]", fmt(r["t_prime"]["value"], 2),
-                     fmt(priv and priv["bound_dpsgd"]), fmt(priv and priv["epsilon"]["prv"]),
+                     fmt(priv and priv["bound_dpsgd"]), fmt(spent and spent["prv"]),
                      fmt(lower and lower["epsilon_lower"]), "excess: see its report" if excess_warning(r) else ""])
     headers = ["ε target", "pretrained", "FID train", "FID test", "utility acc.", "utility AUROC", "|q|",
                "95% interval", "t'", "formal bound", "ε (PRV)", "ε lower (canaries)", "caution"]

@@ -341,9 +341,11 @@ def test_a_privacy_sweep_tabulates_epsilon_against_pretraining(tmp_path, data_ro
     assert (out / "public" / "train" / "model.json").exists()
     assert read_json(out / "eps50-pretrained" / "train" / "model.json")["dp"]["pretrained"].endswith("public/train")
     assert read_json(out / "eps50-scratch" / "train" / "model.json")["dp"]["pretrained"] is None
+    eps = summary["headers"].index("ε (PRV)")
     for row in summary["rows"]:
-        assert row[0] == "50" and row[-2] != "–" and row[4] != "–"  # epsilon and utility filled in
-        assert float(row[-2]) <= 50.5
+        assert row[0] == "50" and row[eps] != "–" and row[4] != "–"  # epsilon and utility filled in
+        assert float(row[eps]) <= 50.5
+        assert row[summary["headers"].index("ε lower (canaries)")] == "–"  # one canary: no one-run bound
     assert "formal bound" in (out / "report.md").read_text()
     with pytest.raises(DiffauditError, match="must differ"):
         run_privacy_sweep(out, cfg, epsilons=[1.0], pretrain=[True], public_dataset="breastmnist", public_split="train")

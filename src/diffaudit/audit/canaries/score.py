@@ -76,6 +76,14 @@ class CandidateDetectors:
             out[start:start + len(block)] = best.numpy()
         return out
 
+    def own_flags(self, images: np.ndarray, j: int) -> np.ndarray:
+        """bool [len(images)]: which of ``images`` candidate j's detector flags (its centre alone: O(1) in m)."""
+        best = None
+        for w in windows(images, self.shift):
+            d = _rmse(_flat(w), self.centres[j:j + 1])[:, 0]
+            best = d if best is None else torch.minimum(best, d)
+        return best.numpy() < self.thresholds[j]
+
     def flags(self, images: np.ndarray) -> np.ndarray:
         """bool [len(images), m]: which candidate each image copies (at most one, by the factor ½)."""
         return self.distances(images) < self.thresholds[None, :]

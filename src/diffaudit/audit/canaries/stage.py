@@ -62,7 +62,7 @@ def _error_rates(det: CandidateDetectors, targets: np.ndarray, heldout: np.ndarr
     """Each detector's recall on its candidate's noise-free shifted copies and its false positives on held-out real
     images, per candidate and overall."""
     copies = [shifted_copies(t, det.shift) for t in targets]
-    recall = np.array([det.flags(c)[:, j].mean() for j, c in enumerate(copies)])
+    recall = np.array([det.own_flags(c, j).mean() for j, c in enumerate(copies)])
     fp = det.flags(heldout).sum(0)
     total = int(fp.sum())
     return {"recall": recall, "false_positives": fp,

@@ -261,3 +261,114 @@ def test_an_edited_canary_section_is_refused_even_when_resealed(canary_run, edit
     edit(body)
     with pytest.raises(DiffauditError, match="manifest.json is damaged or was edited"):
         check_manifest(seal(body))
+
+
+def test_the_white_box_score_of_a_memoriser_separates_included_from_left_out(canary_run, data_root):
+    """An exact memoriser of D_p (the analytic score of its rows) brings every included candidate back from t = 0.3
+    and no left-out one: every guess of the white-box bound is right, the included candidates' t' is positive and the
+    left-out ones' is 0; verify recomputes the bound from the recorded scores and names an edit."""
+    import torch
+
+    from diffaudit.audit.canaries.whitebox import check_whitebox, run_whitebox
+    from diffaudit.diffusion import SubVPSDE, memoriser_score
+    from diffaudit.diffusion.generative import ContinuousModel
+    from diffaudit.images import to_model_space
+
+    run, manifest = canary_run(m=16, n_train=24)
+    rows = build_training_set(manifest, data_root=str(data_root))
+    sde = SubVPSDE()
+    model = ContinuousModel(memoriser_score(sde, torch.from_numpy(to_model_space(rows))), sde,
+                            image_shape=rows.shape[1:])
+    r = run_whitebox(run, model, t=0.3, m=4, tprime=4, grid=[0.25, 0.5], steps=100, data_root=str(data_root), **QUIET)
+    cands = manifest["canaries"]["candidates"]
+    included = np.array([c["included"] for c in cands])
+    scores = np.array(r["score"]["scores"])
+    assert (scores[included] == 1.0).all() and (scores[~included] == 0.0).all()
+    eps = r["epsilon"]
+    assert eps["correct"] == eps["guesses"] > 0 and eps["epsilon_lower"] > 0
+    assert r["score"]["nfe"] == 16 * 4 * 30  # M runs of 0.3 x 100 steps per candidate
+    for row in r["tprime"]["candidates"]:
+        assert (row["t_prime"] > 0) == row["included"], row
+    results = json.loads((run / "results.json").read_text())
+    assert check_whitebox(run, results["canaries_whitebox"]) == []
+    edited = json.loads(json.dumps(results["canaries_whitebox"]))
+    edited["epsilon"]["epsilon_lower"] = 9.0
+    assert [k for k, *_ in check_whitebox(run, edited)] == ["epsilon.epsilon_lower"]
+    edited = json.loads(json.dumps(results["canaries_whitebox"]))
+    edited["score"]["scores"][0] = 1.0 - edited["score"]["scores"][0]
+    assert "score.scores" in [k for k, *_ in check_whitebox(run, edited)]
+    from diffaudit.audit.report.render import write_report
+
+    md = write_report(run)["md"].read_text()
+    assert "White box: q_M(0.3)" in md and "t' of the first 4 of the 16 candidates" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--whitebox-only"], "--whitebox-only needs --whitebox-t or --tprime-candidates"),
+    (["--whitebox-only", "--whitebox-t", "0"], "--whitebox-t in (0, 1]"),
+    (["--whitebox-only", "--whitebox-t", "0.3", "--whitebox-M", "0"], "--whitebox-M must be >= 1"),
+    (["--whitebox-only", "--tprime-candidates", "-1"], "--tprime-candidates >= 0"),
+    (["--whitebox-only", "--whitebox-t", "0.3"], "diffaudit train"),
+])
+def test_bad_white_box_options_are_refused_in_one_line(canary_run, data_root, capsys, args, message):
+    run, _ = canary_run(m=8, n_train=16)
+    code, err = cli(capsys, "canaries", "--run-dir", str(run), "--data-root", str(data_root), *args)
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "canaries_whitebox" not in (json.loads((run / "results.json").read_text())
+                                       if (run / "results.json").exists() else {})
+
+
+def test_one_classifier_over_the_candidates_counts_as_the_reference_detectors_do(canary_run, data_root):
+    """c_id over the m candidates and "none": it meets its criterion (every candidate's shifted copies found, the val
+    split's images below τ), counts a memoriser's samples as the per-candidate reference detectors do, is saved as
+    safetensors + JSON and reused, and verify recounts its section."""
+    from diffaudit.audit.engine.verify import _recount_canaries
+
+    run, manifest = canary_run(m=8, n_train=24, seed=3)
+    rows = build_training_set(manifest, data_root=str(data_root))
+    name = _memoriser(run, "memoriser", rows, 300)
+    nn_ = run_canaries(run, samples=name, data_root=str(data_root), **QUIET)
+    nn_counts = [c["count"] for c in json.loads((run / nn_["candidates"]).read_text())["candidates"]]
+    r = run_canaries(run, samples=name, detector="classifier", data_root=str(data_root), device="cpu", **QUIET)
+    det = r["detector"]
+    assert det["kind"].startswith("c_id over the candidates") and det["criterion_met"] and det["recall_min"] == 1.0
+    assert det["false_positive_rate"] <= 0.02 and "test split" in det["negatives"]
+    counts = [c["count"] for c in json.loads((run / r["candidates"]).read_text())["candidates"]]
+    included = [c["included"] for c in manifest["canaries"]["candidates"]]
+    assert r["reproduced"] == r["n_included"] == nn_["reproduced"] and r["excluded_flagged"] == 0
+    assert all((k > 0) == inc for k, inc in zip(counts, included))
+    assert all(abs(a - b) <= 2 for a, b in zip(counts, nn_counts)), (counts, nn_counts)
+    folder = run / "canaries" / "identity"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "model.json", "digests.json"}
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    again = run_canaries(run, samples=name, detector="classifier", data_root=str(data_root), **QUIET)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp and again["reproduced"] == r["reproduced"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["canaries"]["detector_option"] == "classifier"
+    _recount_canaries(run, results["canaries"], data_root=str(data_root))
+    # a raised threshold (or other weights) is named by verify, never retrained over
+    from diffaudit.audit.engine.verify import VerifyFailed
+
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "threshold": 0.999999}))
+    with pytest.raises(VerifyFailed, match="model.json: its SHA-256"):
+        _recount_canaries(run, results["canaries"], data_root=str(data_root))
+
+
+def test_the_classifier_threshold_is_the_point_nearest_the_criterion():
+    """τ rises above a val image taken for a candidate when the copies stay above it; when they do not, the nearer
+    point (τ = 0.5, that image flagged) is kept and its shortfall recorded."""
+    from diffaudit.audit.canaries.identity import IDENTITY_CONFIG, operating_point
+
+    def probs(rows):  # [n, m + 1] with m = 2: (p_0, p_1, p_none)
+        return np.array(rows, dtype=np.float64)
+
+    val = probs([[0.99, 0.0, 0.01]] + [[0.0, 0.0, 1.0]] * 49)  # one of 50 val images (2%) looks like candidate 0
+    owner = np.array([0, 0, 1, 1])
+    sure = probs([[0.999, 0, 0.001], [0.995, 0, 0.005], [0, 0.999, 0.001], [0, 0.998, 0.002]])
+    tau, recall, fpr, short = operating_point(val, sure, owner, IDENTITY_CONFIG)
+    assert tau == 0.99 and recall.tolist() == [1.0, 1.0] and fpr == 0.0 and short == 0.0
+    unsure = probs([[0.98, 0, 0.02], [0.97, 0, 0.03], [0, 0.999, 0.001], [0, 0.998, 0.002]])
+    val_many = probs([[0.99, 0.0, 0.01]] * 4 + [[0.0, 0.0, 1.0]] * 96)  # 4% of the val images
+    tau, recall, fpr, short = operating_point(val_many, unsure, owner, IDENTITY_CONFIG)
+    assert tau == 0.5 and recall.tolist() == [1.0, 1.0] and fpr == 0.04 and short == pytest.approx(0.03)

@@ -148,3 +148,38 @@ def test_bad_census_input_is_refused_in_one_line(census_run, data_root, tmp_path
     _samples(r2, "s", np.zeros((4, 1, 16, 16), np.uint8))
     code, err = cli(capsys, "census", "--run-dir", r2, "--quiet")
     assert code == 2 and "held-out real images" in err and "--split-ratios" in err
+
+
+def test_a_held_out_twin_of_a_training_image_is_left_out_of_the_calibration(tmp_path):
+    """A val image that is a training image with a little noise (the same picture in two splits) would set the
+    threshold below every copy (78 val images cannot resolve 0.1%: the threshold is their smallest distance); it is
+    left out, listed, and the exact memoriser's copies are still found."""
+    from conftest import SYNTHETIC, write_synthetic_medmnist
+
+    from diffaudit.audit.census.calibrate import split_duplicates
+
+    assert split_duplicates(np.array([0.01, 0.1, 0.11, 0.12, 0.2])).tolist() == [True, False, False, False, False]
+    root = tmp_path / "data"
+    root.mkdir()
+    path = write_synthetic_medmnist(root / "breastmnist.npz", seed=0, **SYNTHETIC["breastmnist"])
+    cfg = PrepareConfig(dataset="breastmnist", n_train=16, seed=0)
+    manifest = prepare_run(tmp_path / "first", cfg, data_root=str(root), log=lambda _: None, progress=False)
+    with np.load(path) as f:
+        arrays = dict(f)
+    twin = arrays["train_images"][manifest["indices"][1]].astype(np.int16)
+    arrays["val_images"][0] = np.clip(twin + np.random.default_rng(0).integers(-1, 2, twin.shape), 0, 255)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    run = tmp_path / "run"
+    manifest = prepare_run(run, cfg, data_root=str(root), log=lambda _: None, progress=False)
+    train = build_training_set(manifest, data_root=str(root))
+    name = _samples(run, "memoriser", _copies(train, 64))
+    warnings = []
+    r = run_census(run, samples=name, data_root=str(root), progress=False, log=warnings.append)
+    twins = r["calibration"]["split_duplicates"]
+    assert twins["val"]["n"] == 1 and twins["val"]["positions"] == [0] and twins["test"]["n"] == 0
+    assert r["calibration"]["n_eval"] == 77 and r["threshold"] > 10 * twins["val"]["distances"][0]
+    assert r["share"] >= 0.95 and any("duplicates of training images" in w for w in warnings)
+    from diffaudit.audit.report.render import write_report
+
+    assert "Left out as duplicates of training images" in write_report(run)["md"].read_text()

@@ -39,6 +39,20 @@ def _noise_samples(run, n=64, seed=0, labels=True):
     return run / "samples" / "noise"
 
 
+def test_the_classifier_at_another_width_is_torchvisions_resnet10_scaled():
+    """Width 64 is the extractor's network, parameter for parameter; width w has w, 2w, 4w, 8w channels at its four
+    levels and still classifies a 28-px image."""
+    from diffaudit.audit.quality.fid import DomainFeatures
+
+    base = {k: v.shape for k, v in DomainFeatures(1, 2, 64).state_dict().items()}
+    assert {k: v.shape for k, v in DomainFeatures(1, 2, 64, width=64).state_dict().items()} == base
+    narrow = classifier(1, 2, seed=0, width=16)
+    assert set(narrow.state_dict()) <= {k for k in classifier(1, 2, seed=0).state_dict()}
+    assert [narrow.body.get_submodule(f"layer{i}")[0].conv1.out_channels for i in (1, 2, 3, 4)] == [16, 32, 64, 128]
+    assert narrow.head(narrow(torch.zeros(3, 1, 28, 28, dtype=torch.uint8))).shape == (3, 2)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in classifier(1, 2, 0).parameters()) / 10
+
+
 @pytest.mark.parametrize("extra", [0, 5])
 def test_the_private_loop_without_noise_or_clipping_is_the_non_private_one(extra):
     """The same Poisson batches, split into the same physical batches, with seeded shifts per (step, chunk) and, for
@@ -106,6 +120,7 @@ def test_the_classifier_epsilon_is_opacus_for_its_noise_rate_and_steps(labelled,
     ({"mix_ratio": -0.1}, "mix_ratio must be in [0, 1]"),
     ({"seeds": 2}, "seeds must be"),
     ({"epsilons": (1.0, 1.0)}, "epsilons must be distinct"),
+    ({"width": 0}, "width must be"),
 ])
 def test_bad_utility_settings_are_refused(change, message):
     with pytest.raises(DiffauditError, match=message.replace("[", r"\[").replace("]", r"\]")):

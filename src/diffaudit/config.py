@@ -541,7 +541,7 @@ class UtilityConfig(Checked):
     synthetic with DP-SGD (``mix_ratio`` synthetic images per expected real image of a batch) and synthetic-pretrained
     then DP fine-tuned on real, each at every ε of ``epsilons`` (None: ∞, the regime without DP) and ``seeds`` seeds.
     The classifier is the FID domain extractor's ResNet10 with GroupNorm for BatchNorm (Opacus needs per-example
-    gradients), ``steps`` logical steps of expected batch ``batch_size``."""
+    gradients), ``width`` channels at its first level, ``steps`` logical steps of expected batch ``batch_size``."""
 
     epsilons: tuple[float | None, ...] = (1.0, 3.0, 10.0, None)
     mix_ratio: float = 0.5
@@ -553,6 +553,7 @@ class UtilityConfig(Checked):
     delta: float = 1e-5
     physical_batch_size: int = 64
     shift: int = 2  # random translations of up to this many pixels, as the extractor's recipe
+    width: int = 64  # channels of the ResNet10's first level (64: the extractor's; DP-SGD's cost grows with it)
 
     def _check(self) -> None:
         self._require("epsilons", bool(self.epsilons) and all(e is None or (math.isfinite(e) and e > 0)
@@ -561,7 +562,7 @@ class UtilityConfig(Checked):
         self._require("mix_ratio", 0 <= self.mix_ratio <= 1, "in [0, 1] (--mix-ratio)")
         self._require("epsilons", len(set(self.epsilons)) == len(self.epsilons), "distinct")
         self._at_least(3, "seeds")  # an interval over seeds needs a few of them
-        self._at_least(1, "steps", "batch_size", "physical_batch_size")
+        self._at_least(1, "steps", "batch_size", "physical_batch_size", "width")
         self._at_least(0, "shift")
         self._positive("lr", "max_grad_norm")
         self._require("delta", 0 < self.delta < 1, "in (0, 1)")

@@ -30,7 +30,7 @@ from ...io import config_hash, run_relative, write_json
 from ..count.stage import find_samples, samples_model
 from ..count.stats import clopper_pearson
 from ..results import update_results
-from .calibrate import check_fpr, check_threshold, fit_threshold
+from .calibrate import LEAK_FACTOR, split_duplicates, check_fpr, check_threshold, fit_threshold
 from .embedding import encoder_space, load_user_encoder, train_embedding
 from .groups import duplicate_groups
 from .space import PixelSpace, Space, close_pairs, nearest_two
@@ -106,9 +106,23 @@ def run_census(run: Path, *, samples: str | None = None, space: str = "pixel", f
     log(f"census of {len(images)} samples against {len(train)} training images in {sp.describe()['space']} space")
     with tqdm(total=len(images) + len(held_eval) + len(held_test), disable=not progress, desc="census",
               unit="img") as bar:
-        cal = fit_threshold(nearest_two(sp, held_eval, train, progress=bar.update).distance, fpr)
-        check = check_threshold(nearest_two(sp, held_test, train, progress=bar.update).distance, cal["threshold"])
+        d_eval = nearest_two(sp, held_eval, train, progress=bar.update).distance
+        d_test = nearest_two(sp, held_test, train, progress=bar.update).distance
         found = nearest_two(sp, images, train, progress=bar.update)
+    twins = {eval_split: split_duplicates(d_eval), test_split: split_duplicates(d_test)}
+    cal = fit_threshold(d_eval[~twins[eval_split]], fpr)
+    check = check_threshold(d_test[~twins[test_split]], cal["threshold"])
+    cal["split_duplicates"] = {
+        "rule": f"a held-out image closer to a training image than {LEAK_FACTOR:g} x the median held-out distance "
+                "(the same picture in two splits) is left out of the calibration",
+        **{name: {"n": int(mask.sum()), "positions": np.flatnonzero(mask).tolist(),
+                  "distances": [float(v) for v in d[mask]]}
+           for (name, mask), d in zip(twins.items(), (d_eval, d_test), strict=True)},
+        "test_with_them": check_threshold(d_test, cal["threshold"])}  # the promise, had they stayed in
+    for name, mask in twins.items():
+        if mask.any():
+            log(f"warning: {int(mask.sum())} held-out image(s) of the {name} split are duplicates of training images "
+                f"(closer than {LEAK_FACTOR:g} x the median held-out distance); left out of the calibration")
     tau = cal["threshold"]
     patients = training_patients(manifest, data)
     groups = duplicate_groups(len(train), close_pairs(sp, train, tau), patients)

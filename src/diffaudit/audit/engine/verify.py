@@ -402,19 +402,25 @@ def _recount_census(run: Path, census: dict, *, data_root) -> None:
 CANARY_FIELDS = ("n_samples", "m", "n_included", "reproduced", "excluded_flagged")
 
 
-def _recount_canaries(run: Path, canaries: dict, *, data_root) -> None:
+def _recount_canaries(run: Path, canaries: dict, *, data_root, device: str = "cpu") -> None:
     """The many-canary section recomputed from its samples, without writing: the counts, the dose-response and
-    ε_lower."""
-    from ..canaries.stage import run_canaries
+    ε_lower (with the candidates' classifier, once its files match their recorded digests)."""
+    from ..canaries.identity import IDENTITY_FILES
+    from ..canaries.stage import CANARY_DETECTORS, run_canaries
 
     if not isinstance(canaries, dict) or not isinstance(canaries.get("samples"), str):
         _fail("results.json", "canaries names no samples; the file was edited or damaged")
+    detector = canaries.get("detector_option", "nn")
+    if detector not in CANARY_DETECTORS:
+        _fail("results.json", f"canaries.detector_option {detector!r} is not one of {', '.join(CANARY_DETECTORS)}")
+    if detector == "classifier":  # never retrained here: a missing or changed classifier is named
+        check_recorded(run, run / "canaries" / "identity", IDENTITY_FILES, "the candidates' classifier")
     eps = canaries.get("epsilon") or {}
     try:
         again = run_canaries(run, samples=str(_samples_folder(run, canaries["samples"])),
                              confidence=eps.get("confidence", 0.95), delta=eps.get("delta", 0.0),
-                             seed=eps.get("tie_seed", 0), data_root=data_root, progress=False, log=lambda _: None,
-                             write=False)
+                             seed=eps.get("tie_seed", 0), detector=detector, data_root=data_root, device=device,
+                             progress=False, log=lambda _: None, write=False)
     except DiffauditError as err:
         _fail("results.json", f"canaries: {err}")
     how = "the canaries recounted from their samples"
@@ -430,6 +436,24 @@ def _recount_canaries(run: Path, canaries: dict, *, data_root) -> None:
             _differs("results.json", f"canaries.epsilon.{key}", eps.get(key), again["epsilon"][key], how)
     if not _same((canaries.get("dose_response") or {}).get("by_d"), again["dose_response"]["by_d"]):
         _differs("results.json", "canaries.dose_response.by_d", "as recorded", "as recounted", how)
+
+
+def _check_whitebox(run: Path, section: dict, model: str) -> None:
+    """The white-box canary bound against its recorded scores (recomputing the scores needs the model's runs)."""
+    from ..canaries.whitebox import check_whitebox
+
+    if not isinstance(section, dict):
+        _fail("results.json", "canaries_whitebox is not a section; the file was edited or damaged")
+    for key, recorded, again in check_whitebox(run, section):
+        _differs("results.json", f"canaries_whitebox.{key}", recorded, again, "its recorded scores")
+    model_json = run / "train" / "model.json"
+    dp = read_json(model_json).get("dp") if model_json.exists() else None
+    delta = (section.get("epsilon") or {}).get("delta")
+    if dp is not None and not _same(delta, dp["delta"]):
+        _differs("results.json", "canaries_whitebox.epsilon.delta", delta, dp["delta"], "the DP model's δ")
+    if (section.get("model") or {}).get("digest") != model:
+        _differs("results.json", "canaries_whitebox.model.digest", (section.get("model") or {}).get("digest"), model,
+                 "the run's model")
 
 
 def _check_figures(results: dict, manifest: dict, metrics: dict) -> None:
@@ -557,6 +581,8 @@ def verify_run(run: str | os.PathLike, *, data_root=None, device: str = "auto", 
     if results.get("census") is not None:
         _recount_census(run, results["census"], data_root=data_root)
     if results.get("canaries") is not None:
-        _recount_canaries(run, results["canaries"], data_root=data_root)
+        _recount_canaries(run, results["canaries"], data_root=data_root, device=device)
+    if results.get("canaries_whitebox") is not None:
+        _check_whitebox(run, results["canaries_whitebox"], model)
     level = (results.get("verdict") or {}).get("level")
     return {"model": model, "q": rep["q"], "n": rep["n_samples"], "level": level}

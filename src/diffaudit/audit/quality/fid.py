@@ -81,12 +81,24 @@ class BottleneckFeatures(nn.Module):
 
 
 class DomainFeatures(BottleneckFeatures):
-    """uint8 images [B, C, H, W] -> the ``features``-d bottleneck of a ResNet10 label classifier."""
+    """uint8 images [B, C, H, W] -> the ``features``-d bottleneck of a ResNet10 label classifier; ``width`` the
+    channels of its first level (64, torchvision's, doubling at each of the four levels)."""
 
-    def __init__(self, channels: int, n_classes: int, features: int = 64) -> None:
+    def __init__(self, channels: int, n_classes: int, features: int = 64, width: int = 64) -> None:
         super().__init__(features)
         self.body = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=features)
-        self.body.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if width != 64:  # torchvision's own builder at other channel counts
+            body = self.body
+            body.inplanes = width
+            body.bn1 = nn.BatchNorm2d(width)
+            for level in range(4):
+                setattr(body, f"layer{level + 1}", body._make_layer(BasicBlock, width << level, 1,
+                                                                   stride=1 if level == 0 else 2))
+            body.fc = nn.Linear(8 * width, features)
+            for m in body.modules():  # torchvision's initialisation of the rebuilt levels
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.body.conv1 = nn.Conv2d(channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         self.head = nn.Linear(features, n_classes)
 
 

@@ -21,7 +21,10 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
               f"{det['copies_per_candidate']} shifted copies; {det['false_positives']} false positives in "
               f"{det['n_heldout']} held-out images × {c['m']} candidates, rate {fmt(det['false_positive_rate'])} "
               f"[{fmt(flo)}, {fmt(fhi)}]). {c['reproduced']} included candidates were reproduced at least once; "
-              f"{c['excluded_flagged']} left-out candidates were flagged."),
+              f"{c['excluded_flagged']} left-out candidates were flagged."
+              + (" The classifier missed its criterion at its cap (threshold "
+                 f"{fmt(det['threshold'])}, after {det['rounds']} rounds): read its counts with that shortfall."
+                 if det.get("criterion_met") is False else "")),
         ("table", ["copies d", "candidates", "reproduced (≥ 1 sample)", "samples", "rate per sample", "95% interval"],
          [[0 if r is dose.get("excluded") else r["d"], r["candidates"], r["reproduced"], r["samples"], fmt(r["rate"]),
            f"[{fmt(r['rate_ci95'][0])}, {fmt(r['rate_ci95'][1])}]"]
@@ -53,4 +56,38 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
               f"Score: {eps['score']}. {eps['group_note']}{beside}"),
         ("img", c["figures"]["epsilon"], "ε lower bound against the number of guesses"),
     ]
+    return out
+
+
+def whitebox_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
+    w = results.get("canaries_whitebox")
+    if not w:
+        return []
+    s, eps, cost = w["score"], w["epsilon"], w["cost"]
+    count = cost.get("count") or {}
+    versus = (f", against {count['nfe']} for the count's {count['n_samples']} samples" if count.get("nfe") else "")
+    out: list[tuple] = [
+        ("h", 3, f"White box: q_M({fmt(s['t'])}) of every candidate"),
+        ("p", f"Each of the {w['m']} candidates was perturbed to t = {fmt(s['t'])} and run back {s['M']} times "
+              f"({s['sampler']}, {s['steps']} steps over the whole interval); its score is the share of runs its own "
+              f"reference detector flags. {cost['whitebox_nfe']} network evaluations in all{versus}."),
+    ]
+    if eps["epsilon_lower"] is None:
+        out.append(("p", f"ε lower bound from this score: none. {eps['note']}."))
+    else:
+        out.append(("table", ["ε lower bound (white box)", "confidence", "δ", "guesses r (k+, k-)", "right",
+                              "candidates counted"],
+                    [[fmt(eps["epsilon_lower"]), fmt(eps["confidence"]), fmt(eps["delta"]),
+                      f"{eps['guesses']} ({eps['k_plus']}, {eps['k_minus']})", eps["correct"], eps["candidates"]]]))
+    tp = w.get("tprime")
+    if tp:
+        out += [
+            ("p", f"t' of {tp['subset']} (M = {tp['M']}, level α = {fmt(tp['alpha'])}; chance level: "
+                  f"{tp['chance_level']})."),
+            ("table", ["candidate", "included", "copies d", "t'", "t'_α", "network evaluations"],
+             [[r["candidate"], "yes" if r["included"] else "no", r["duplicates"] if r["included"] else 0,
+               fmt(r["t_prime"]), fmt(r["t_prime_alpha"]), r["nfe"]] for r in tp["candidates"]]),
+        ]
+        if w.get("figures", {}).get("q_M"):
+            out.append(("img", w["figures"]["q_M"], "q_M(t) of the candidates (at most eight shown)"))
     return out

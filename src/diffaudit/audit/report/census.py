@@ -9,6 +9,20 @@ from typing import Callable
 RANKED = 10  # copied training images listed
 
 
+def _twins(cal: dict, fmt: Callable[..., str]) -> str:
+    """The sentence on held-out images left out as duplicates of training images across the splits, if any."""
+    twins = cal.get("split_duplicates") or {}
+    found = [(name, t) for name, t in twins.items() if isinstance(t, dict) and t.get("n")]
+    if not found:
+        return ""
+    parts = ", ".join(f"{t['n']} of the {name} split (distances {', '.join(fmt(v) for v in t['distances'][:5])})"
+                      for name, t in found)
+    with_them = twins.get("test_with_them") or {}
+    kept = (f" With them kept, the test split's rate would be {with_them['test_false_positives']}/{with_them['n_test']}."
+            if with_them else "")
+    return f" Left out as duplicates of training images across the splits: {parts}; {twins['rule']}.{kept}"
+
+
 def census_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
     c = results.get("census")
     if not c:
@@ -28,7 +42,7 @@ def census_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
               f"{cal['n_eval']} held-out images of the {cal['eval_split']} split are flagged and checked on the "
               f"{cal['n_test']} of the {cal['test_split']} split. Groups: training images closer than the threshold "
               "to each other, or of one patient, count once."
-              + (f" {cal['note']}." if cal.get("note") else "")),
+              + (f" {cal['note']}." if cal.get("note") else "") + _twins(cal, fmt)),
     ]
     if c.get("gallery"):
         out.append(("img", c["gallery"], "the closest pairs: sample, its nearest training image, their difference"))

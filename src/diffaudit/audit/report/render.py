@@ -20,7 +20,7 @@ from ...errors import DiffauditError
 from ...io import atomic_path, read_json, run_relative, write_json
 from ..count.verdict import check_derived, derived_figures, dig, per_thousand, primary_counts, provenance_section, sensitivity, verdict_section
 from ..results import RESULTS, update_results
-from .canaries import canary_blocks
+from .canaries import canary_blocks, whitebox_blocks
 from .census import census_blocks
 from .dp_utility import dp_utility_blocks
 from .conditioned import conditioned_blocks
@@ -402,6 +402,7 @@ def _blocks_for_run(run: Path, *, title: str | None, results: dict) -> list[Bloc
         out += posthoc_blocks(ph)
     out += census_blocks(results, fmt)
     out += canary_blocks(results, fmt)
+    out += whitebox_blocks(results, fmt)
     out += dp_utility_blocks(results, fmt)
 
     if rep:

@@ -57,14 +57,15 @@ class _Block(BasicBlock):
         return self.relu(out + identity)
 
 
-def classifier(channels: int, n_classes: int, seed: int, features: int = 64) -> DomainFeatures:
-    """The regimes' network: the domain extractor's ResNet10 with GroupNorm for BatchNorm, seeded."""
+def classifier(channels: int, n_classes: int, seed: int, features: int = 64, width: int = 64) -> DomainFeatures:
+    """The regimes' network: the domain extractor's ResNet10 with GroupNorm for BatchNorm, ``width`` channels at its
+    first level, seeded."""
     require("opacus", "the DP classifier regimes")
     from opacus.validators import ModuleValidator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, Stream.INIT))
-        net = ModuleValidator.fix(DomainFeatures(channels, n_classes, features))
+        net = ModuleValidator.fix(DomainFeatures(channels, n_classes, features, width))
     for m in net.modules():  # Opacus' backward hooks forbid in-place operations on their outputs' views
         if isinstance(m, nn.ReLU):
             m.inplace = False
@@ -115,7 +116,7 @@ def train_regime(regime: str, *, real: tuple[np.ndarray, np.ndarray], synthetic:
     x, y = synthetic if regime == "synthetic" else real
     sx, sy = (torch.from_numpy(synthetic[0]), torch.from_numpy(synthetic[1].astype(np.int64)))
     data, target = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    net = classifier(x.shape[1], n_classes, seed)
+    net = classifier(x.shape[1], n_classes, seed, width=cfg.width)
     if init is not None:
         net.load_state_dict(init)
     net = net.to(device)

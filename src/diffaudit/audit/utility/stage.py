@@ -148,7 +148,7 @@ def run_dp_utility(run: Path, samples: Path, cfg: UtilityConfig, *, data_root=No
         "n_real": int(len(real[0])), "n_synthetic": int(len(synth_x)), "n_test": int(len(test[1])),
         "test_split": test_split, "classes": n_classes, "seeds": cfg.seeds, "mix_ratio": cfg.mix_ratio,
         "synthetic_per_step": round(cfg.mix_ratio * min(cfg.batch_size, len(real[0]))),
-        "classifier": "ResNet10 (the FID domain extractor's), GroupNorm for BatchNorm; "
+        "classifier": f"ResNet10 (the FID domain extractor's) of width {cfg.width}, GroupNorm for BatchNorm; "
                       f"{cfg.steps} steps of expected batch {cfg.batch_size}, clipping {cfg.max_grad_norm}, δ {cfg.delta:g}",
         "accounting": "only the real records: the synthetic images' privacy is the generator's",
         "winners": winners(table, cfg.epsilons),

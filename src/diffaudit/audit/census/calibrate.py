@@ -13,7 +13,7 @@ its Clopper–Pearson interval: the number a reader can hold the census to.
 **Duplicates across the splits.** A held-out image closer to a training image than ``LEAK_FACTOR`` (¼) of the
 median held-out distance is the same picture or scan as that training image, not an image the model never saw: a
 public dataset's splits can hold such twins. Left in, one of them sets tau when n < 1 / fpr (tau is then the smallest
-held-out distance), and the census goes blind to every copy farther than that twin (a 64-px BreastMNIST run: tau
+held-out distance), and the census goes blind to every copy farther than that twin (a 28-px BreastMNIST run: tau
 0.0138 from one val image, no copy flagged while the canary detectors found 58). Such images are left out of both
 splits' figures, counted and listed in the record (``split_duplicates``), with their distances, so a reader can
 check them.

@@ -168,6 +168,7 @@ def test_no_dose_means_no_trend():
     (["--canaries", "0"], "canaries must be between 1 and"),
     (["--canaries", "8", "--inclusion", "0"], "inclusion must be a probability in (0, 1]"),
     (["--canaries", "8", "--inclusion", "1.5"], "inclusion must be a probability in (0, 1]"),
+    (["--canaries", "8", "--inclusion", "1"], "inclusion must be below 1 with --canaries"),
     (["--canaries", "8", "--duplicates", "0,2"], "duplicates must be distinct counts between 1 and 64"),
     (["--canaries", "8", "--duplicates", "1,x"], "takes whole numbers separated by commas"),
     (["--inclusion", "0.5"], "canaries must be above 1 with --inclusion or --duplicates"),

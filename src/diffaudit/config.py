@@ -222,6 +222,9 @@ class PrepareConfig(Checked):
         self._require("inclusion", 0 < self.inclusion <= 1, "a probability in (0, 1] (--inclusion 0.5)")
         self._require("canaries", self.canaries > 1 or (self.inclusion == 1 and self.duplicates == (1,)),
                       "above 1 with --inclusion or --duplicates (a single canary is always included, once)")
+        self._require("inclusion", self.canaries == 1 or self.inclusion < 1,
+                      "below 1 with --canaries (the left-out candidates are the run's controls and the one-run "
+                      "bound's 'out' guesses; --inclusion 0.5)")
         self._require("canaries", self.canaries == 1 or (self.fingerprint and not self.condition),
                       "1 for a control set (--no-fingerprint) and for a model conditioned on attributes")
         if self.window is not None:

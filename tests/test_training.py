@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from diffaudit.config import TrainConfig
+from diffaudit.config import TrainConfig, to_dict
 from diffaudit.diffusion.sde import SubVPSDE
 from diffaudit.errors import DiffauditError
 from diffaudit.io import load_tensors, save_tensors
-from diffaudit.training.loop import EpochOrder, load_score_model, train
+from diffaudit.training.loop import EpochOrder, learning_rate, load_score_model, train
 
 
 def _images(n=8, seed=0):
@@ -66,6 +66,47 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
                      **{**kw, "train_cfg": TrainConfig(**{**cfg.__dict__, "steps": 16})})
     a, b = load_tensors(longer), load_tensors(extended)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_schedules():
+    const = TrainConfig(steps=100, lr=1e-3, warmup_steps=10)
+    assert [learning_rate(const, s) for s in (0, 4, 9, 10, 99)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert "lr_schedule" not in to_dict(const)  # runs made before the option keep their config
+    cos = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    lrs = [learning_rate(cos, s) for s in range(100)]
+    assert lrs[:10] == pytest.approx([learning_rate(const, s) for s in range(10)])  # the same warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[55] == pytest.approx(5e-4)  # half way down at the middle
+    assert all(b < a for a, b in zip(lrs[10:], lrs[11:])) and 0 < lrs[-1] < 1e-6
+    assert to_dict(cos)["lr_schedule"] == "cosine"
+    tail = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, lr_schedule="cosine", decay_steps=20)
+    lrs = [learning_rate(tail, s) for s in range(100)]
+    assert lrs[:81] == pytest.approx([learning_rate(const, s) for s in range(81)])  # constant until the last 20
+    assert lrs[90] == pytest.approx(5e-4) and all(b < a for a, b in zip(lrs[80:], lrs[81:]))
+    with pytest.raises(DiffauditError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(DiffauditError, match="decay_steps"):
+        TrainConfig(steps=100, decay_steps=20)  # a decay needs the cosine schedule
+    longer = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, lr_schedule="cosine", decay_steps=1000)
+    assert [learning_rate(longer, s) for s in range(100)] == pytest.approx([learning_rate(cos, s) for s in range(100)])
+
+
+def test_a_cosine_run_resumes_only_to_its_own_steps(tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=2, lr=2e-3, warmup_steps=2, checkpoint_every=2, lr_schedule="cosine")
+    kw = dict(model_cfg=TINY_MODEL, sde=SubVPSDE(), device="cpu", progress=False)
+    full = train(tmp_path / "full", _images(4), train_cfg=cfg, **kw)
+
+    def kill(step, loss):
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tmp_path / "cut", _images(4), train_cfg=cfg, callback=kill, **kw)
+    resumed = train(tmp_path / "cut", _images(4), train_cfg=cfg, resume=True, **kw)
+    a, b = load_tensors(full), load_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 8})
+    with pytest.raises(DiffauditError, match="cosine learning-rate schedule over 6 steps.*--steps 6"):
+        train(tmp_path / "full", _images(4), train_cfg=longer, resume=True, **kw)
 
 
 def test_finished_run_is_kept_and_a_different_config_refused(tmp_path):

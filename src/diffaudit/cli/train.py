@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import override
+from ..config import LR_SCHEDULES, override
 from ..diffusion.sde import SDES
 from ..presets import PRESETS, get_preset
 from .common import _dp_config, _load_manifest, _say
@@ -21,7 +21,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     preset = get_preset(args.preset)
     train_cfg = override(preset.train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every)
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, lr_schedule=args.lr_schedule,
+                         decay_steps=args.decay_steps)
     sde = make_sde(args.sde, **{k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None})
     dp = _dp_config(args)
     manifest = _load_manifest(run)
@@ -54,6 +55,12 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help="after the warm-up: constant, or cosine (decays to 0 at --steps; such a run cannot be extended "
+                        "with --resume) (default: the preset's)")
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help="with --lr-schedule cosine: decay over the last N steps only (default: every step after the "
+                        "warm-up)")
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

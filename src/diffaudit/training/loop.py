@@ -4,7 +4,8 @@ Reproducibility: the batch order (a fresh permutation of D_p every epoch) and th
 Gaussian z) are drawn from generators seeded by (seed, epoch) and (seed, k), on the CPU, so they do not depend
 on the device or on where a run was interrupted. A run resumed from a checkpoint therefore ends with the same
 weights as an uninterrupted one. The learning rate warms up linearly and then stays constant, so extending a
-finished run (``--resume`` with more ``steps``) continues exactly as a longer run would have.
+finished run (``--resume`` with more ``steps``) continues exactly as a longer run would have; a cosine schedule
+(``lr_schedule``) depends on the number of steps, so its runs resume only to the steps they began with.
 
 Layout of ``<run>/train/``: ``config.json``, ``loss.csv``, ``checkpoints/step_*/``, and when done
 ``model.safetensors`` (EMA weights, used for sampling) with ``model.json`` (everything needed to rebuild it). Both
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import enum
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -131,9 +133,21 @@ def dsm_draws(train_cfg: TrainConfig, sde: SDE, g: torch.Generator, shape: tuple
     return t, torch.randn(shape, generator=g)
 
 
-def warm_up(opt: torch.optim.Optimizer, train_cfg: TrainConfig, step: int) -> float:
-    """Set the learning rate of ``step`` (linear warm-up to ``lr``); returns it."""
+def learning_rate(train_cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (0-based): a linear warm-up to ``lr``, then ``lr`` (constant), or ``lr`` and a
+    half cosine that falls to 0 over the last ``decay_steps`` (cosine; all the steps after the warm-up by default)."""
     lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.warmup_steps))
+    if train_cfg.lr_schedule == "cosine":
+        start = (train_cfg.warmup_steps if train_cfg.decay_steps is None else
+                 max(train_cfg.warmup_steps, train_cfg.steps - train_cfg.decay_steps))
+        if step >= start:
+            lr = train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - start) / max(1, train_cfg.steps - start)))
+    return lr
+
+
+def warm_up(opt: torch.optim.Optimizer, train_cfg: TrainConfig, step: int) -> float:
+    """Set the learning rate of ``step`` (:func:`learning_rate`); returns it."""
+    lr = learning_rate(train_cfg, step)
     for group in opt.param_groups:
         group["lr"] = lr
     return lr
@@ -263,6 +277,12 @@ def train(
                 f"{train_dir} holds an {'earlier' if final.exists() else 'unfinished'} run of this config; "
                 "pass --resume to continue it"
             )
+        began = (previous.get("train") or {}).get("steps")
+        if train_cfg.lr_schedule != "constant" and began != train_cfg.steps:
+            raise DiffauditError(
+                f"{train_dir} began a {train_cfg.lr_schedule} learning-rate schedule over {began} steps; a schedule over "
+                f"{train_cfg.steps} would have decayed differently from the start: resume with --steps {began}, "
+                "or train again in another --run-dir")
     checkpoints = list_checkpoints(ckpt_dir)
     procs = processes(device)
     dev = procs.device

@@ -281,7 +281,7 @@ def train(
         if train_cfg.lr_schedule != "constant" and began != train_cfg.steps:
             raise DiffauditError(
                 f"{train_dir} began a {train_cfg.lr_schedule} learning-rate schedule over {began} steps; a schedule over "
-                f"{train_cfg.steps} would have decayed differently from the start: resume with --steps {began}, "
+                f"{train_cfg.steps} decays at other steps, so the run would not be one schedule: resume with --steps {began}, "
                 "or train again in another --run-dir")
     checkpoints = list_checkpoints(ckpt_dir)
     procs = processes(device)

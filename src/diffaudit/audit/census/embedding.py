@@ -105,7 +105,7 @@ def train_embedding(folder: Path, images: np.ndarray, *, steps: int = 300, batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     net.eval()
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / "model.safetensors", net.state_dict())

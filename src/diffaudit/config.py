@@ -317,7 +317,8 @@ class TrainConfig(Checked):
     weight_decay: float = 0.0
     warmup_steps: int = 100
     # constant after the warm-up, or cosine: a half cosine to 0 over the last decay_steps (None, or more than there
-    # are: every step after the warm-up); a memorising model's samples come out sharper. A finished cosine run cannot be extended with --resume.
+    # are: every step after the warm-up); a memorising model's samples come out sharper. A finished cosine run
+    # cannot be extended with --resume.
     lr_schedule: str = "constant"
     decay_steps: int | None = None
     grad_clip: float = 1.0

@@ -127,6 +127,16 @@ def _same_prediction(model_cfg: ModelConfig, train_dir: Path) -> None:
                              f"pretrain with the same model preset (model.prediction)")
 
 
+def _same_schedule(train_dir: Path, previous: dict, train_cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose learning rate depends on its number of steps (cosine) to another number."""
+    began = (previous.get("train") or {}).get("steps")
+    if train_cfg.lr_schedule != "constant" and began != train_cfg.steps:
+        raise DiffauditError(
+            f"{train_dir} began a {train_cfg.lr_schedule} learning-rate schedule over {began} steps; a schedule over "
+            f"{train_cfg.steps} decays at other steps, so the run would not be one schedule: resume with --steps {began}, "
+            "or train again in another --run-dir")
+
+
 def dsm_draws(train_cfg: TrainConfig, sde: SDE, g: torch.Generator, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The training times t ~ U(eps, T) (float64) and the noise z for ``shape[0]`` rows, from generator ``g``."""
     t = train_cfg.eps + (sde.T - train_cfg.eps) * torch.rand(shape[0], generator=g, dtype=torch.float64)
@@ -277,12 +287,7 @@ def train(
                 f"{train_dir} holds an {'earlier' if final.exists() else 'unfinished'} run of this config; "
                 "pass --resume to continue it"
             )
-        began = (previous.get("train") or {}).get("steps")
-        if train_cfg.lr_schedule != "constant" and began != train_cfg.steps:
-            raise DiffauditError(
-                f"{train_dir} began a {train_cfg.lr_schedule} learning-rate schedule over {began} steps; a schedule over "
-                f"{train_cfg.steps} decays at other steps, so the run would not be one schedule: resume with --steps {began}, "
-                "or train again in another --run-dir")
+        _same_schedule(train_dir, previous, train_cfg)
     checkpoints = list_checkpoints(ckpt_dir)
     procs = processes(device)
     dev = procs.device

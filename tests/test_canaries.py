@@ -242,6 +242,7 @@ def test_separation_still_gives_a_trend_test():
     k = np.where(d == 1, 0, 30)  # none at d = 1, many at d = 4: the slope runs off
     t = dose_response(k, d, 200)["trend"]
     assert t["separated"] and t["slope_ci95"] is None and t["p_value"] < 1e-6
+    assert t["slope"] is None and t["odds_ratio_per_doubling"] is None and t["direction"] == 1  # no finite estimate
 
 
 @pytest.mark.parametrize("edit", [

@@ -7,7 +7,7 @@ iteratively reweighted least squares). Candidates differ beyond d (some images a
 are overdispersed: the slope's standard error is scaled by the Pearson dispersion when it exceeds 1 (the
 quasi-binomial model) for its 95% t-interval, and the p-value is the likelihood-ratio test of the slope over that
 dispersion (an F test), which stays valid where the rates of some d reach 0 or 1 and the slope itself runs off (then
-reported as separated, without an interval).
+reported as separated: no finite slope, only its direction, no interval).
 """
 
 from __future__ import annotations
@@ -77,10 +77,14 @@ def dose_response(counts: np.ndarray, duplicates: np.ndarray, n: int) -> dict:
     lr = max(0.0, 2 * (loglik(p_full) - loglik(p_null)))
     separated = bool(np.any(p_full < 1e-8) or np.any(p_full > 1 - 1e-8) or abs(beta[1]) > 20)
     se = float(np.sqrt(cov[1, 1] * scale))
-    out["trend"] = {"model": "logit(k_j / N) = a + b log2(d_j), quasi-binomial", "slope": float(beta[1]),
-                    "slope_ci95": None if separated else [float(beta[1] - stats.t.ppf(0.975, dof) * se),
-                                                          float(beta[1] + stats.t.ppf(0.975, dof) * se)],
-                    "odds_ratio_per_doubling": float(np.exp(min(beta[1], 700.0))), "dispersion": dispersion,
+    # under separation the likelihood keeps rising along the slope: the fit's last iterate is no estimate, so the
+    # slope is reported as not finite (None) with its direction, and only the likelihood-ratio test stands
+    half = stats.t.ppf(0.975, dof) * se
+    out["trend"] = {"model": "logit(k_j / N) = a + b log2(d_j), quasi-binomial",
+                    "slope": None if separated else float(beta[1]),
+                    "slope_ci95": None if separated else [float(beta[1] - half), float(beta[1] + half)],
+                    "odds_ratio_per_doubling": None if separated else float(np.exp(min(beta[1], 700.0))),
+                    "direction": int(np.sign(beta[1])), "dispersion": dispersion,
                     "p_value": float(stats.f.sf(lr / scale, 1, dof)), "test": "likelihood ratio over the dispersion (F)",
                     "separated": separated}
     return out

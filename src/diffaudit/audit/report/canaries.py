@@ -31,10 +31,13 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
           for r in ([dose["excluded"]] if dose.get("excluded", {}).get("candidates") else []) + dose["by_d"]]),
     ]
     t = dose.get("trend")
-    ci = (f"95% [{fmt(t['slope_ci95'][0])}, {fmt(t['slope_ci95'][1])}]" if t and t.get("slope_ci95") else
-          "no interval: the rates of some d are 0 or 1 (separation)")
-    out.append(("p", (f"Trend ({t['model']}): slope {fmt(t['slope'])} per doubling of d, {ci}, odds ratio "
-                      f"{fmt(t['odds_ratio_per_doubling'])}, p = {fmt(t['p_value'])} (dispersion "
+    if t and t.get("slope") is None:  # separation: no finite slope, only its direction and the likelihood-ratio test
+        slope = (f"the rate {'rises' if t.get('direction', 1) > 0 else 'falls'} with d and the slope has no finite "
+                 "estimate (the rates of some d are 0 or 1: separation), so no interval or odds ratio")
+    elif t:
+        slope = (f"slope {fmt(t['slope'])} per doubling of d, 95% [{fmt(t['slope_ci95'][0])}, "
+                 f"{fmt(t['slope_ci95'][1])}], odds ratio {fmt(t['odds_ratio_per_doubling'])}")
+    out.append(("p", (f"Trend ({t['model']}): {slope}; likelihood-ratio p = {fmt(t['p_value'])} (dispersion "
                       f"{fmt(t['dispersion'])}). d = 0 is the left-out candidates, shown for reference.")
                      if t else f"Trend: {dose.get('trend_note', 'not tested')}."))
     out.append(("img", c["figures"]["dose"], "reproductions per sample by the number of copies in D_p"))

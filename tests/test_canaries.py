@@ -245,6 +245,27 @@ def test_separation_still_gives_a_trend_test():
     assert t["slope"] is None and t["odds_ratio_per_doubling"] is None and t["direction"] == 1  # no finite estimate
 
 
+@pytest.mark.parametrize("recorded", ["now", "before"])
+def test_the_report_gives_a_separated_trend_no_slope(recorded):
+    """The report reads a separated trend as one without a finite slope, also from a results.json written when the
+    fit's last iterate was recorded as the slope."""
+    from diffaudit.audit.report.canaries import canary_blocks
+
+    d = np.repeat([1, 2, 4], 8)
+    dose = dose_response(np.where(d == 4, 3, 0), d, 512)
+    if recorded == "before":
+        dose["trend"].update(slope=29.3, odds_ratio_per_doubling=5.05e12)
+        dose["trend"].pop("direction")
+    det = {"kind": "nearest-neighbour per candidate", "recall_min": 1.0, "copies_per_candidate": 25,
+           "false_positives": 0, "n_heldout": 100, "false_positive_rate": 0.0, "false_positive_rate_ci95": [0, 0.01]}
+    c = {"m": 48, "n_included": 24, "inclusion": 0.5, "duplicates": [1, 2, 4], "n_samples": 512, "reproduced": 8,
+         "excluded_flagged": 0, "detector": det, "dose_response": dose, "figures": {"dose": "d.png", "epsilon": "e.png"},
+         "epsilon": {"epsilon_lower": None, "note": "none"}}
+    text = " ".join(str(b[1]) for b in canary_blocks({"canaries": c}, lambda v: f"{v:.3g}" if isinstance(v, float)
+                                                      else str(v)) if b[0] == "p")
+    assert "rises with d and the slope has no finite estimate" in text and "29.3" not in text, text
+
+
 @pytest.mark.parametrize("edit", [
     lambda m: m.pop("canaries"),
     lambda m: m["canaries"]["candidates"][0].update(included="yes"),

@@ -31,8 +31,10 @@ def canary_blocks(results: dict, fmt: Callable[..., str]) -> list[tuple]:
           for r in ([dose["excluded"]] if dose.get("excluded", {}).get("candidates") else []) + dose["by_d"]]),
     ]
     t = dose.get("trend")
-    if t and t.get("slope") is None:  # separation: no finite slope, only its direction and the likelihood-ratio test
-        slope = (f"the rate {'rises' if t.get('direction', 1) > 0 else 'falls'} with d and the slope has no finite "
+    if t and (t.get("slope") is None or t.get("separated")):  # no finite slope (results.json before this read gave
+        # the fit's last iterate): only its direction and the likelihood-ratio test
+        rises = t.get("direction", 1 if (t.get("slope") or 0) >= 0 else -1) > 0
+        slope = (f"the rate {'rises' if rises else 'falls'} with d and the slope has no finite "
                  "estimate (the rates of some d are 0 or 1: separation), so no interval or odds ratio")
     elif t:
         slope = (f"slope {fmt(t['slope'])} per doubling of d, 95% [{fmt(t['slope_ci95'][0])}, "

@@ -17,11 +17,13 @@ def plot_utility(section: dict, path: str | Path) -> Path:
     keys = ["inf" if e is None else f"{e:g}" for e in eps]
     xs = list(range(len(keys)))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    bands = iter([("0.3", "--"), ("tab:purple", ":"), ("tab:brown", "-.")])  # the regimes without DP, told apart
     for regime, label in section["regimes"].items():
         cells = section["table"][regime]
         if set(cells) == {"inf"}:  # a regime without DP: a band across the figure
             a = cells["inf"]["auroc"]
-            line = ax.axhline(a["mean"], ls="--", lw=1, label=f"{label} (no DP)")
+            color, style = next(bands, ("0.5", "--"))
+            line = ax.axhline(a["mean"], color=color, ls=style, lw=1.2, label=f"{label} (no DP)")
             if a["ci95"]:
                 ax.axhspan(*a["ci95"], color=line.get_color(), alpha=0.12)
             continue

@@ -30,7 +30,8 @@ def plot_dose(dose: dict, path: str | Path) -> Path:
     ax.set_ylabel("reproductions per sample")
     trend = dose.get("trend")
     if trend:
-        slope = "not finite (separation)" if trend["slope"] is None or trend.get("separated") else f"{trend['slope']:.2f}"
+        separated = trend["slope"] is None or trend.get("separated")
+        slope = "not finite (separation)" if separated else f"{trend['slope']:.2f}"
         ax.set_title(f"slope per doubling {slope}, p = {trend['p_value']:.2g}", fontsize=9)
     return _save(fig, path)
 
